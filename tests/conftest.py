@@ -1,0 +1,99 @@
+"""Shared fixtures: a small learnable MNIST written in IDX format, and a way to run the scripts.
+
+The synthetic set goes through torchvision's real MNIST reader (the four raw IDX files in
+MNIST/raw), so the scripts are tested exactly as they run on the real data, offline and fast.
+"""
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 3000, 500
+# Flags that make any script train briefly on the synthetic set: 2500 train / 500 validation.
+QUICK = ("--epochs", "1", "--batch_size", "64", "--val_size", "500")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX: 0x0000, a type byte (0x08 = uint8), the number of dimensions, big-endian sizes, data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(count: int, rng: np.random.Generator, templates: np.ndarray):
+    """Each class is a fixed blocky 28x28 pattern, shifted by up to 3 pixels, over a faint
+    pattern of another class and heavy noise: learnable, but not perfectly in one epoch."""
+    labels = rng.integers(0, 10, size=count)
+    distractors = rng.integers(0, 10, size=count)
+    images = templates[labels] * 1.0 + templates[distractors] * 0.6
+    for i, (dy, dx) in enumerate(rng.integers(-3, 4, size=(count, 2))):
+        images[i] = np.roll(images[i], (dy, dx), axis=(0, 1))
+    images = images * 120 + rng.normal(0, 90, size=images.shape)
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    """A data root holding MNIST/raw with 3000 training and 500 test images of 10 learnable classes."""
+    root = tmp_path_factory.mktemp("synthetic_mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    coarse = rng.random((10, 7, 7)) > 0.6
+    templates = coarse.repeat(4, axis=1).repeat(4, axis=2)
+    for split, count in (("train", SYNTHETIC_TRAIN), ("test", SYNTHETIC_TEST)):
+        images, labels = synthetic_digits(count, rng, templates)
+        write_idx(raw / RAW_FILES[split][0], images)
+        write_idx(raw / RAW_FILES[split][1], labels)
+    return root
+
+
+def script_env(**extra) -> dict:
+    """The environment scripts run in: offline for sure, one thread each (pytest runs two at once)."""
+    env = {k: v for k, v in os.environ.items() if k != "PATH_DATASETS"}
+    # An unroutable proxy: any download attempt fails at once instead of reaching the internet.
+    env.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::DeprecationWarning", MPLBACKEND="Agg")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Run a top-level script in a fresh process with its own output folder under tmp_path.
+
+    Returns the CompletedProcess; `.out` is stdout and stderr together.
+    """
+    def run(script: str, *args: str, timeout: int = 600, cwd: Path = None, env: dict = None):
+        command = [sys.executable, str(ROOT / script), *map(str, args)]
+        result = subprocess.run(command, cwd=cwd or tmp_path, env=env or script_env(),
+                                capture_output=True, text=True, timeout=timeout)
+        result.out = result.stdout + result.stderr
+        return result
+    return run
+
+
+def printed_accuracy(output: str, label: str = "test accuracy") -> float:
+    """The value a script printed as 'label: 0.9876'."""
+    match = re.search(rf"{label}:\s*([0-9.]+)", output)
+    assert match, f"no '{label}' line in output:\n{output[-3000:]}"
+    return float(match.group(1))
+
+
+def assert_clean_error(result, *phrases: str) -> None:
+    """Bad input: non-zero exit, no traceback, and an error line that names the problem."""
+    assert result.returncode != 0, result.out[-2000:]
+    assert "Traceback" not in result.out, result.out[-3000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr[-2000:]
+    for phrase in phrases:
+        assert phrase.lower() in error_lines[0].lower(), error_lines[0]
