@@ -16,11 +16,11 @@ How to run
     python Basic_usage_of_lightning.py --fast_dev_run            # one batch per stage, a smoke test
     python Basic_usage_of_lightning.py --accelerator cpu --devices 2 --strategy ddp
     python Basic_usage_of_lightning.py --save_model --export onnx
-    python Basic_usage_of_lightning.py --load_model outputs/basic/mnist_classifier.pt
+    python Basic_usage_of_lightning.py --load_model outputs/Basic_usage_of_lightning/mnist_classifier.pt
 
-What it writes (under --output_dir, default outputs/basic)
+What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
     csv_logs/version_N/metrics.csv   every logged value (CSVLogger)
-    tb_logs/version_N/               the same for TensorBoard: tensorboard --logdir outputs/basic/tb_logs
+    tb_logs/version_N/               the same for TensorBoard: tensorboard --logdir outputs/Basic_usage_of_lightning/tb_logs
     checkpoints/best.ckpt            the epoch with the best valid_acc, used for the test
     history.csv, loss.png, acc.png   the per-epoch table and its curves
     mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
@@ -193,7 +193,8 @@ def prepare_mnist(data_dir: str) -> None:
             MNIST(data_dir, train=False, download=True)
     except (RuntimeError, OSError) as error:
         raw = Path(data_dir, "MNIST", "raw")
-        die(f"MNIST is not in {raw} and could not be downloaded ({error}). Copy the four raw files "
+        reason = str(error).splitlines()[0].rstrip(":")
+        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
             f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
             f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
             f"that holds MNIST/raw.")
@@ -237,8 +238,8 @@ def main(argv=None) -> int:
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval,
             profiler=args.profiler, deterministic=True)
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
+    except Exception as error:  # a flag combination this machine cannot run: --accelerator gpu without one, ...
+        die(f"cannot build the Trainer from these flags: {str(error).splitlines()[0]}")
 
     train = not (args.load_model or args.test)
     if train:
@@ -380,7 +381,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = parser.add_argument_group("data and outputs")
     data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/basic", help="where logs, plots and models go")
+    data.add_argument("--output_dir", "--output-dir", default="outputs/Basic_usage_of_lightning", help="where logs, plots and models go")
     data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
     data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
 

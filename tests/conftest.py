@@ -67,18 +67,24 @@ def script_env(**extra) -> dict:
     return env
 
 
+def run_in(cwd: Path, script: str, *args, timeout: int = 600, env: dict = None):
+    """Run a top-level script in a fresh process in folder cwd (its outputs/ go there).
+
+    Returns the CompletedProcess; `.out` is stdout and stderr together. Module-scoped fixtures
+    that train once for several tests call this directly.
+    """
+    command = [sys.executable, str(ROOT / script), *map(str, args)]
+    result = subprocess.run(command, cwd=cwd, env=env or script_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    result.out = result.stdout + result.stderr
+    return result
+
+
 @pytest.fixture
 def run_script(tmp_path):
-    """Run a top-level script in a fresh process with its own output folder under tmp_path.
-
-    Returns the CompletedProcess; `.out` is stdout and stderr together.
-    """
-    def run(script: str, *args: str, timeout: int = 600, cwd: Path = None, env: dict = None):
-        command = [sys.executable, str(ROOT / script), *map(str, args)]
-        result = subprocess.run(command, cwd=cwd or tmp_path, env=env or script_env(),
-                                capture_output=True, text=True, timeout=timeout)
-        result.out = result.stdout + result.stderr
-        return result
+    """run_in(tmp_path, ...): each test gets its own working folder."""
+    def run(script: str, *args, **kwargs):
+        return run_in(tmp_path, script, *args, **kwargs)
     return run
 
 
