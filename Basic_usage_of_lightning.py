@@ -184,13 +184,16 @@ class MNISTClassifier(pl.LightningModule):
 
 
 # %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not."""
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not.
+
+    Returns the number of training images (60000 for the real MNIST).
+    """
     try:
         # torchvision prints every mirror it tries; one line from us is clearer.
         with contextlib.redirect_stdout(io.StringIO()):
-            MNIST(data_dir, train=True, download=True)
             MNIST(data_dir, train=False, download=True)
+            return len(MNIST(data_dir, train=True, download=True))
     except (RuntimeError, OSError) as error:
         raw = Path(data_dir, "MNIST", "raw")
         reason = str(error).splitlines()[0].rstrip(":")
@@ -224,7 +227,8 @@ def main(argv=None) -> int:
         return 0
     if args.load_model:
         load_weights(model, args.load_model)
-    prepare_mnist(args.data_dir)
+    if args.val_size >= prepare_mnist(args.data_dir):
+        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
                                  monitor="valid_acc", mode="max", enable_version_counter=False)

@@ -113,6 +113,7 @@ def test_structure_flags_print_and_exit(run_script):
     (["--batch-size", "0"], ["--batch_size", "at least 1"]),
     (["--load_model", "missing.pt"], ["missing.pt", "no such file"]),
     (["--accelerator", "tpu"], ["Trainer"]),
+    (["--val_size", "3000"], ["--val_size", "no training images"]),
 ])
 def test_impossible_flags_give_one_clear_error(run_script, mnist_dir, flags, phrases):
     assert_clean_error(run_script(SCRIPT, "--data_dir", mnist_dir, *flags), *phrases)
