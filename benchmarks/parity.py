@@ -75,7 +75,6 @@ CONFIGS = {
 }
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 LOG_INTERVAL = 10  # pytorch/examples prints a progress line every 10 batches
-SANITY_BATCHES = 2  # Lightning validates 2 batches before training (num_sanity_val_steps)
 LOSS_TOLERANCE = 1e-5  # Lightning's own parity test compares losses to 5 decimals
 # Full mode gives the README numbers; --quick proves the benchmark works in about 30 s.
 FULL = dict(repeats=3, epochs=3, limit_train_batches=1.0, limit_val_batches=1.0)
@@ -118,7 +117,7 @@ def train(model, device, loader, optimizer, scheduler, epoch, max_batches, train
         loss.backward()
         optimizer.step()
         scheduler.step()
-        train_acc.update(logits, labels)
+        train_acc(logits, labels)  # the call the script's training_step makes (torchmetrics' loop idiom)
         loss_sum += loss.detach() * len(labels)
         count += len(labels)
         losses.append(loss.detach())
@@ -161,20 +160,17 @@ def run_pytorch(args, device: torch.device) -> dict:
     train_acc = Accuracy(task="multiclass", num_classes=10).to(device)
     valid_acc = Accuracy(task="multiclass", num_classes=10).to(device)
 
-    # The same sanity check Lightning runs: it also draws the same numbers from the global random
-    # generator (a DataLoader iterator takes one), which keeps the shuffling and dropout identical.
-    validate(model, device, valid_loader, min(SANITY_BATCHES, valid_batches), valid_acc)
-    losses, epoch_starts = [], []
+    losses, marks = [], []
     for epoch in range(1, args.epochs + 1):
-        epoch_starts.append(synchronized_time(device))
+        marks.append(mark(device))
         train_loss, train_accuracy = train(model, device, train_loader, optimizer, scheduler, epoch,
                                            train_batches, train_acc, losses)
         train_acc.reset()
         valid_loss, valid_accuracy = validate(model, device, valid_loader, valid_batches, valid_acc)
         print(f"epoch {epoch}: train_loss {train_loss:.4f} train_acc {train_accuracy:.4f} "
               f"valid_loss {valid_loss:.4f} valid_acc {valid_accuracy:.4f}")
-    return {"epoch_starts": epoch_starts, "end": synchronized_time(device),
-            "losses": torch.stack(losses).tolist()}
+    marks.append(mark(device))
+    return {"marks": marks, "losses": torch.stack(losses).tolist()}
 
 
 # %% Lightning
@@ -187,19 +183,19 @@ def run_lightning(args, device: torch.device, as_the_script_runs_it: bool) -> di
     basic = load_basic_script()
 
     class EpochClock(pl.Callback):
-        """Records when each epoch starts, when training ends, and every step's loss."""
+        """Marks each epoch's start and the end of training, and keeps every step's loss."""
 
         def __init__(self):
-            self.epoch_starts, self.losses, self.end = [], [], None
+            self.marks, self.losses = [], []
 
         def on_train_epoch_start(self, trainer, pl_module):
-            self.epoch_starts.append(synchronized_time(device))
+            self.marks.append(mark(device))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append(outputs["loss"].detach())
 
         def on_train_end(self, trainer, pl_module):
-            self.end = synchronized_time(device)
+            self.marks.append(mark(device))
 
     out = Path(args.run_dir)
     clock = EpochClock()
@@ -219,8 +215,7 @@ def run_lightning(args, device: torch.device, as_the_script_runs_it: bool) -> di
                          limit_train_batches=args.limit_train_batches,
                          limit_val_batches=args.limit_val_batches, deterministic=True, **extras)
     trainer.fit(model)
-    return {"epoch_starts": clock.epoch_starts, "end": clock.end,
-            "losses": torch.stack(clock.losses).tolist()}
+    return {"marks": clock.marks, "losses": torch.stack(clock.losses).tolist()}
 
 
 def load_basic_script():
@@ -243,9 +238,18 @@ def prepare_mnist(data_dir: str) -> None:
             MNIST(data_dir, train=True, download=True)
             MNIST(data_dir, train=False, download=True)
     except (RuntimeError, OSError) as error:
-        die(f"MNIST is not in {Path(data_dir, 'MNIST', 'raw')} and could not be downloaded ({error}). "
+        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
+        die(f"MNIST is not in {Path(data_dir, 'MNIST', 'raw')} and could not be downloaded ({reason}). "
             f"Copy the four raw files there, or point --data_dir or PATH_DATASETS at a folder that "
             f"holds MNIST/raw.")
+
+
+def check_val_size(data_dir: str, val_size: int) -> None:
+    """Fail before any run starts when the validation split would leave no training images."""
+    train_images = len(MNIST(data_dir, train=True, download=False))
+    if val_size >= train_images:
+        die(f"--val_size {val_size} leaves no training images: {data_dir} holds {train_images}; "
+            f"pass a smaller --val_size")
 
 
 def mnist_splits(data_dir: str, val_size: int, seed: int):
@@ -265,7 +269,6 @@ def batch_count(available: int, limit) -> int:
 # %% Measurement
 def run_one_configuration(args) -> int:
     """Child process: train one configuration and write its measurements as JSON."""
-    imported_rss = peak_rss_mb()
     device = torch_device(args.accelerator)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -273,10 +276,11 @@ def run_one_configuration(args) -> int:
         result = run_pytorch(args, device)
     else:
         result = run_lightning(args, device, as_the_script_runs_it=args.run == "lightning")
-    starts = result.pop("epoch_starts")
+    (walls, cpus, rss) = zip(*result.pop("marks"))  # one mark per epoch start, one at the end
     result.update(
-        epoch_seconds=[b - a for a, b in zip(starts, starts[1:] + [result.pop("end")])],
-        rss_after_imports_mb=imported_rss, peak_rss_mb=peak_rss_mb(),
+        epoch_seconds=[b - a for a, b in zip(walls, walls[1:])],
+        epoch_cpu_seconds=[b - a for a, b in zip(cpus, cpus[1:])],
+        rss_before_training_mb=rss[0], peak_rss_mb=peak_rss_mb(),
         gpu_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         device=device_name(device), threads=torch.get_num_threads())
     Path(args.result_json).write_text(json.dumps(result))
@@ -301,8 +305,8 @@ def launch(args, config: str, repeat: int, out: Path) -> dict:
         finished = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     if finished.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
-        die(f"the {config} run failed (exit {finished.returncode}); its last lines, from {log}:\n{tail}")
+        print("\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
+        die(f"the {config} run failed (exit {finished.returncode}); its output is in {log} (last lines above)")
     result = json.loads(result_json.read_text())
     result["wall_seconds"] = wall
     return result
@@ -310,33 +314,42 @@ def launch(args, config: str, repeat: int, out: Path) -> dict:
 
 def summarize(runs: dict, warmup_epochs: int) -> list:
     """One row per configuration: medians over repeats, ratios paired within each repeat."""
-    def per_epoch(run):
-        return statistics.median(run["epoch_seconds"][warmup_epochs:])
+    def kept(run, key="epoch_seconds"):
+        return run[key][warmup_epochs:]
 
     reference = runs["pytorch"]
     rows = []
     for config, repeats in runs.items():
-        kept = [s for run in repeats for s in run["epoch_seconds"][warmup_epochs:]]
-        ratios = [per_epoch(run) / per_epoch(ref) for run, ref in zip(repeats, reference)]
-        loss_gap = max(max(abs(a - b) for a, b in zip(run["losses"], ref["losses"]))
-                       for run, ref in zip(repeats, reference))
-        same_steps = all(len(run["losses"]) == len(ref["losses"]) for run, ref in zip(repeats, reference))
-        outside = [run["wall_seconds"] - sum(run["epoch_seconds"]) for run in repeats]
-        rows.append({
+        pairs = list(zip(repeats, reference))  # the runs of one repeat ran side by side
+        wall = [s for run in repeats for s in kept(run)]
+        cpu = [s for run in repeats for s in kept(run, "epoch_cpu_seconds")]
+        loss_gap = max(max(abs(a - b) for a, b in zip(run["losses"], ref["losses"])) for run, ref in pairs)
+        same_steps = all(len(run["losses"]) == len(ref["losses"]) for run, ref in pairs)
+        steps_per_epoch = len(repeats[0]["losses"]) / len(repeats[0]["epoch_seconds"])
+        row = {
             "configuration": CONFIGS[config],
-            "s/epoch": round(statistics.median(kept), 3),
-            "s/epoch min-max": f"{min(kept):.2f}-{max(kept):.2f}",
-            "x PyTorch": round(statistics.median(ratios), 3),
-            "s outside epochs": round(statistics.median(outside), 2),
-            "RSS after imports MB": round(max(run["rss_after_imports_mb"] for run in repeats)),
+            "s/epoch": round(statistics.median(wall), 2),
+            "min-max": f"{min(wall):.2f}-{max(wall):.2f}",
+            "x PyTorch": round(statistics.median(
+                statistics.median(kept(run)) / statistics.median(kept(ref)) for run, ref in pairs), 3),
+            # A framework's cost is per step, not per epoch: this number carries over to other models.
+            "ms/step over PyTorch": round(1000 / steps_per_epoch * statistics.median(
+                statistics.median(kept(run)) - statistics.median(kept(ref)) for run, ref in pairs), 2),
+            "CPU s/epoch": round(statistics.median(cpu), 2),
+            "x PyTorch (CPU)": round(statistics.median(
+                statistics.median(kept(run, "epoch_cpu_seconds")) / statistics.median(kept(ref, "epoch_cpu_seconds"))
+                for run, ref in pairs), 3),
+            "s outside epochs": round(statistics.median(run["wall_seconds"] - sum(run["epoch_seconds"])
+                                                        for run in repeats), 1),
+            "RSS before training MB": round(max(run["rss_before_training_mb"] for run in repeats)),
             "peak RSS MB": round(max(run["peak_rss_mb"] for run in repeats)),
-            "final train loss": round(repeats[0]["losses"][-1], 6),
-            "max loss diff": f"{loss_gap:.1e}",
-            "losses match": "yes" if same_steps and loss_gap <= LOSS_TOLERANCE else "NO",
+            "losses match": f"{'yes' if same_steps and loss_gap <= LOSS_TOLERANCE else 'NO'} (max diff {loss_gap:.1e})",
             "steps": len(repeats[0]["losses"]),
-        })
+            "final train loss": round(repeats[0]["losses"][-1], 6),
+        }
         if repeats[0]["gpu_peak_mb"] is not None:
-            rows[-1]["GPU peak MB"] = round(max(run["gpu_peak_mb"] for run in repeats))
+            row["GPU peak MB"] = round(max(run["gpu_peak_mb"] for run in repeats))
+        rows.append(row)
     return rows
 
 
@@ -346,6 +359,7 @@ def main(argv=None) -> int:
     if args.run:
         return run_one_configuration(args)
     prepare_mnist(args.data_dir)
+    check_val_size(args.data_dir, args.val_size)
     device = torch_device(args.accelerator)
     out = Path(args.output_dir)
     (out / "parity_runs").mkdir(parents=True, exist_ok=True)
@@ -365,8 +379,14 @@ def main(argv=None) -> int:
                   f"wall {result['wall_seconds']:.1f} s")
     rows = summarize(runs, warmup_epochs=1)
 
-    table = markdown_table(rows)
-    notes = environment_line(device, runs["pytorch"][0]["threads"])
+    table = markdown_table([{k: v for k, v in row.items() if k not in ("steps", "final train loss")}
+                            for row in rows])
+    same_loss = len({row["final train loss"] for row in rows}) == 1
+    notes = (f"Each run: {rows[0]['steps']} training steps, final train loss {rows[0]['final train loss']}"
+             f"{' in every configuration' if same_loss else ' (not the same everywhere: see the CSV)'}. "
+             f"Medians of {args.repeats} runs x {args.epochs - 1} epochs (warm-up epoch dropped); CPU s is "
+             f"the process's CPU time, steadier than wall time on a busy machine.\n"
+             + environment_line(device, runs["pytorch"][0]["threads"]))
     command = "python benchmarks/parity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print("\n" + table + "\n\n" + notes)
     write_csv(out / "parity.csv", rows)
@@ -419,13 +439,15 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-def synchronized_time(device: torch.device) -> float:
-    """perf_counter once the device has finished its queued work (GPU kernels run asynchronously)."""
+def mark(device: torch.device) -> tuple:
+    """Wall clock, this process's CPU time (all threads) and peak RSS so far, taken once the device
+    has finished its queued work (GPU kernels run asynchronously). CPU time barely grows when other
+    programs compete for the cores, so it is the steadier measure on a busy machine."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
-    return time.perf_counter()
+    return time.perf_counter(), time.process_time(), peak_rss_mb()
 
 
 def peak_rss_mb() -> float:

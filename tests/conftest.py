@@ -3,6 +3,7 @@
 The synthetic set goes through torchvision's real MNIST reader (the four raw IDX files in
 MNIST/raw), so the scripts are tested exactly as they run on the real data, offline and fast.
 """
+import importlib.util
 import os
 import re
 import struct
@@ -86,6 +87,21 @@ def run_script(tmp_path):
     def run(script: str, *args, **kwargs):
         return run_in(tmp_path, script, *args, **kwargs)
     return run
+
+
+def load_script(path) -> object:
+    """Import a script (a path, or a file name under the repository root) as a module, once, to
+    use its functions and classes in-process; the scripts run nothing on import."""
+    path = ROOT / path
+    if path not in _loaded:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _loaded[path] = module
+    return _loaded[path]
+
+
+_loaded = {}
 
 
 def printed_accuracy(output: str, label: str = "test accuracy") -> float:

@@ -1,5 +1,4 @@
 """Basic_usage_of_lightning.py end to end, driven only through its flags."""
-import importlib.util
 import os
 from pathlib import Path
 
@@ -8,17 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, assert_clean_error, printed_accuracy, run_in, script_env
+from conftest import QUICK, assert_clean_error, load_script, printed_accuracy, run_in, script_env
 
 SCRIPT = "Basic_usage_of_lightning.py"
 CHANCE = 0.10
-
-
-def load_script_module():
-    spec = importlib.util.spec_from_file_location("basic_script", ROOT / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def test_saved_weights_reload_to_the_same_accuracy(trained, run_script, mnist_di
 def test_onnx_export_agrees_with_pytorch(trained, mnist_dir):
     onnxruntime = pytest.importorskip("onnxruntime")
     out, _ = trained
-    network = load_script_module().MNISTConvNet()
+    network = load_script(SCRIPT).MNISTConvNet()
     network.load_state_dict(torch.load(out / "mnist_classifier.pt", weights_only=True))
     images = torch.randn(7, 1, 28, 28)  # a batch size the export never saw: the axis is dynamic
     session = onnxruntime.InferenceSession(str(out / "mnist_classifier.onnx"))

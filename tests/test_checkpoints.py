@@ -8,7 +8,6 @@ than a fresh Python each.
 """
 import argparse
 import hashlib
-import importlib.util
 import os
 import re
 import signal
@@ -22,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, printed_accuracy, run_in, script_env
+from conftest import ROOT, assert_clean_error, load_script, printed_accuracy, run_in, script_env
 
 # 4 short epochs: 10 of the 40 synthetic training batches each, all 8 validation batches. With
 # seed 2 the best valid_acc came at epoch 2 of 0-3 (torch 2.14 CPU): the resumed run's final test
@@ -168,16 +167,9 @@ def test_loaded_checkpoint_has_the_saved_accuracy(resumed, tmp_path, mnist_dir):
 
 
 # %% Bad input: main() in this process; each case must fail before it writes anything.
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def scripts():
-    return SimpleNamespace(save=load_script("check_point_save"), load=load_script("check_point_load"))
+    return SimpleNamespace(save=load_script("check_point_save.py"), load=load_script("check_point_load.py"))
 
 
 def call_main(module, argv, capsys):

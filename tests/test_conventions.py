@@ -1,12 +1,11 @@
 """What every top-level script shares: the header, the section order, and the common flags."""
 import argparse
 import ast
-import importlib.util
 import re
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 SCRIPTS = ["Basic_usage_of_lightning.py", "check_point_save.py", "check_point_load.py",
            "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py",
@@ -43,7 +42,7 @@ class Parsed(Exception):
 def parsed_flags(script: str, argv: list, monkeypatch) -> argparse.Namespace:
     """The namespace a script's own parser makes of argv, before any of the script's own checks
     (which may look for files on disk); a flag argparse rejects exits with code 2."""
-    module = load(script)
+    module = load_script(script)
     original = argparse.ArgumentParser.parse_args
 
     def spy(self, args=None, namespace=None):
@@ -53,18 +52,6 @@ def parsed_flags(script: str, argv: list, monkeypatch) -> argparse.Namespace:
     with pytest.raises(Parsed) as caught:
         module.parse_args(argv)
     return caught.value.namespace
-
-
-_modules = {}
-
-
-def load(script: str):
-    if script not in _modules:
-        spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _modules[script] = module
-    return _modules[script]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

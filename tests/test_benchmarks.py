@@ -1,0 +1,180 @@
+"""The benchmarks run end to end on the synthetic MNIST with tiny sizes and write sane tables.
+
+No timing is asserted (the machine may be busy); what is asserted is what makes a benchmark's
+numbers mean something: PyTorch and Lightning train on the same batches to the same losses and
+the same test accuracy, the pipelines deliver the same images, the tables and CSVs appear, and
+bad input gets a one-line error.
+"""
+import csv
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, assert_clean_error, script_env
+
+BENCHMARKS = ROOT / "benchmarks"
+SYNTHETIC_SPLIT = ("--val_size", "500")  # the synthetic set has 3000 training images, not 60000
+
+
+def run_benchmark(script: str, *args, cwd, env: dict = None) -> subprocess.CompletedProcess:
+    """Like conftest's run_script, for a file under benchmarks/ and usable from module fixtures."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], cwd=cwd,
+                            env=env or script_env(), capture_output=True, text=True, timeout=600)
+    result.out = result.stdout + result.stderr
+    return result
+
+
+def read_csv(path) -> list:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def load(script: str):
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def parity(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("parity")
+    result = run_benchmark("parity.py", "--data_dir", mnist_dir, "--output_dir", out, "--accelerator", "cpu",
+                           "--epochs", "2", "--repeats", "1", "--limit_train_batches", "4",
+                           "--limit_val_batches", "2", *SYNTHETIC_SPLIT, cwd=out)
+    assert result.returncode == 0, result.out[-3000:]
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def time_to_target(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("time_to_99")
+    # One whole synthetic epoch reaches about 0.8, so a target of 0.5 exercises the "reached" path.
+    result = run_benchmark("time_to_99.py", "--data_dir", mnist_dir, "--output_dir", out, "--accelerator", "cpu",
+                           "--epochs", "1", "--limit_train_batches", "1.0", "--target", "0.5",
+                           *SYNTHETIC_SPLIT, cwd=out)
+    assert result.returncode == 0, result.out[-3000:]
+    return out, result
+
+
+def test_parity_trains_the_same_losses_in_all_three_configurations(parity):
+    out, result = parity
+    rows = {row["configuration"]: row for row in read_csv(out / "parity.csv")}
+    assert len(rows) == 3, rows.keys()
+    for row in rows.values():
+        assert row["losses match"].startswith("yes"), row
+        assert float(row["losses match"].split("max diff ")[1].rstrip(")")) <= 1e-5
+        assert int(row["steps"]) == 2 * 4  # epochs x limit_train_batches, the same for every side
+        assert float(row["s/epoch"]) > 0 and float(row["x PyTorch"]) > 0 and float(row["x PyTorch (CPU)"]) > 0
+        assert 0 < float(row["RSS before training MB"]) <= float(row["peak RSS MB"])
+        assert 0 < float(row["final train loss"]) < 2.5  # finite, and no worse than chance (ln 10)
+    assert float(rows["PyTorch loop (pytorch/examples style)"]["x PyTorch"]) == 1.0
+    assert len({row["final train loss"] for row in rows.values()}) == 1
+    assert "| configuration |" in result.stdout and "torch threads" in result.stdout
+    assert "| configuration |" in (out / "parity.md").read_text()
+
+
+def test_parity_runs_lightning_as_the_script_does_and_bare(parity):
+    out, _ = parity
+    user = out / "parity_runs" / "lightning"
+    assert (user / "checkpoints" / "best.ckpt").is_file()
+    assert "valid_acc" in (user / "csv_logs" / "version_0" / "metrics.csv").read_text()
+    assert list((user / "tb_logs").rglob("events.out.tfevents.*"))
+    bare = out / "parity_runs" / "lightning_bare"
+    assert not (bare / "checkpoints").exists() and not (bare / "csv_logs").exists()
+
+
+def test_parity_flags_a_loss_mismatch():
+    """The 'losses match' column can say NO: a configuration that trained differently."""
+    parity = load("parity.py")
+    losses = [2.3, 2.0, 1.5, 1.2, 1.1, 1.0]  # 3 epochs of 2 steps
+    run = {"epoch_seconds": [2.0, 1.0, 1.0], "epoch_cpu_seconds": [3.0, 2.0, 2.0], "losses": losses,
+           "wall_seconds": 6.0, "rss_before_training_mb": 800, "peak_rss_mb": 900, "gpu_peak_mb": None}
+    runs = {"pytorch": [run], "lightning": [dict(run, losses=losses[:-1] + [1.01], epoch_seconds=[3.0, 1.1, 1.1])]}
+    pytorch, lightning = parity.summarize(runs, warmup_epochs=1)
+    assert pytorch["losses match"].startswith("yes") and lightning["losses match"].startswith("NO")
+    assert lightning["x PyTorch"] == pytest.approx(1.1) and lightning["s/epoch"] == pytest.approx(1.1)
+    assert lightning["ms/step over PyTorch"] == pytest.approx(50.0)  # 0.1 s over 2 steps per epoch
+    assert lightning["x PyTorch (CPU)"] == pytest.approx(1.0) and lightning["s outside epochs"] == pytest.approx(0.8)
+
+
+def test_time_to_99_reaches_the_same_accuracy_with_both_frameworks(time_to_target):
+    out, result = time_to_target
+    rows = {row["framework"]: row for row in read_csv(out / "time_to_99.csv")}
+    assert set(rows) == {"pytorch", "lightning"}
+    accuracies = [float(row["test accuracy"]) for row in rows.values()]
+    assert min(accuracies) > 0.5  # chance is 0.10
+    # Same weights, batches and schedule: the plain loop and the script must agree.
+    assert max(accuracies) - min(accuracies) <= 0.002, rows
+    assert all(row["reached 50.0%"] == "yes" and float(row["wall s"]) > 0 for row in rows.values())
+    report = (out / "time_to_99.md").read_text()
+    assert "| time to 50.0% s |" in report and "x PyTorch" in report
+    assert (out / "time_to_99_runs" / "lightning_1_epochs" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_time_to_target_says_when_a_run_falls_short():
+    time_to_99 = load("time_to_99.py")
+    rows = [{"framework": "pytorch", "epochs": 1, "wall s": 10.0, "test accuracy": 0.985},
+            {"framework": "pytorch", "epochs": 2, "wall s": 20.0, "test accuracy": 0.991},
+            {"framework": "lightning", "epochs": 2, "wall s": 25.0, "test accuracy": 0.989}]
+    pytorch, lightning = time_to_99.time_to_target(rows, 0.99)
+    assert pytorch["time to 99.0% s"] == 20.0 and pytorch["epochs"] == 2
+    assert lightning["time to 99.0% s"] == "not reached" and "x PyTorch" not in lightning
+
+
+def test_run_all_runs_the_data_pipeline_benchmark_and_reports_the_machine(mnist_dir, tmp_path):
+    result = run_benchmark("run_all.py", "--data_dir", mnist_dir, "--output_dir", tmp_path, "--accelerator", "cpu",
+                           "--only", "data_pipeline", "--quick", *SYNTHETIC_SPLIT, cwd=tmp_path)
+    assert result.returncode == 0, result.out[-3000:]
+    rows = read_csv(tmp_path / "data_pipeline.csv")
+    assert [row["pipeline"] for row in rows] == ["per-sample transforms, 0 workers",
+                                                 "per-sample transforms, 2 workers",
+                                                 "tensors preloaded once, 0 workers"]
+    for row in rows:
+        assert float(row["load only s/epoch"]) > 0 and float(row["train s/epoch"]) > 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "largest pixel difference 0.0e+00" in summary  # both pipelines give the very same tensors
+    for expected in ("## Benchmarks (quick mode)", "### Data pipeline", "torch threads", "Load average after",
+                     "pytorch-lightning 2.", "| data_pipeline | ok |"):
+        assert expected in summary, expected
+    assert read_csv(tmp_path / "run_all.csv") == [{"benchmark": "data_pipeline", "status": "ok",
+                                                   "wall s": read_csv(tmp_path / "run_all.csv")[0]["wall s"]}]
+
+
+def test_test_suite_cost_times_pytest_with_and_without_real_data(mnist_dir, tmp_path):
+    tiny_suite = tmp_path / "test_tiny.py"
+    tiny_suite.write_text(
+        "import os\nimport pytest\n\n\ndef test_always():\n    assert True\n\n\n"
+        "@pytest.mark.skipif(not os.environ.get('PATH_DATASETS'), reason='needs real MNIST')\n"
+        "def test_real_data():\n    assert os.path.isdir(os.environ['PATH_DATASETS'])\n")
+    result = run_benchmark("test_suite_cost.py", "--data_dir", mnist_dir, "--output_dir", tmp_path,
+                           "--pytest_args", f"{tiny_suite} -p no:cacheprovider -p no:xdist", cwd=tmp_path)
+    assert result.returncode == 0, result.out[-3000:]
+    default, real = read_csv(tmp_path / "test_suite_cost.csv")
+    assert (default["mode"], default["passed"], default["skipped"]) == ("default", "1", "1")
+    assert (real["mode"], real["passed"], real["skipped"]) == ("real", "2", "0")
+    assert float(default["wall s"]) > 0 and real["PATH_DATASETS"] == str(mnist_dir.resolve())
+
+
+def test_run_all_without_data_is_a_clean_error(tmp_path):
+    result = run_benchmark("run_all.py", "--data_dir", tmp_path / "nowhere", "--output_dir", tmp_path, cwd=tmp_path)
+    assert_clean_error(result, "MNIST is not in", "--data_dir")
+    assert not (tmp_path / "summary.md").exists()
+
+
+@pytest.mark.parametrize(("script", "argv", "phrase"), [
+    ("parity.py", ["--epochs", "1"], "--epochs must be at least 2"),
+    ("parity.py", ["--configs", "lightning"], "must include pytorch"),
+    ("time_to_99.py", ["--epochs", "two"], "--epochs takes whole numbers"),
+    ("data_pipeline.py", ["--workers", "-1"], "--workers"),
+    ("test_suite_cost.py", ["--modes", "fast"], "--modes: unknown fast"),
+    ("run_all.py", ["--only", "speed"], "--only: unknown speed"),
+])
+def test_impossible_flags_get_one_error_line(script, argv, phrase, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load(script).parse_args(argv)
+    assert exit_info.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and phrase in error_lines[0], error_lines
