@@ -227,7 +227,8 @@ def main(argv=None) -> int:
         return 0
     if args.load_model:
         load_weights(model, args.load_model)
-    if args.val_size >= prepare_mnist(args.data_dir):
+    train = not (args.load_model or args.test)
+    if args.val_size >= prepare_mnist(args.data_dir) and train:
         die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
@@ -245,7 +246,6 @@ def main(argv=None) -> int:
     except Exception as error:  # a flag combination this machine cannot run: --accelerator gpu without one, ...
         die(f"cannot build the Trainer from these flags: {str(error).splitlines()[0]}")
 
-    train = not (args.load_model or args.test)
     if train:
         trainer.fit(model)
     # Test the best checkpoint when there is one (Lightning's own examples do the same);

@@ -108,7 +108,7 @@ def test_structure_flags_print_and_exit(run_script):
     (["--val_size", "3000"], ["--val_size", "no training images"]),
 ])
 def test_impossible_flags_give_one_clear_error(run_script, mnist_dir, flags, phrases):
-    assert_clean_error(run_script(SCRIPT, "--data_dir", mnist_dir, *flags), *phrases)
+    assert_clean_error(run_script(SCRIPT, "--data_dir", mnist_dir, "--val_size", "500", *flags), *phrases)
 
 
 def test_unreadable_or_foreign_weights_are_refused_untouched(run_script, mnist_dir, tmp_path):
