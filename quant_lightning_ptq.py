@@ -200,7 +200,8 @@ def prepare_mnist(data_dir: str) -> None:
             MNIST(data_dir, train=False, download=True)
     except (RuntimeError, OSError) as error:
         raw = Path(data_dir, "MNIST", "raw")
-        die(f"MNIST is not in {raw} and could not be downloaded ({error}). Copy the four raw files "
+        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
+        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
             f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
             f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
             f"that holds MNIST/raw.")

@@ -4,7 +4,7 @@ Description: Add a QuantizationAwareTraining callback to the Trainer and get an 
 
 What it teaches
     Lightning 1.x had a `QuantizationAwareTraining` callback; Lightning 2.0 removed it. This script
-    writes one (about 120 lines, in the Callbacks section) with the constructor people know, and
+    writes one (the Callbacks section, about 150 lines) with the constructor people know, and
     uses it on a LightningModule that contains no quantization code at all: the user adds
     `callbacks=[qcb]` and, when `fit` returns, the module is int8. The callback's docstring lists
     which Lightning hook does what. The int8 module is then tested with a plain loop and with
@@ -188,7 +188,8 @@ def prepare_mnist(data_dir: str) -> None:
             MNIST(data_dir, train=False, download=True)
     except (RuntimeError, OSError) as error:
         raw = Path(data_dir, "MNIST", "raw")
-        die(f"MNIST is not in {raw} and could not be downloaded ({error}). Copy the four raw files "
+        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
+        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
             f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
             f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
             f"that holds MNIST/raw.")

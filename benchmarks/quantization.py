@@ -10,8 +10,9 @@ then reloads every saved int8 model in another fresh process (--load_int8) and c
 All rows share one float model, so their fp32 accuracy is the same number.
 
 It reads the row each script appended to its quant_results.csv, adds the reload accuracy, writes one
-CSV (default outputs/benchmarks/quantization.csv) and prints a Markdown table for the README together
-with the machine, the thread count and the library versions, and which targets were met.
+CSV (default outputs/benchmarks/quantization.csv) and, next to it, a Markdown report (.md) that it also
+prints: the command, the machine, the thread count and the library versions, a table for the README,
+and which targets were met.
 
     flock /tmp/heavy.lock python benchmarks/quantization.py --data_dir ../shared/data           # ~8 min, 2 cores
     flock /tmp/heavy.lock python benchmarks/quantization.py --data_dir ../shared/data --quick   # ~3 min smoke run
@@ -95,9 +96,9 @@ def targets(table: pd.DataFrame) -> str:
                   (f"b256 >= {MIN_SPEEDUP_B256}x", row["speedup_b256"] >= MIN_SPEEDUP_B256),
                   (f"b1 >= {MIN_SPEEDUP_B1}x", row["speedup_b1"] >= MIN_SPEEDUP_B1),
                   (f"drop <= {max_drop}", row["drop_points"] <= max_drop),
-                  ("reload = int8", row["reload_acc"] == row["int8_acc"])]
+                  ("reload = int8", round(row["int8_acc"], 4) == row["reload_acc"])]  # printed to 4 places
         marks = ", ".join(f"{label} {'met' if ok else 'MISSED'}" for label, ok in checks)
-        lines.append(f"  {row['method']} ({row['backend']}): {marks}")
+        lines.append(f"- {row['method']} ({row['backend']}): {marks}")
     return "\n".join(lines)
 
 
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
     ckpt = out / "ptq" / "checkpoints" / "best.ckpt"
     steps = [  # name, script, flags, the int8 file it saves
         ("ptq", "quant_lightning_ptq.py", [*train, *calibration], "mnist_int8.pt"),
-        ("ptq_onednn", "quant_lightning_ptq.py", ["--ckpt", ckpt, "--backend", "onednn", *calibration], "mnist_int8.pt"),
+        ("ptq_onednn", "quant_lightning_ptq.py", ["--ckpt", ckpt, "--backend", "onednn", *calibration],
+         "mnist_int8.pt"),
         ("ptq_pt2e", "quant_lightning_ptq.py", ["--ckpt", ckpt, "--flow", "pt2e", *calibration], "mnist_int8.pt2"),
         ("qat", "quant_lightning_qat.py", ["--ckpt", ckpt, *qat], "mnist_int8.pt"),
         ("callback", "quant_with_only_lightning.py", ["--ckpt", ckpt, *qat], "mnist_int8.pt"),
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
     for name, script, flags, int8_file in steps:
         run(name, [script, "--output_dir", out / name, *data, *timing, *flags], out)
         row = pd.read_csv(out / name / "quant_results.csv").iloc[-1].to_dict()
-        row["reload_acc"] = reload_accuracy(run(f"{name}_reload", [script, "--load_int8", out / name / int8_file, *data], out))
+        reload = run(f"{name}_reload", [script, "--load_int8", out / name / int8_file, *data], out)
+        row["reload_acc"] = reload_accuracy(reload)
         rows.append(row)
     table = pd.DataFrame(rows)
     table["drop_points"] = 100 * (table["fp32_acc"] - table["int8_acc"])
@@ -150,14 +153,15 @@ def main(argv=None) -> int:
     table.to_csv(results, index=False)
 
     command = "python benchmarks/quantization.py --data_dir " + args.data_dir + (" --quick" if args.quick else "")
-    print(f"\nfinished in {(time.perf_counter() - started) / 60:.1f} min; table written to {results}\n")
-    print(f"Command: `{command}`  ")
-    print(f"Machine: {machine()}  ")
-    print(f"Latency: median of {repeats} timed forwards after 3 warm-up "
-          f"ones, torch.set_num_threads({args.threads}), batch 1 and batch 256 test images, fp32 = the float "
-          f"network in eval mode under torch.inference_mode.\n")
-    print(markdown(table))
-    print("\nTargets:\n" + targets(table))
+    report = (f"Command: `{command}`  \nMachine: {machine()}  \n"
+              f"Latency: median of {repeats} timed forwards after 3 warm-up ones, torch.set_num_threads("
+              f"{args.threads}), batch 1 and batch 256 test images, the float and the int8 model taking turns; "
+              f"fp32 = the float network in eval mode under torch.inference_mode.\n\n"
+              f"{markdown(table)}\n\nTargets:\n{targets(table)}\n")
+    results.with_suffix(".md").write_text(report)
+    print(f"\nfinished in {(time.perf_counter() - started) / 60:.1f} min; table written to {results} "
+          f"and {results.with_suffix('.md')}\n")
+    print(report)
     return 0
 
 

@@ -4,6 +4,7 @@ Description: Run the benchmarks, print their Markdown tables with the machine, a
 
 What it runs (each in its own process, in this order; --only picks some)
     parity           Lightning against a plain PyTorch loop: s/epoch, ratio, memory, losses
+    step_overhead    where Lightning's per-step time goes: the loop, a metric call, each self.log
     time_to_99       wall time to 99% test accuracy: the Basic script and the same plain loop
     data_pipeline    per-sample transforms with 0 / 2 workers against tensors preloaded once
     quantization     the quantization scripts' table: accuracy, size, latency (written by
@@ -44,8 +45,10 @@ import torch
 from torchvision.datasets import MNIST
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("parity", "time_to_99", "data_pipeline", "quantization", "test_suite_cost")
-ON_THE_DEVICE = ("parity", "time_to_99", "data_pipeline")  # those that take --accelerator, --val_size
+BENCHMARKS = ("parity", "step_overhead", "time_to_99", "data_pipeline", "quantization", "test_suite_cost")
+NEEDS_MNIST = ("parity", "time_to_99", "data_pipeline", "quantization", "test_suite_cost")  # take --data_dir
+ON_THE_DEVICE = ("parity", "step_overhead", "time_to_99", "data_pipeline")  # take --accelerator
+SPLITS_MNIST = ("parity", "time_to_99", "data_pipeline")  # take --val_size
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "torchao", "onnxruntime")
 
 
@@ -70,11 +73,15 @@ def run_benchmark(name: str, args, out: Path) -> dict:
     script = HERE / f"{name}.py"
     if not script.is_file():
         return {"benchmark": name, "status": f"skipped: {script.name} not found", "wall s": "", "report": ""}
-    command = [sys.executable, str(script), "--data_dir", args.data_dir, "--output_dir", str(out)]
+    command = [sys.executable, str(script), "--output_dir", str(out)]
     if name == "quantization":  # it keeps its runs in a folder of their own and names its CSV apart
         command[-1:] = [str((out / "quantization").resolve()), "--results", str((out / "quantization.csv").resolve())]
+    if name in NEEDS_MNIST:
+        command += ["--data_dir", args.data_dir]
     if name in ON_THE_DEVICE:
-        command += ["--accelerator", args.accelerator, "--val_size", str(args.val_size)]
+        command += ["--accelerator", args.accelerator]
+    if name in SPLITS_MNIST:
+        command += ["--val_size", str(args.val_size)]
     if args.quick:
         command.append("--quick")
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)

@@ -124,23 +124,26 @@ def test_time_to_target_says_when_a_run_falls_short():
     assert lightning["time to 99.0% s"] == "not reached" and "x PyTorch" not in lightning
 
 
-def test_run_all_runs_the_data_pipeline_benchmark_and_reports_the_machine(mnist_dir, tmp_path):
+def test_run_all_runs_benchmarks_and_reports_the_machine(mnist_dir, tmp_path):
     result = run_benchmark("run_all.py", "--data_dir", mnist_dir, "--output_dir", tmp_path, "--accelerator", "cpu",
-                           "--only", "data_pipeline", "--quick", *SYNTHETIC_SPLIT, cwd=tmp_path)
+                           "--only", "step_overhead,data_pipeline", "--quick", *SYNTHETIC_SPLIT, cwd=tmp_path)
     assert result.returncode == 0, result.out[-3000:]
-    rows = read_csv(tmp_path / "data_pipeline.csv")
-    assert [row["pipeline"] for row in rows] == ["per-sample transforms, 0 workers",
-                                                 "per-sample transforms, 2 workers",
-                                                 "tensors preloaded once, 0 workers"]
-    for row in rows:
+    pipelines = read_csv(tmp_path / "data_pipeline.csv")
+    assert [row["pipeline"] for row in pipelines] == ["per-sample transforms, 0 workers",
+                                                      "per-sample transforms, 2 workers",
+                                                      "tensors preloaded once, 0 workers"]
+    for row in pipelines:
         assert float(row["load only s/epoch"]) > 0 and float(row["train s/epoch"]) > 0
+    steps = read_csv(tmp_path / "step_overhead.csv")
+    assert [row["configuration"] for row in steps][:3] == ["PyTorch loop", "PyTorch loop + metric", "Lightning loop"]
+    assert len(steps) == 7 and all(float(row["ms/step"]) > 0 for row in steps)
+    assert all(row["as % of a CNN step"].endswith("%") for row in steps[2:])
     summary = (tmp_path / "summary.md").read_text()
     assert "largest pixel difference 0.0e+00" in summary  # both pipelines give the very same tensors
-    for expected in ("## Benchmarks (quick mode)", "### Data pipeline", "torch threads", "Load average after",
-                     "pytorch-lightning 2.", "| data_pipeline | ok |"):
+    for expected in ("## Benchmarks (quick mode)", "### Step overhead", "### Data pipeline", "torch threads",
+                     "Load average after", "pytorch-lightning 2.", "| step_overhead | ok |", "| data_pipeline | ok |"):
         assert expected in summary, expected
-    assert read_csv(tmp_path / "run_all.csv") == [{"benchmark": "data_pipeline", "status": "ok",
-                                                   "wall s": read_csv(tmp_path / "run_all.csv")[0]["wall s"]}]
+    assert [row["benchmark"] for row in read_csv(tmp_path / "run_all.csv")] == ["step_overhead", "data_pipeline"]
 
 
 def test_test_suite_cost_times_pytest_with_and_without_real_data(mnist_dir, tmp_path):
@@ -169,6 +172,7 @@ def test_run_all_without_data_is_a_clean_error(tmp_path):
     ("parity.py", ["--configs", "lightning"], "must include pytorch"),
     ("time_to_99.py", ["--epochs", "two"], "--epochs takes whole numbers"),
     ("data_pipeline.py", ["--workers", "-1"], "--workers"),
+    ("step_overhead.py", ["--steps", "0"], "--steps must be at least 1"),
     ("test_suite_cost.py", ["--modes", "fast"], "--modes: unknown fast"),
     ("run_all.py", ["--only", "speed"], "--only: unknown speed"),
 ])

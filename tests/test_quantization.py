@@ -3,7 +3,6 @@
 The scripts are trained once per module on the synthetic MNIST (the QAT runs start from the PTQ run's
 float checkpoint); the callback's constructor options are checked in-process on tiny fits.
 """
-import importlib.util
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
 
-from conftest import QUICK, ROOT, assert_clean_error, printed_accuracy, script_env
+from conftest import QUICK, assert_clean_error, load_script, printed_accuracy, run_in
 
 PTQ, QAT, CALLBACK = "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py"
 # One epoch on the synthetic set, one thread, a few timing repeats: seconds per run.
@@ -25,20 +24,10 @@ DEPRECATION = "torch.ao.quantization is deprecated"
 
 
 def run(script: str, *args, cwd) -> subprocess.CompletedProcess:
-    """run_script for module-scoped fixtures: a fresh process, offline, one thread."""
-    command = [sys.executable, str(ROOT / script), *map(str, args)]
-    result = subprocess.run(command, cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=600)
-    result.out = result.stdout + result.stderr
+    """run_in that must succeed (module-scoped fixtures cannot use run_script)."""
+    result = run_in(cwd, script, *args)
     assert result.returncode == 0, result.out[-3000:]
     return result
-
-
-def load_script(script: str):
-    """Import a script as a module, to use its classes in-process (it runs nothing on import)."""
-    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def results_row(out) -> dict:
@@ -296,10 +285,20 @@ def test_pt2e_flow_quantizes_saves_and_reloads(ptq, mnist_dir, tmp_path):
     assert printed_accuracy(reloaded.out) == trainer_test
 
 
+def test_pt2e_without_torchao_says_how_to_install_it(monkeypatch, capsys):
+    ptq_script = load_script(PTQ)
+    for name in [name for name in sys.modules if name.startswith("torchao")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchao", None)  # what an environment without torchao sees
+    with pytest.raises(SystemExit) as exit_info:
+        ptq_script.pt2e_api()
+    assert exit_info.value.code == 2
+    assert "pip install torchao" in capsys.readouterr().err
+
+
 # Bad input: one clean line, exit 2.
 def test_errors_are_one_clean_line(ptq, run_script, tmp_path):
     out, _ = ptq
     assert_clean_error(run_script(PTQ, "--load_int8", out / "mnist_fp32.pt"), "not an int8 model")
     assert_clean_error(run_script(CALLBACK, "--load_int8", out / "mnist_int8.pt"), "not an int8 model")
     assert_clean_error(run_script(QAT, "--ckpt", tmp_path / "missing.ckpt"), "--ckpt", "no such file")
-    assert_clean_error(run_script(PTQ, "--calibration_batches", "0"), "--calibration_batches")
