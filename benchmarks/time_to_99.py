@@ -18,8 +18,8 @@ What it measures
     extras cost.
 
 How to run
-    python benchmarks/time_to_99.py --data_dir /work/shared/data             # full: 2 and 3 epochs
-    python benchmarks/time_to_99.py --data_dir /work/shared/data --quick     # 1 short epoch, ~30 s
+    python benchmarks/time_to_99.py --data_dir ../shared/data           # full: 2 and 3 epochs, ~3.5 min
+    python benchmarks/time_to_99.py --data_dir ../shared/data --quick   # 1 short epoch, ~25 s
     python benchmarks/time_to_99.py --epochs 1,2,3 --accelerator gpu
 
 What it writes (under --output_dir, default outputs/benchmarks)
