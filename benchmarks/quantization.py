@@ -14,8 +14,8 @@ CSV (default outputs/benchmarks/quantization.csv) and, next to it, a Markdown re
 prints: the command, the machine, the thread count and the library versions, a table for the README,
 and which targets were met.
 
-    flock /tmp/heavy.lock python benchmarks/quantization.py --data_dir ../shared/data           # ~8 min, 2 cores
-    flock /tmp/heavy.lock python benchmarks/quantization.py --data_dir ../shared/data --quick   # ~3 min smoke run
+    python benchmarks/quantization.py --data_dir ../shared/data           # ~8 min, 2 cores
+    python benchmarks/quantization.py --data_dir ../shared/data --quick   # ~3 min smoke run
 """
 import argparse
 import os
