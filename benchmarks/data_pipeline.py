@@ -19,7 +19,7 @@ What it measures
 
 How to run
     python benchmarks/data_pipeline.py --data_dir ../shared/data           # full: 3 epochs each, ~3.5 min
-    python benchmarks/data_pipeline.py --data_dir ../shared/data --quick   # 50 batches, ~20 s
+    python benchmarks/data_pipeline.py --data_dir ../shared/data --quick   # 30 batches, ~20 s
     python benchmarks/data_pipeline.py --workers 0,2,4 --accelerator gpu
 
 What it writes (under --output_dir, default outputs/benchmarks)
@@ -49,7 +49,7 @@ from torchvision.datasets import MNIST
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FULL = dict(epochs=3, limit_train_batches=1.0)
-QUICK = dict(epochs=2, limit_train_batches=50)
+QUICK = dict(epochs=2, limit_train_batches=30)
 
 
 # %% Model

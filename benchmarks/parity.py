@@ -20,7 +20,7 @@ What it measures
     milliseconds per training step, the time the process spent outside the epochs (interpreter,
     imports, data, Trainer setup), peak RSS (each configuration runs in its own process, since
     RSS is a per-process maximum), on a GPU the peak of allocated GPU memory, and in the CSV the
-    CPU time per epoch and the RSS when training started.
+    RSS when training started.
 
 Why the Lightning runs import Basic_usage_of_lightning.py
     The question is what a user of our scripts pays. Importing MNISTClassifier measures the module
@@ -79,7 +79,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 LOG_INTERVAL = 10  # pytorch/examples prints a progress line every 10 batches
 LOSS_TOLERANCE = 1e-5  # Lightning's own parity test compares losses to 5 decimals
 # Kept in the CSV, left out of the printed table so that it fits a README.
-CSV_ONLY = ("CPU s/epoch", "x PyTorch (CPU)", "RSS before training MB", "steps", "final train loss")
+CSV_ONLY = ("RSS before training MB", "steps", "final train loss")
 # Full mode gives the README numbers; --quick proves the benchmark works in about 30 s.
 FULL = dict(repeats=3, epochs=3, limit_train_batches=1.0, limit_val_batches=1.0)
 QUICK = dict(repeats=1, epochs=3, limit_train_batches=40, limit_val_batches=5)
@@ -280,10 +280,9 @@ def run_one_configuration(args) -> int:
         result = run_pytorch(args, device)
     else:
         result = run_lightning(args, device, as_the_script_runs_it=args.run == "lightning")
-    (walls, cpus, rss) = zip(*result.pop("marks"))  # one mark per epoch start, one at the end
+    walls, rss = zip(*result.pop("marks"))  # one mark per epoch start, one at the end
     result.update(
         epoch_seconds=[b - a for a, b in zip(walls, walls[1:])],
-        epoch_cpu_seconds=[b - a for a, b in zip(cpus, cpus[1:])],
         rss_before_training_mb=rss[0], peak_rss_mb=peak_rss_mb(),
         gpu_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         device=device_name(device), threads=torch.get_num_threads())
@@ -318,15 +317,14 @@ def launch(args, config: str, repeat: int, out: Path) -> dict:
 
 def summarize(runs: dict, warmup_epochs: int) -> list:
     """One row per configuration: medians over repeats, ratios paired within each repeat."""
-    def kept(run, key="epoch_seconds"):
-        return run[key][warmup_epochs:]
+    def kept(run):
+        return run["epoch_seconds"][warmup_epochs:]
 
     reference = runs["pytorch"]
     rows = []
     for config, repeats in runs.items():
         pairs = list(zip(repeats, reference))  # the runs of one repeat ran side by side
         wall = [s for run in repeats for s in kept(run)]
-        cpu = [s for run in repeats for s in kept(run, "epoch_cpu_seconds")]
         loss_gap = max(max(abs(a - b) for a, b in zip(run["losses"], ref["losses"])) for run, ref in pairs)
         same_steps = all(len(run["losses"]) == len(ref["losses"]) for run, ref in pairs)
         steps_per_epoch = len(repeats[0]["losses"]) / len(repeats[0]["epoch_seconds"])
@@ -339,10 +337,6 @@ def summarize(runs: dict, warmup_epochs: int) -> list:
             # A framework's cost is per step, not per epoch: this number carries over to other models.
             "ms/step over PyTorch": round(1000 / steps_per_epoch * statistics.median(
                 statistics.median(kept(run)) - statistics.median(kept(ref)) for run, ref in pairs), 2),
-            "CPU s/epoch": round(statistics.median(cpu), 2),
-            "x PyTorch (CPU)": round(statistics.median(
-                statistics.median(kept(run, "epoch_cpu_seconds")) / statistics.median(kept(ref, "epoch_cpu_seconds"))
-                for run, ref in pairs), 3),
             "s outside epochs": round(statistics.median(run["wall_seconds"] - sum(run["epoch_seconds"])
                                                         for run in repeats), 1),
             "RSS before training MB": round(max(run["rss_before_training_mb"] for run in repeats)),
@@ -390,7 +384,7 @@ def main(argv=None) -> int:
              f"{' in every configuration' if same_loss else ' (not the same everywhere: see the CSV)'}. "
              f"Medians of {args.repeats} runs x {args.epochs - 1} epochs (warm-up epoch dropped). "
              f"{'Every run reached its peak RSS before training started (loading MNIST). ' if peak_before_training else ''}"
-             f"CPU times and more columns are in parity.csv.\n"
+             f"parity.csv has these and a few more columns.\n"
              + environment_line(device, runs["pytorch"][0]["threads"]))
     command = "python benchmarks/parity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print("\n" + table + "\n\n" + notes)
@@ -445,14 +439,13 @@ def device_name(device: torch.device) -> str:
 
 
 def mark(device: torch.device) -> tuple:
-    """Wall clock, this process's CPU time (all threads) and peak RSS so far, taken once the device
-    has finished its queued work (GPU kernels run asynchronously). CPU time barely grows when other
-    programs compete for the cores, so it is the steadier measure on a busy machine."""
+    """The clock and the peak RSS so far, once the device has finished its queued work
+    (GPU kernels run asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
-    return time.perf_counter(), time.process_time(), peak_rss_mb()
+    return time.perf_counter(), peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
