@@ -29,71 +29,25 @@ What it writes (under --output_dir, default outputs/benchmarks)
 
 # %% Imports
 import argparse
-import contextlib
-import csv
-import io
-import os
-import platform
 import statistics
 import sys
 import time
-from importlib.metadata import version
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+from common import (MNIST_MEAN, MNIST_STD, MNISTConvNet, add_recipe_flags, batch_count, benchmark_parser, device_name,
+                    die, environment_line, fill_mode_defaults, markdown_table, mnist_tensors, number, prepare_run,
+                    seeded_split, synchronized_time, whole_numbers, write_report)
+
 FULL = dict(epochs=3, limit_train_batches=1.0)
 QUICK = dict(epochs=2, limit_train_batches=30)
 
 
-# %% Model
-class MNISTConvNet(nn.Module):
-    """A copy of MNISTConvNet in Basic_usage_of_lightning.py: the scripts' network."""
-
-    def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
 # %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            MNIST(data_dir, train=True, download=True)
-            MNIST(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as error:
-        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
-        die(f"MNIST is not in {Path(data_dir, 'MNIST', 'raw')} and could not be downloaded ({reason}). "
-            f"Copy the four raw files there, or point --data_dir or PATH_DATASETS at a folder that "
-            f"holds MNIST/raw.")
-
-
-def check_val_size(data_dir: str, val_size: int) -> None:
-    """Fail before any run starts when the validation split would leave no training images."""
-    train_images = len(MNIST(data_dir, train=True, download=False))
-    if val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images: {data_dir} holds {train_images}; "
-            f"pass a smaller --val_size")
-
-
 def transformed_mnist(data_dir: str):
     """The pytorch/examples pipeline: PIL image -> ToTensor -> Normalize, for every sample, every epoch."""
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
@@ -102,15 +56,12 @@ def transformed_mnist(data_dir: str):
 
 def preloaded_mnist(data_dir: str) -> TensorDataset:
     """The scripts' pipeline: the same arithmetic, done once for the whole split."""
-    dataset = MNIST(data_dir, train=True, download=False)
-    images = dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD).unsqueeze(1)
-    return TensorDataset(images, dataset.targets)
+    return mnist_tensors(data_dir, train=True)
 
 
 def training_split(dataset, val_size: int, seed: int):
     """The scripts' 55000-image training split (the same indices for every pipeline)."""
-    generator = torch.Generator().manual_seed(seed)
-    return random_split(dataset, [len(dataset) - val_size, val_size], generator=generator)[0]
+    return seeded_split(dataset, val_size, seed)[0]
 
 
 def build_pipelines(args, device: torch.device) -> list:
@@ -172,11 +123,7 @@ def train_epoch(pipeline, device, max_batches) -> float:
 # %% Main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prepare_mnist(args.data_dir)
-    check_val_size(args.data_dir, args.val_size)
-    device = torch_device(args.accelerator)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = prepare_run(args)
     started = time.perf_counter()
     pixel_difference = largest_pixel_difference(args)
     pipelines = build_pipelines(args, device)
@@ -201,112 +148,25 @@ def main(argv=None) -> int:
 
     table = markdown_table(rows)
     notes = (f"{batches} batches of {args.batch_size} per epoch; the pipelines deliver the same images "
-             f"(largest pixel difference {pixel_difference:.1e}).\n" + environment_line(device))
-    command = "python benchmarks/data_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print("\n" + table + "\n\n" + notes)
-    write_csv(out / "data_pipeline.csv", rows)
-    (out / "data_pipeline.md").write_text(
-        f"### Data pipeline\n\n{table}\n\n{notes}\nCommand: `{command.strip()}`; "
-        f"benchmark wall {time.perf_counter() - started:.0f} s.\n")
-    print(f"\nwrote {out / 'data_pipeline.csv'} and {out / 'data_pipeline.md'} "
-          f"({time.perf_counter() - started:.0f} s)")
+             f"(largest pixel difference {pixel_difference:.1e}).\n"
+             + environment_line(device, packages=("torchvision",)))
+    write_report(out, "data_pipeline", "Data pipeline", table, notes, rows, argv, started)
     return 0
 
 
-def batch_count(available: int, limit) -> int:
-    """How many batches a limit_train_batches value means, as the Trainer counts them."""
-    return min(available, limit) if isinstance(limit, int) else int(available * limit)
-
-
-def markdown_table(rows: list) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: list) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def environment_line(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"Machine: {cpu}, {os.cpu_count()} logical cores, device {device_name(device)}, "
-            f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}. "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"torchvision {version('torchvision')}.")
-
-
-def torch_device(accelerator: str) -> torch.device:
-    """The device --accelerator names, resolved the way the Trainer resolves it."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            die(f"--accelerator {accelerator}: torch sees no CUDA GPU here; use --accelerator cpu")
-        return torch.device("cuda")
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        if not torch.backends.mps.is_available():
-            die("--accelerator mps: MPS is not available here; use --accelerator cpu")
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
-def synchronized_time(device: torch.device) -> float:
-    """perf_counter once the device has finished its queued work (GPU kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    return time.perf_counter()
-
-
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 # %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                        help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    parser.add_argument("--output_dir", "--output-dir", default="outputs/benchmarks", help="where the CSV and table go")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a short run that proves the benchmark works: {QUICK}; full mode is {FULL}")
+    parser = benchmark_parser(__doc__, QUICK, FULL)
     parser.add_argument("--workers", default="0,2", metavar="N[,N...]",
                         help="DataLoader worker counts to try with the per-sample transforms")
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs per pipeline, the first one is warm-up")
     parser.add_argument("--limit_train_batches", "--limit-train-batches", type=number, metavar="N|F",
                         help="batches per epoch: a count or a fraction (default: by mode)")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    parser.add_argument("--lr", type=float, default=0.01, help="AdamW learning rate")
-    parser.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
-    parser.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out")
+    add_recipe_flags(parser, lr_help="AdamW learning rate")
     args = parser.parse_args(argv)
 
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    try:
-        args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    except ValueError:
-        die(f"--workers takes whole numbers separated by commas, such as 0,2; got {args.workers}")
+    fill_mode_defaults(args, QUICK, FULL)
+    args.workers = whole_numbers("workers", args.workers, example="0,2")
     if not args.workers or min(args.workers) < 0:
         die(f"--workers: give one or more counts, none negative; got {args.workers}")
     if args.epochs < 2:

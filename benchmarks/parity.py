@@ -26,9 +26,9 @@ Why the Lightning runs import Basic_usage_of_lightning.py
     The question is what a user of our scripts pays. Importing MNISTClassifier measures the module
     the script trains, line for line (its torchmetrics objects, its self.log calls), so the
     benchmark cannot drift into a leaner copy that flatters Lightning. The PyTorch loop keeps its
-    own copy of MNISTConvNet instead of importing it, because importing the script would load
-    Lightning, pandas and matplotlib into the PyTorch process and inflate its start-up and memory;
-    the copy is proven identical by the losses matching from the first step.
+    own copy of MNISTConvNet (in benchmarks/common.py) instead of importing it, because importing
+    the script would load Lightning, pandas and matplotlib into the PyTorch process and inflate its
+    start-up and memory; the copy is proven identical by the losses matching from the first step.
 
 How to run
     python benchmarks/parity.py --data_dir ../shared/data          # full: 3 repeats x 3 epochs, ~7 min on 2 cores
@@ -45,28 +45,25 @@ What it writes (under --output_dir, default outputs/benchmarks)
 
 # %% Imports
 import argparse
-import contextlib
-import csv
 import importlib.util
-import io
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import DataLoader
 from torchmetrics import Accuracy
-from torchvision.datasets import MNIST
+
+from common import (MNISTConvNet, add_recipe_flags, batch_count, benchmark_parser, device_name, die, environment_line,
+                    fill_mode_defaults, lightning_accelerator, markdown_table, mnist_tensors, number, prepare_run,
+                    seeded_split, synchronized_time, torch_device, write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASIC_SCRIPT = ROOT / "Basic_usage_of_lightning.py"
@@ -75,7 +72,6 @@ CONFIGS = {
     "lightning": "Lightning, as the script runs it",
     "lightning_bare": "Lightning, logging/checkpoint/progress bar off",
 }
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 LOG_INTERVAL = 10  # pytorch/examples prints a progress line every 10 batches
 LOSS_TOLERANCE = 1e-5  # Lightning's own parity test compares losses to 5 decimals
 # Kept in the CSV, left out of the printed table so that it fits a README.
@@ -83,27 +79,6 @@ CSV_ONLY = ("RSS before training MB", "steps", "final train loss")
 # Full mode gives the README numbers; --quick proves the benchmark works in about 30 s.
 FULL = dict(repeats=3, epochs=3, limit_train_batches=1.0, limit_val_batches=1.0)
 QUICK = dict(repeats=1, epochs=3, limit_train_batches=40, limit_val_batches=5)
-
-
-# %% Model
-class MNISTConvNet(nn.Module):
-    """A copy of MNISTConvNet in Basic_usage_of_lightning.py (same layers in the same order, so
-    the same seed gives the same weights; the matching losses prove it)."""
-
-    def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 # %% PyTorch loop
@@ -121,7 +96,7 @@ def train(model, device, loader, optimizer, scheduler, epoch, max_batches, train
         loss.backward()
         optimizer.step()
         scheduler.step()
-        train_acc(logits, labels)  # the call the script's training_step makes (torchmetrics' loop idiom)
+        train_acc.update(logits, labels)  # what the script's training_step does; computed once per epoch
         loss_sum += loss.detach() * len(labels)
         count += len(labels)
         losses.append(loss.detach())
@@ -153,7 +128,7 @@ def run_pytorch(args, device: torch.device) -> dict:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)  # what pl.seed_everything does for torch
     model = MNISTConvNet().to(device)
-    train_set, valid_set = mnist_splits(args.data_dir, args.val_size, args.seed)
+    train_set, valid_set = seeded_split(mnist_tensors(args.data_dir), args.val_size, args.seed)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     valid_loader = DataLoader(valid_set, batch_size=args.batch_size)
     train_batches = batch_count(len(train_loader), args.limit_train_batches)
@@ -228,46 +203,6 @@ def load_basic_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def lightning_accelerator(device: torch.device) -> str:
-    return {"cuda": "gpu"}.get(device.type, device.type)
-
-
-# %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            MNIST(data_dir, train=True, download=True)
-            MNIST(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as error:
-        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
-        die(f"MNIST is not in {Path(data_dir, 'MNIST', 'raw')} and could not be downloaded ({reason}). "
-            f"Copy the four raw files there, or point --data_dir or PATH_DATASETS at a folder that "
-            f"holds MNIST/raw.")
-
-
-def check_val_size(data_dir: str, val_size: int) -> None:
-    """Fail before any run starts when the validation split would leave no training images."""
-    train_images = len(MNIST(data_dir, train=True, download=False))
-    if val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images: {data_dir} holds {train_images}; "
-            f"pass a smaller --val_size")
-
-
-def mnist_splits(data_dir: str, val_size: int, seed: int):
-    """The script's data: normalized tensors decoded once, split 55000/5000 with a seeded generator."""
-    dataset = MNIST(data_dir, train=True, download=False)
-    images = dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD).unsqueeze(1)
-    full = TensorDataset(images, dataset.targets)
-    generator = torch.Generator().manual_seed(seed)
-    return random_split(full, [len(full) - val_size, val_size], generator=generator)
-
-
-def batch_count(available: int, limit) -> int:
-    """How many batches a limit_*_batches value means, as the Trainer counts them."""
-    return min(available, limit) if isinstance(limit, int) else int(available * limit)
 
 
 # %% Measurement
@@ -356,11 +291,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run:
         return run_one_configuration(args)
-    prepare_mnist(args.data_dir)
-    check_val_size(args.data_dir, args.val_size)
-    device = torch_device(args.accelerator)
-    out = Path(args.output_dir)
-    (out / "parity_runs").mkdir(parents=True, exist_ok=True)
+    device, out = prepare_run(args, "parity_runs")
     configs = args.configs
     print(f"parity: {', '.join(configs)} x {args.repeats} repeats x {args.epochs} epochs "
           f"(first dropped), train batches {args.limit_train_batches}, on {device_name(device)}")
@@ -385,67 +316,15 @@ def main(argv=None) -> int:
              f"Medians of {args.repeats} runs x {args.epochs - 1} epochs (warm-up epoch dropped). "
              f"{'Every run reached its peak RSS before training started (loading MNIST). ' if peak_before_training else ''}"
              f"parity.csv has these and a few more columns.\n"
-             + environment_line(device, runs["pytorch"][0]["threads"]))
-    command = "python benchmarks/parity.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print("\n" + table + "\n\n" + notes)
-    write_csv(out / "parity.csv", rows)
-    (out / "parity.md").write_text(
-        f"### Parity\n\n{table}\n\n{notes}\nCommand: `{command.strip()}`; "
-        f"benchmark wall {time.perf_counter() - started:.0f} s.\n")
-    print(f"\nwrote {out / 'parity.csv'} and {out / 'parity.md'} "
-          f"({time.perf_counter() - started:.0f} s)")
+             + environment_line(device, threads=runs["pytorch"][0]["threads"]))
+    write_report(out, "parity", "Parity", table, notes, rows, argv, started)
     return 0
-
-
-def markdown_table(rows: list) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: list) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def environment_line(device: torch.device, threads: int) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"Machine: {cpu}, {os.cpu_count()} logical cores, device {device_name(device)}, "
-            f"torch threads {threads}; load average {os.getloadavg()[0]:.2f}. "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"pytorch-lightning {version('pytorch-lightning')}, torchmetrics {version('torchmetrics')}.")
-
-
-def torch_device(accelerator: str) -> torch.device:
-    """The device --accelerator names, resolved the way the Trainer resolves it."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            die(f"--accelerator {accelerator}: torch sees no CUDA GPU here; use --accelerator cpu")
-        return torch.device("cuda")
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        if not torch.backends.mps.is_available():
-            die("--accelerator mps: MPS is not available here; use --accelerator cpu")
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def mark(device: torch.device) -> tuple:
     """The clock and the peak RSS so far, once the device has finished its queued work
     (GPU kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    return time.perf_counter(), peak_rss_mb()
+    return synchronized_time(device), peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
@@ -454,27 +333,9 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 # %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                        help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    parser.add_argument("--output_dir", "--output-dir", default="outputs/benchmarks", help="where the CSV and table go")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a short run that proves the benchmark works: {QUICK}; full mode is {FULL}")
+    parser = benchmark_parser(__doc__, QUICK, FULL)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, comma-separated")
     parser.add_argument("--repeats", type=int, metavar="N", help="processes per configuration (default: by mode)")
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs per process, the first one is warm-up")
@@ -482,19 +343,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="training batches per epoch: a count or a fraction")
     parser.add_argument("--limit_val_batches", "--limit-val-batches", type=number, metavar="N|F",
                         help="validation batches per epoch: a count or a fraction")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    parser.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the one-cycle schedule")
-    parser.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
-    parser.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out")
+    add_recipe_flags(parser, lr_help="peak learning rate of the one-cycle schedule")
     # Set by the parent for each child process; a user never needs them.
     parser.add_argument("--run", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--result_json", help=argparse.SUPPRESS)
     parser.add_argument("--run_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_mode_defaults(args, QUICK, FULL)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:

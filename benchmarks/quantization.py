@@ -24,10 +24,11 @@ import re
 import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
+
+from common import cpu_name, installed
 
 ROOT = Path(__file__).resolve().parent.parent
 # Targets of the quantization issue: size ratio, speedups, and accuracy drop in points per method.
@@ -53,22 +54,14 @@ def reload_accuracy(output: str) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
     flags = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        text = cpuinfo.read_text()
-        cpu = re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
-        found = set(re.search(r"^flags\s*:(.*)$", text, re.MULTILINE).group(1).split())
+        found = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.MULTILINE).group(1).split())
         flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in found)
-    versions = []
-    for package in ("torch", "pytorch-lightning", "torchao"):
-        try:
-            versions.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            versions.append(f"{package} not installed")
-    return (f"{cpu} ({os.cpu_count()} cores; {flags or 'no x86 flags read'}), no GPU used; "
-            f"Python {platform.python_version()}, {', '.join(versions)}")
+    versions = ", ".join(f"{package} {installed(package)}" for package in ("torch", "pytorch-lightning", "torchao"))
+    return (f"{cpu_name()} ({os.cpu_count()} cores; {flags or 'no x86 flags read'}), no GPU used; "
+            f"Python {platform.python_version()}, {versions}")
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -29,20 +29,18 @@ What it writes (under --output_dir, default outputs/benchmarks)
 
 # %% Imports
 import argparse
-import contextlib
 import csv
-import io
 import os
 import platform
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
-from torchvision.datasets import MNIST
+
+from common import base_parser, cpu_name, die, installed, prepare_mnist
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("parity", "step_overhead", "time_to_99", "data_pipeline", "quantization", "test_suite_cost")
@@ -50,21 +48,6 @@ NEEDS_MNIST = ("parity", "time_to_99", "data_pipeline", "quantization", "test_su
 ON_THE_DEVICE = ("parity", "step_overhead", "time_to_99", "data_pipeline")  # take --accelerator
 SPLITS_MNIST = ("parity", "time_to_99", "data_pipeline")  # take --val_size
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "torchao", "onnxruntime")
-
-
-# %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not.
-    Done once here, rather than have every benchmark fail on it in turn."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            MNIST(data_dir, train=True, download=True)
-            MNIST(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as error:
-        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
-        die(f"MNIST is not in {Path(data_dir, 'MNIST', 'raw')} and could not be downloaded ({reason}). "
-            f"Copy the four raw files there, or point --data_dir or PATH_DATASETS at a folder that "
-            f"holds MNIST/raw.")
 
 
 # %% Measurement
@@ -107,31 +90,20 @@ def run_benchmark(name: str, args, out: Path) -> dict:
 
 def environment(accelerator: str) -> list:
     """The lines that say what the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                    if line.startswith("model name")), cpu)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible to torch"
     return [
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.system()} {platform.release()}",
-        f"- CPU: {cpu}, {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()} "
+        f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()} "
         f"(interop {torch.get_num_interop_threads()}); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         f"- GPU: {gpu}; --accelerator {accelerator}",
         f"- Python {platform.python_version()}; " + ", ".join(f"{p} {installed(p)}" for p in PACKAGES),
     ]
 
 
-def installed(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 # %% Main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prepare_mnist(args.data_dir)
+    prepare_mnist(args.data_dir)  # once here, rather than have every benchmark fail on it in turn
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     mode = "quick" if args.quick else "full"
@@ -158,16 +130,9 @@ def main(argv=None) -> int:
     return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in results) else 1
 
 
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = base_parser(__doc__)
     parser.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                         help="folder holding MNIST/raw; $PATH_DATASETS sets the default")
     parser.add_argument("--output_dir", "--output-dir", default="outputs/benchmarks", help="where CSVs and tables go")

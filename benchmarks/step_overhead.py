@@ -1,19 +1,21 @@
 """
 Title: Step overhead: where Lightning's time per training step goes
-Description: Per-step cost of the Trainer loop, a torchmetrics call and each self.log, on a tiny model.
+Description: Per-step cost of the Trainer loop, torchmetrics and self.log, on a tiny model.
 
 What it measures
     A framework's cost is paid per step, whatever the model; on the scripts' CNN it hides in the
     noise of a 30 ms step, so this benchmark makes it visible with a model that costs almost nothing
     (one linear layer on MNIST-shaped random tensors). It adds one piece at a time:
       PyTorch loop                        zero_grad, forward, loss, backward, step
-      PyTorch loop + metric               the same plus train_acc(logits, labels) (torchmetrics)
+      PyTorch loop + metrics              the same plus train_loss.update() and train_acc.update()
+                                          (torchmetrics MeanMetric and Accuracy)
       Lightning loop                      the same training_step under a bare Trainer, no metric, no log
-      + metric                            plus train_acc(logits, labels)
-      + self.log(loss)                    plus self.log("train_loss", ..., on_epoch=True, sync_dist=True)
-      + self.log(metric)                  plus self.log("train_acc", self.train_acc, on_epoch=True):
-                                          now the training_step of Basic_usage_of_lightning.py
-      + loggers, checkpoint, progress bar the Trainer the script builds around it
+      + metrics, logged once per epoch    plus the two updates in training_step and two self.log calls
+                                          in on_train_epoch_end: Basic_usage_of_lightning.py's step
+      + loggers, checkpoint, progress bar the Trainer the script builds around it: the script
+      self.log in every step instead      the common habit it replaces: train_acc(logits, labels) and
+                                          self.log(..., on_step=False, on_epoch=True) for the loss and
+                                          the accuracy in every training_step, same Trainer
     Every configuration trains the same number of steps in the same process; the configurations
     take turns (A B C ... A B C ...) for --repeats rounds and each row is the median, so a burst of
     load elsewhere hits all of them alike. The tiny model runs on one thread (--threads): the
@@ -35,16 +37,13 @@ What it writes (under --output_dir, default outputs/benchmarks)
 # %% Imports
 import argparse
 import contextlib
-import csv
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -54,7 +53,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics import Accuracy
+from torchmetrics import Accuracy, MeanMetric
+
+from common import (MNISTConvNet, benchmark_parser, device_name, die, environment_line, fill_mode_defaults,
+                    lightning_accelerator, markdown_table, synchronized_time, torch_device, write_report)
 
 # The data are tensors in memory: Lightning's hint to add loader workers does not apply.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -67,15 +69,15 @@ logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 FULL = dict(repeats=5, steps=300)
 QUICK = dict(repeats=2, steps=30)
 BATCH_SIZE = 128
-# name: (framework, torchmetrics call, self.log calls, the script's loggers/checkpoint/progress bar)
+# name: (framework, training metrics: none | logged per "epoch" | self.log every "step",
+#        the script's loggers/checkpoint/progress bar)
 CONFIGS = {
-    "PyTorch loop": ("pytorch", False, 0, False),
-    "PyTorch loop + metric": ("pytorch", True, 0, False),
-    "Lightning loop": ("lightning", False, 0, False),
-    "+ metric": ("lightning", True, 0, False),
-    "+ self.log(loss)": ("lightning", True, 1, False),
-    "+ self.log(metric) = the script's step": ("lightning", True, 2, False),
-    "+ loggers, checkpoint, progress bar": ("lightning", True, 2, True),
+    "PyTorch loop": ("pytorch", "none", False),
+    "PyTorch loop + metrics": ("pytorch", "epoch", False),
+    "Lightning loop": ("lightning", "none", False),
+    "+ metrics, logged once per epoch": ("lightning", "epoch", False),
+    "+ loggers, checkpoint, progress bar = the script": ("lightning", "epoch", True),
+    "self.log in every step instead": ("lightning", "step", True),
 }
 
 
@@ -91,46 +93,34 @@ class TinyNet(nn.Module):
         return self.classifier(x)
 
 
-class MNISTConvNet(nn.Module):
-    """A copy of MNISTConvNet in Basic_usage_of_lightning.py: the step the overhead is compared with."""
-
-    def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
 # %% LightningModule
 class StepUnderTest(pl.LightningModule):
-    """The training_step of Basic_usage_of_lightning.py, with its metric and log calls switchable."""
+    """The training_step of Basic_usage_of_lightning.py, with its metrics switchable."""
 
-    def __init__(self, metric: bool, log_calls: int):
+    def __init__(self, metrics: str):
         super().__init__()
-        self.metric, self.log_calls = metric, log_calls
+        self.metrics = metrics
         self.model = TinyNet()
+        self.train_loss = MeanMetric()
         self.train_acc = Accuracy(task="multiclass", num_classes=10)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels)
-        if self.metric:
+        if self.metrics == "epoch":  # the script: accumulate only
+            self.train_loss.update(loss.detach(), weight=len(labels))
+            self.train_acc.update(logits, labels)
+        elif self.metrics == "step":  # the habit: a metric call and two self.log calls every step
             self.train_acc(logits, labels)
-        if self.log_calls >= 1:
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        if self.log_calls >= 2:
             self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_epoch_end(self):
+        if self.metrics == "epoch":
+            self.log("train_loss", self.train_loss, prog_bar=True)
+            self.log("train_acc", self.train_acc)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
@@ -144,23 +134,26 @@ def random_batches(steps: int) -> DataLoader:
     return DataLoader(TensorDataset(images, labels), batch_size=BATCH_SIZE, shuffle=True)
 
 
-def pytorch_ms_per_step(loader, device, metric: bool, model: nn.Module = None) -> float:
+def pytorch_ms_per_step(loader, device, metrics: str, model: nn.Module = None) -> float:
     model = (model or TinyNet()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train_loss = MeanMetric().to(device)
     train_acc = Accuracy(task="multiclass", num_classes=10).to(device)
     started = synchronized_time(device)
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         logits = model(images)
-        F.cross_entropy(logits, labels).backward()
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
         optimizer.step()
-        if metric:
-            train_acc(logits, labels)
+        if metrics != "none":
+            train_loss.update(loss.detach(), weight=len(labels))
+            train_acc.update(logits, labels)
     return (synchronized_time(device) - started) * 1000 / len(loader)
 
 
-def lightning_ms_per_step(loader, device, metric: bool, log_calls: int, as_the_script: bool) -> float:
+def lightning_ms_per_step(loader, device, metrics: str, as_the_script: bool) -> float:
     clock = EpochClock(device)
     with tempfile.TemporaryDirectory() as out:
         if as_the_script:  # the script's Trainer; no validation here, so the checkpoint keeps the last epoch
@@ -169,11 +162,11 @@ def lightning_ms_per_step(loader, device, metric: bool, log_calls: int, as_the_s
         else:
             extras = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, callbacks=[clock])
-        trainer = pl.Trainer(accelerator={"cuda": "gpu"}.get(device.type, device.type), devices=1, max_epochs=1,
+        trainer = pl.Trainer(accelerator=lightning_accelerator(device), devices=1, max_epochs=1,
                              deterministic=True, **extras)
         # The progress bar still draws every step, into a file nobody reads instead of the console.
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            trainer.fit(StepUnderTest(metric, log_calls), loader)
+            trainer.fit(StepUnderTest(metrics), loader)
     return clock.seconds * 1000 / len(loader)
 
 
@@ -204,30 +197,30 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     # A warm-up of each kind first (lazy initialisation, first-call caches), not recorded.
-    pytorch_ms_per_step(loader, device, metric=True)
-    lightning_ms_per_step(loader, device, metric=True, log_calls=2, as_the_script=False)
+    pytorch_ms_per_step(loader, device, metrics="epoch")
+    lightning_ms_per_step(loader, device, metrics="epoch", as_the_script=False)
     # The real network's step, for scale: the threads a script gets, the same device and batch size.
     cnn_loader = random_batches(min(args.steps, 30))
-    pytorch_ms_per_step(cnn_loader, device, metric=False, model=MNISTConvNet())
+    pytorch_ms_per_step(cnn_loader, device, metrics="none", model=MNISTConvNet())
     times, cnn_times = {name: [] for name in CONFIGS}, []
     for round_number in range(1, args.repeats + 1):
         torch.set_num_threads(args.threads)
-        for name, (framework, metric, log_calls, as_the_script) in CONFIGS.items():
+        for name, (framework, metrics, as_the_script) in CONFIGS.items():
             if framework == "pytorch":
-                times[name].append(pytorch_ms_per_step(loader, device, metric))
+                times[name].append(pytorch_ms_per_step(loader, device, metrics))
             else:
-                times[name].append(lightning_ms_per_step(loader, device, metric, log_calls, as_the_script))
+                times[name].append(lightning_ms_per_step(loader, device, metrics, as_the_script))
         torch.set_num_threads(user_threads)
-        cnn_times.append(pytorch_ms_per_step(cnn_loader, device, metric=False, model=MNISTConvNet()))
+        cnn_times.append(pytorch_ms_per_step(cnn_loader, device, metrics="none", model=MNISTConvNet()))
         print(f"  round {round_number}: " + "  ".join(f"{t[-1]:.2f}" for t in times.values())
               + f"  (CNN step {cnn_times[-1]:.1f})")
     cnn_ms = statistics.median(cnn_times)
 
     rows, previous = [], None
-    for name, (framework, metric, *_) in CONFIGS.items():
+    for name, (framework, metrics, _) in CONFIGS.items():
         ms = statistics.median(times[name])
-        # Against the PyTorch loop that does the same work: with the metric call or without it.
-        same_work = statistics.median(times["PyTorch loop + metric" if metric else "PyTorch loop"])
+        # Against the PyTorch loop that does the same work: with the metrics or without them.
+        same_work = statistics.median(times["PyTorch loop" if metrics == "none" else "PyTorch loop + metrics"])
         over = ms - same_work if framework == "lightning" else None
         rows.append({"configuration": name, "ms/step": round(ms, 3),
                      "min-max": f"{min(times[name]):.2f}-{max(times[name]):.2f}",
@@ -239,93 +232,23 @@ def main(argv=None) -> int:
     table = markdown_table(rows)
     notes = (f"Medians of {args.repeats} rounds of {args.steps} steps with {args.threads} torch thread(s). "
              f"\"Lightning ms/step\": the row minus the PyTorch loop that does the same work (with or without "
-             f"the metric call). One training step of the scripts' CNN (batch {BATCH_SIZE}, plain PyTorch, "
+             f"the metrics). One training step of the scripts' CNN (batch {BATCH_SIZE}, plain PyTorch, "
              f"{user_threads} threads, median of the rounds) takes {cnn_ms:.1f} ms here.\n"
              + environment_line(device))
-    command = "python benchmarks/step_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print("\n" + table + "\n\n" + notes)
-    write_csv(out / "step_overhead.csv", rows)
-    (out / "step_overhead.md").write_text(
-        f"### Step overhead\n\n{table}\n\n{notes}\nCommand: `{command.strip()}`; "
-        f"benchmark wall {time.perf_counter() - started:.0f} s.\n")
-    print(f"\nwrote {out / 'step_overhead.csv'} and {out / 'step_overhead.md'} "
-          f"({time.perf_counter() - started:.0f} s)")
+    write_report(out, "step_overhead", "Step overhead", table, notes, rows, argv, started)
     return 0
-
-
-def markdown_table(rows: list) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: list) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def environment_line(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"Machine: {cpu}, {os.cpu_count()} logical cores, device {device_name(device)}, "
-            f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}. "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"pytorch-lightning {version('pytorch-lightning')}, torchmetrics {version('torchmetrics')}.")
-
-
-def torch_device(accelerator: str) -> torch.device:
-    """The device --accelerator names, resolved the way the Trainer resolves it."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            die(f"--accelerator {accelerator}: torch sees no CUDA GPU here; use --accelerator cpu")
-        return torch.device("cuda")
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        if not torch.backends.mps.is_available():
-            die("--accelerator mps: MPS is not available here; use --accelerator cpu")
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
-def synchronized_time(device: torch.device) -> float:
-    """perf_counter once the device has finished its queued work (GPU kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    return time.perf_counter()
-
-
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", "--output-dir", default="outputs/benchmarks", help="where the CSV and table go")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a short run that proves the benchmark works: {QUICK}; full mode is {FULL}")
+    parser = benchmark_parser(__doc__, QUICK, FULL, data_dir=False)
     parser.add_argument("--repeats", type=int, metavar="N", help="rounds over all configurations (default: by mode)")
     parser.add_argument("--steps", type=int, metavar="N", help="training steps per measurement (default: by mode)")
     parser.add_argument("--threads", type=int, default=1, metavar="N",
                         help="torch threads for the tiny model (the CNN step uses torch's default)")
     args = parser.parse_args(argv)
 
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_mode_defaults(args, QUICK, FULL)
     for flag in ("repeats", "steps"):
         if getattr(args, flag) < 1:
             die(f"--{flag} must be at least 1, got {getattr(args, flag)}")

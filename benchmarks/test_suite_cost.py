@@ -25,16 +25,15 @@ What it writes (under --output_dir, default outputs/benchmarks)
 
 # %% Imports
 import argparse
-import csv
 import os
-import platform
 import re
 import shlex
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
+
+from common import base_parser, die, environment_line, markdown_table, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("default", "real")
@@ -82,14 +81,8 @@ def main(argv=None) -> int:
               f"{rows[-1]['skipped']} skipped, {rows[-1]['failed']} failed")
 
     table = markdown_table(rows)
-    notes = environment_line()
-    command = "python benchmarks/test_suite_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print("\n" + table + "\n\n" + notes)
-    write_csv(out / "test_suite_cost.csv", rows)
-    (out / "test_suite_cost.md").write_text(
-        f"### Test suite cost\n\n{table}\n\n{notes}\nCommand: `{command.strip()}`; "
-        f"benchmark wall {time.perf_counter() - started:.0f} s.\n")
-    print(f"\nwrote {out / 'test_suite_cost.csv'} and {out / 'test_suite_cost.md'}")
+    notes = environment_line(packages=("pytest", "torch", "pytorch-lightning"))
+    write_report(out, "test_suite_cost", "Test suite cost", table, notes, rows, argv, started, print_seconds=False)
     failed = [row["mode"] for row in rows if row["exit code"] not in (0, 5)]  # 5: no tests collected
     if failed:
         print(f"pytest failed in mode {', '.join(failed)}: the times above are not a passing suite's; "
@@ -98,39 +91,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def markdown_table(rows: list) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: list) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def environment_line() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"Machine: {cpu}, {os.cpu_count()} logical cores; load average {os.getloadavg()[0]:.2f}. "
-            f"Python {platform.python_version()}, pytest {version('pytest')}, torch {version('torch')}, "
-            f"pytorch-lightning {version('pytorch-lightning')}.")
-
-
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = base_parser(__doc__)
     parser.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                         help="folder holding MNIST/raw, for the real mode; $PATH_DATASETS sets the default")
     parser.add_argument("--output_dir", "--output-dir", default="outputs/benchmarks", help="where the CSV and table go")

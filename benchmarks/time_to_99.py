@@ -33,53 +33,29 @@ What it writes (under --output_dir, default outputs/benchmarks)
 
 # %% Imports
 import argparse
-import contextlib
-import csv
-import io
 import os
-import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import DataLoader
 from torchmetrics import Accuracy
-from torchvision.datasets import MNIST
+
+from common import (MNISTConvNet, add_recipe_flags, batch_count, benchmark_parser, device_name, die, environment_line,
+                    fill_mode_defaults, markdown_table, mnist_tensors, number, prepare_run, seeded_split, torch_device,
+                    whole_numbers, write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASIC_SCRIPT = ROOT / "Basic_usage_of_lightning.py"
 FRAMEWORKS = ("pytorch", "lightning")
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FULL = dict(epochs="2,3", limit_train_batches=1.0)
 QUICK = dict(epochs="1", limit_train_batches=100)
-
-
-# %% Model
-class MNISTConvNet(nn.Module):
-    """A copy of MNISTConvNet in Basic_usage_of_lightning.py: same layers, so the same weights."""
-
-    def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 # %% PyTorch loop
@@ -114,9 +90,7 @@ def run_pytorch(args) -> int:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     model = MNISTConvNet().to(device)
-    full = mnist_tensors(args.data_dir, train=True)
-    generator = torch.Generator().manual_seed(args.seed)
-    train_set, valid_set = random_split(full, [len(full) - args.val_size, args.val_size], generator=generator)
+    train_set, valid_set = seeded_split(mnist_tensors(args.data_dir, train=True), args.val_size, args.seed)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     valid_loader = DataLoader(valid_set, batch_size=args.batch_size)
     test_loader = DataLoader(mnist_tensors(args.data_dir, train=False), batch_size=args.batch_size)
@@ -135,40 +109,6 @@ def run_pytorch(args) -> int:
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     print(f"test accuracy: {evaluate(model, device, test_loader):.4f}")
     return 0
-
-
-# %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            MNIST(data_dir, train=True, download=True)
-            MNIST(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as error:
-        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
-        die(f"MNIST is not in {Path(data_dir, 'MNIST', 'raw')} and could not be downloaded ({reason}). "
-            f"Copy the four raw files there, or point --data_dir or PATH_DATASETS at a folder that "
-            f"holds MNIST/raw.")
-
-
-def check_val_size(data_dir: str, val_size: int) -> None:
-    """Fail before any run starts when the validation split would leave no training images."""
-    train_images = len(MNIST(data_dir, train=True, download=False))
-    if val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images: {data_dir} holds {train_images}; "
-            f"pass a smaller --val_size")
-
-
-def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized tensors, decoded once (as the script does)."""
-    dataset = MNIST(data_dir, train=train, download=False)
-    images = dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD).unsqueeze(1)
-    return TensorDataset(images, dataset.targets)
-
-
-def batch_count(available: int, limit) -> int:
-    """How many batches a limit_train_batches value means, as the Trainer counts them."""
-    return min(available, limit) if isinstance(limit, int) else int(available * limit)
 
 
 # %% Measurement
@@ -221,11 +161,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run:
         return run_pytorch(args)
-    prepare_mnist(args.data_dir)
-    check_val_size(args.data_dir, args.val_size)
-    device = torch_device(args.accelerator)
-    out = Path(args.output_dir)
-    (out / "time_to_99_runs").mkdir(parents=True, exist_ok=True)
+    device, out = prepare_run(args, "time_to_99_runs")
     print(f"time to {args.target:.1%}: {', '.join(args.frameworks)} x epochs {args.epochs}, "
           f"train batches {args.limit_train_batches}, on {device_name(device)}")
 
@@ -249,101 +185,27 @@ def main(argv=None) -> int:
 
     tables = markdown_table(summary) + "\n\n" + markdown_table(rows)
     notes = (f"Wall time from launch to exit, median of {args.repeats} run(s) each.\n" + environment_line(device))
-    command = "python benchmarks/time_to_99.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print("\n" + tables + "\n\n" + notes)
-    write_csv(out / "time_to_99.csv", rows)
-    (out / "time_to_99.md").write_text(
-        f"### Time to {args.target:.1%} test accuracy\n\n{tables}\n\n{notes}\nCommand: `{command.strip()}`; "
-        f"benchmark wall {time.perf_counter() - started:.0f} s.\n")
-    print(f"\nwrote {out / 'time_to_99.csv'} and {out / 'time_to_99.md'} "
-          f"({time.perf_counter() - started:.0f} s)")
+    write_report(out, "time_to_99", f"Time to {args.target:.1%} test accuracy", tables, notes, rows, argv, started)
     return 0
 
 
-def markdown_table(rows: list) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: list) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def environment_line(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"Machine: {cpu}, {os.cpu_count()} logical cores, device {device_name(device)}, "
-            f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}. "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"pytorch-lightning {version('pytorch-lightning')}, torchmetrics {version('torchmetrics')}.")
-
-
-def torch_device(accelerator: str) -> torch.device:
-    """The device --accelerator names, resolved the way the Trainer resolves it."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            die(f"--accelerator {accelerator}: torch sees no CUDA GPU here; use --accelerator cpu")
-        return torch.device("cuda")
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        if not torch.backends.mps.is_available():
-            die("--accelerator mps: MPS is not available here; use --accelerator cpu")
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 # %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                        help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    parser.add_argument("--output_dir", "--output-dir", default="outputs/benchmarks", help="where the CSV and table go")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a short run that proves the benchmark works: {QUICK}; full mode is {FULL}")
+    parser = benchmark_parser(__doc__, QUICK, FULL)
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="which sides to run, comma-separated")
     parser.add_argument("--epochs", metavar="N[,N...]", help="one run per value, each its own schedule (default: by mode)")
     parser.add_argument("--limit_train_batches", "--limit-train-batches", type=number, metavar="N|F",
                         help="training batches per epoch: a count or a fraction (default: by mode)")
     parser.add_argument("--repeats", type=int, default=1, metavar="N", help="runs of each, for a median")
     parser.add_argument("--target", type=float, default=0.99, help="the test accuracy to reach")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    parser.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the one-cycle schedule")
-    parser.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
-    parser.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out")
+    add_recipe_flags(parser, lr_help="peak learning rate of the one-cycle schedule")
     # Set by the parent for the plain-loop child process; a user never needs them.
     parser.add_argument("--run", choices=["pytorch"], help=argparse.SUPPRESS)
     parser.add_argument("--run_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    try:
-        args.epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
-    except ValueError:
-        die(f"--epochs takes whole numbers separated by commas, such as 2,3; got {args.epochs}")
+    fill_mode_defaults(args, QUICK, FULL)
+    args.epochs = whole_numbers("epochs", args.epochs, example="2,3")
     if not args.epochs or min(args.epochs) < 1:
         die(f"--epochs: every value must be at least 1, got {args.epochs}")
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]

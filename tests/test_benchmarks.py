@@ -15,6 +15,9 @@ import pytest
 from conftest import ROOT, assert_clean_error, script_env
 
 BENCHMARKS = ROOT / "benchmarks"
+# The benchmarks import their shared helpers with `from common import ...`: a benchmark run as a
+# script finds benchmarks/common.py because its own folder is sys.path[0]; load() below needs it too.
+sys.path.insert(0, str(BENCHMARKS))
 SYNTHETIC_SPLIT = ("--val_size", "500")  # the synthetic set has 3000 training images, not 60000
 
 
@@ -135,8 +138,8 @@ def test_run_all_runs_benchmarks_and_reports_the_machine(mnist_dir, tmp_path):
     for row in pipelines:
         assert float(row["load only s/epoch"]) > 0 and float(row["train s/epoch"]) > 0
     steps = read_csv(tmp_path / "step_overhead.csv")
-    assert [row["configuration"] for row in steps][:3] == ["PyTorch loop", "PyTorch loop + metric", "Lightning loop"]
-    assert len(steps) == 7 and all(float(row["ms/step"]) > 0 for row in steps)
+    assert [row["configuration"] for row in steps][:3] == ["PyTorch loop", "PyTorch loop + metrics", "Lightning loop"]
+    assert len(steps) == 6 and all(float(row["ms/step"]) > 0 for row in steps)
     assert all(row["as % of a CNN step"].endswith("%") for row in steps[2:])
     summary = (tmp_path / "summary.md").read_text()
     assert "largest pixel difference 0.0e+00" in summary  # both pipelines give the very same tensors
