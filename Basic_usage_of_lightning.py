@@ -10,7 +10,7 @@ What it teaches
     devices, precision, debugging and profiling.
 
 How to run
-    python Basic_usage_of_lightning.py                           # 3 epochs, about 99.2% test accuracy
+    python Basic_usage_of_lightning.py                           # 3 epochs, about 99.1% test accuracy
     python Basic_usage_of_lightning.py --data_dir ../shared/data # MNIST already on disk, offline
     python Basic_usage_of_lightning.py --epochs 15               # the classic 15-epoch table
     python Basic_usage_of_lightning.py --fast_dev_run            # one batch per stage, a smoke test
