@@ -100,8 +100,9 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
-        self.example_input_array = torch.zeros(2, 1, 28, 28)  # summary and exports; batch 2 so
-        # torch.export keeps the batch dimension dynamic (a size of 1 would be specialized away)
+        # For the model summary and the exports. Batch 2, so that torch.export keeps the batch
+        # dimension dynamic (a size of 1 would be specialized away).
+        self.example_input_array = torch.zeros(2, 1, 28, 28)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: images in, logits out. The *_step hooks below call this."""
@@ -132,9 +133,8 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc.update(logits, labels)
 
     def on_validation_epoch_end(self):
-        # The 2.x home of what 1.x did in validation_epoch_end(outputs). The metric has kept its
-        # state over every batch; logging the Metric object (not a number) lets Lightning compute
-        # it once, across all DDP processes, and reset it for the next epoch.
+        # The 2.x home of what 1.x did in validation_epoch_end(outputs). As in on_train_epoch_end,
+        # the metric has kept its state over every batch, and logging the Metric object does the rest.
         self.log("valid_acc", self.valid_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):

@@ -214,7 +214,9 @@ class HookReporter(Callback):
                   + ", ".join(type(callback).__name__ for callback in trainer.callbacks))
 
     def on_sanity_check_end(self, trainer, pl_module):
-        self._say(pl_module, "on_sanity_check_end", "  (2 validation batches ran before training, to catch bugs early)")
+        batches = sum(trainer.num_sanity_val_batches)  # num_sanity_val_steps (2), or fewer if the loader is shorter
+        self._say(pl_module, "on_sanity_check_end",
+                  f"  ({batches} validation batches ran before training, to catch bugs early)")
 
     def on_train_start(self, trainer, pl_module):
         self._say(pl_module, "on_train_start")
@@ -303,7 +305,8 @@ DEFAULT_CALLBACKS = [name for name in DEMO_CALLBACKS if name != "lr_finder"]
 
 
 def build_callbacks(args, out: Path) -> dict:
-    if "model_summary" in args.callbacks and importlib.util.find_spec("rich") is None:
+    has_rich = importlib.util.find_spec("rich") is not None
+    if "model_summary" in args.callbacks and not has_rich:
         print("note: rich is not installed, so ModelSummary prints the plain table (pip install rich for "
               "RichModelSummary)")
     makers = {
@@ -311,7 +314,7 @@ def build_callbacks(args, out: Path) -> dict:
         "early_stopping": lambda: EarlyStopping(monitor="valid_acc", mode="max", patience=args.patience,
                                                 stopping_threshold=args.stop_at_acc),
         "lr_monitor": lambda: LearningRateMonitor(logging_interval="epoch"),
-        "model_summary": lambda: (RichModelSummary if importlib.util.find_spec("rich") else ModelSummary)(max_depth=2),
+        "model_summary": lambda: (RichModelSummary if has_rich else ModelSummary)(max_depth=2),
         "timer": lambda: Timer(duration={"seconds": args.time_limit} if args.time_limit else None, verbose=True),
         "grad_accum": lambda: GradientAccumulationScheduler(scheduling={0: 1, 1: 2}),
         "ema": lambda: EMAWithReport(decay=args.ema_decay),
@@ -510,12 +513,15 @@ def main(argv=None) -> int:
         # Lightning ran on_exception on every callback, then re-raised the error to us.
         print(f"\ntraining failed on purpose ({error}); on_exception ran first, see the last [hook] line")
         return 1
-    best = chosen["checkpoint"].best_model_path if "checkpoint" in chosen else ""
     if "ema" in chosen:
         # Test the weights fit left in the model: the average. Restoring a checkpoint on this Trainer
         # would run EMAWeightAveraging.on_load_checkpoint, which puts the raw weights back.
-        best = ""
-    print(f"testing {best or 'the weights in memory' + (' (the EMA average)' if 'ema' in chosen else '')}")
+        best, tested = "", "the weights in memory (the EMA average)"
+    elif "checkpoint" in chosen and chosen["checkpoint"].best_model_path:
+        best = tested = chosen["checkpoint"].best_model_path
+    else:
+        best, tested = "", "the weights in memory"
+    print(f"testing {tested}")
     test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False)[0]
 
     if trainer.is_global_zero:

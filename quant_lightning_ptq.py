@@ -305,8 +305,9 @@ def main(argv=None) -> int:
     print(f"\nfp32 accuracy: {fp32_acc:.4f}")
 
     model.setup("fit")  # calibration uses training images, never the test set
-    batches = iter(model._loader(model.train_set, shuffle=True))
-    calibration = [next(batches)[0] for _ in range(min(args.calibration_batches, len(batches)))]
+    loader = model.train_dataloader()
+    batches = iter(loader)
+    calibration = [next(batches)[0] for _ in range(min(args.calibration_batches, len(loader)))]
     start = time.perf_counter()
     if args.flow == "eager":
         int8_net = quantize_eager(float_net, args.backend, calibration)

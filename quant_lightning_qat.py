@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     if args.ckpt:
         load_weights(model, args.ckpt)
     else:
-        trainer, history = fit(model, args, out, args.epochs, keep_best=True)
+        _, history = fit(model, args, out, args.epochs, keep_best=True)
         histories.append(history.assign(phase="fp32"))
     float_net = copy.deepcopy(model.model).cpu().eval()
 

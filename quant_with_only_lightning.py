@@ -258,8 +258,9 @@ class QuantizationAwareTraining(pl.Callback):
         """Make pl_module a fake-quant model in place (what setup("fit") calls)."""
         if self._float_forward is not None:
             return  # fit again (e.g. more epochs): already prepared
+        submodules = dict(pl_module.named_modules())
         for name in (name for group in self.modules_to_fuse for name in group):
-            if name not in dict(pl_module.named_modules()):
+            if name not in submodules:
                 raise ValueError(f"modules_to_fuse: {pl_module.__class__.__name__} has no submodule {name!r}")
         pl_module.quant, pl_module.dequant = tq.QuantStub(), tq.DeQuantStub()
         float_forward = self._float_forward = pl_module.forward
@@ -379,7 +380,7 @@ def main(argv=None) -> int:
     if args.ckpt:
         load_weights(model, args.ckpt)
     else:
-        trainer, history = fit(model, args, out, args.epochs, callbacks=[])
+        _, history = fit(model, args, out, args.epochs, callbacks=[])
         histories.append(history.assign(phase="fp32"))
     float_model = copy.deepcopy(model).cpu().eval()  # before the callback changes model
 

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,16 +69,20 @@ def script_env(**extra) -> dict:
     return env
 
 
-def run_in(cwd: Path, script: str, *args, timeout: int = 600, env: dict = None):
-    """Run a top-level script in a fresh process in folder cwd (its outputs/ go there).
+def run_in(cwd: Path, script: str, *args, timeout: int = 600, env: dict = None, check: bool = False):
+    """Run a script (a file name under the repository root, or e.g. benchmarks/parity.py) in a
+    fresh process in folder cwd (its outputs/ go there).
 
-    Returns the CompletedProcess; `.out` is stdout and stderr together. Module-scoped fixtures
-    that train once for several tests call this directly.
+    Returns the CompletedProcess; `.out` is stdout and stderr together. check=True asserts exit
+    code 0, showing the end of the output otherwise. Module-scoped fixtures that train once for
+    several tests call this directly.
     """
     command = [sys.executable, str(ROOT / script), *map(str, args)]
     result = subprocess.run(command, cwd=cwd, env=env or script_env(), capture_output=True,
                             text=True, timeout=timeout)
     result.out = result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, result.out[-3000:]
     return result
 
 
@@ -91,9 +96,12 @@ def run_script(tmp_path):
 
 def load_script(path) -> object:
     """Import a script (a path, or a file name under the repository root) as a module, once, to
-    use its functions and classes in-process; the scripts run nothing on import."""
+    use its functions and classes in-process; the scripts run nothing on import. Its folder goes
+    on sys.path, as when it runs as a script: the benchmarks import benchmarks/common.py."""
     path = ROOT / path
     if path not in _loaded:
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -111,9 +119,20 @@ def printed_accuracy(output: str, label: str = "test accuracy") -> float:
     return float(match.group(1))
 
 
+def exit_of(function, argv, capsys) -> SimpleNamespace:
+    """Call function(argv) in-process (a script's main or parse_args), which must exit through
+    SystemExit: returns what assert_clean_error expects of a finished process."""
+    with pytest.raises(SystemExit) as exit_info:
+        function([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=exit_info.value.code, stderr=captured.err, out=captured.out + captured.err)
+
+
 def assert_clean_error(result, *phrases: str) -> None:
-    """Bad input: non-zero exit, no traceback, and an error line that names the problem."""
-    assert result.returncode != 0, result.out[-2000:]
+    """Bad input: exit code 2 (every script's die() and argparse use it), no traceback, and one
+    error line that names the problem."""
+    assert phrases, "say what the error line must name"
+    assert result.returncode == 2, result.out[-2000:]
     assert "Traceback" not in result.out, result.out[-3000:]
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, result.stderr[-2000:]

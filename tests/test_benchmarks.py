@@ -6,27 +6,12 @@ the same test accuracy, the pipelines deliver the same images, the tables and CS
 bad input gets a one-line error.
 """
 import csv
-import importlib.util
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, assert_clean_error, script_env
+from conftest import assert_clean_error, exit_of, load_script, run_in
 
-BENCHMARKS = ROOT / "benchmarks"
-# The benchmarks import their shared helpers with `from common import ...`: a benchmark run as a
-# script finds benchmarks/common.py because its own folder is sys.path[0]; load() below needs it too.
-sys.path.insert(0, str(BENCHMARKS))
 SYNTHETIC_SPLIT = ("--val_size", "500")  # the synthetic set has 3000 training images, not 60000
-
-
-def run_benchmark(script: str, *args, cwd, env: dict = None) -> subprocess.CompletedProcess:
-    """Like conftest's run_script, for a file under benchmarks/ and usable from module fixtures."""
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], cwd=cwd,
-                            env=env or script_env(), capture_output=True, text=True, timeout=600)
-    result.out = result.stdout + result.stderr
-    return result
 
 
 def read_csv(path) -> list:
@@ -35,19 +20,16 @@ def read_csv(path) -> list:
 
 
 def load(script: str):
-    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), BENCHMARKS / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark as a module (conftest's load_script puts benchmarks/ on sys.path for `from common import`)."""
+    return load_script(f"benchmarks/{script}")
 
 
 @pytest.fixture(scope="module")
 def parity(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("parity")
-    result = run_benchmark("parity.py", "--data_dir", mnist_dir, "--output_dir", out, "--accelerator", "cpu",
-                           "--epochs", "2", "--repeats", "1", "--limit_train_batches", "4",
-                           "--limit_val_batches", "2", *SYNTHETIC_SPLIT, cwd=out)
-    assert result.returncode == 0, result.out[-3000:]
+    result = run_in(out, "benchmarks/parity.py", "--data_dir", mnist_dir, "--output_dir", out, "--accelerator", "cpu",
+                    "--epochs", "2", "--repeats", "1", "--limit_train_batches", "4",
+                    "--limit_val_batches", "2", *SYNTHETIC_SPLIT, check=True)
     return out, result
 
 
@@ -55,10 +37,9 @@ def parity(mnist_dir, tmp_path_factory):
 def time_to_target(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("time_to_99")
     # One whole synthetic epoch reaches about 0.8, so a target of 0.5 exercises the "reached" path.
-    result = run_benchmark("time_to_99.py", "--data_dir", mnist_dir, "--output_dir", out, "--accelerator", "cpu",
-                           "--epochs", "1", "--limit_train_batches", "1.0", "--target", "0.5",
-                           *SYNTHETIC_SPLIT, cwd=out)
-    assert result.returncode == 0, result.out[-3000:]
+    result = run_in(out, "benchmarks/time_to_99.py", "--data_dir", mnist_dir, "--output_dir", out,
+                    "--accelerator", "cpu", "--epochs", "1", "--limit_train_batches", "1.0", "--target", "0.5",
+                    *SYNTHETIC_SPLIT, check=True)
     return out, result
 
 
@@ -128,9 +109,8 @@ def test_time_to_target_says_when_a_run_falls_short():
 
 
 def test_run_all_runs_benchmarks_and_reports_the_machine(mnist_dir, tmp_path):
-    result = run_benchmark("run_all.py", "--data_dir", mnist_dir, "--output_dir", tmp_path, "--accelerator", "cpu",
-                           "--only", "step_overhead,data_pipeline", "--quick", *SYNTHETIC_SPLIT, cwd=tmp_path)
-    assert result.returncode == 0, result.out[-3000:]
+    run_in(tmp_path, "benchmarks/run_all.py", "--data_dir", mnist_dir, "--output_dir", tmp_path, "--accelerator", "cpu",
+           "--only", "step_overhead,data_pipeline", "--quick", *SYNTHETIC_SPLIT, check=True)
     pipelines = read_csv(tmp_path / "data_pipeline.csv")
     assert [row["pipeline"] for row in pipelines] == ["per-sample transforms, 0 workers",
                                                       "per-sample transforms, 2 workers",
@@ -155,9 +135,8 @@ def test_test_suite_cost_times_pytest_with_and_without_real_data(mnist_dir, tmp_
         "import os\nimport pytest\n\n\ndef test_always():\n    assert True\n\n\n"
         "@pytest.mark.skipif(not os.environ.get('PATH_DATASETS'), reason='needs real MNIST')\n"
         "def test_real_data():\n    assert os.path.isdir(os.environ['PATH_DATASETS'])\n")
-    result = run_benchmark("test_suite_cost.py", "--data_dir", mnist_dir, "--output_dir", tmp_path,
-                           "--pytest_args", f"{tiny_suite} -p no:cacheprovider -p no:xdist", cwd=tmp_path)
-    assert result.returncode == 0, result.out[-3000:]
+    run_in(tmp_path, "benchmarks/test_suite_cost.py", "--data_dir", mnist_dir, "--output_dir", tmp_path,
+           "--pytest_args", f"{tiny_suite} -p no:cacheprovider -p no:xdist", check=True)
     default, real = read_csv(tmp_path / "test_suite_cost.csv")
     assert (default["mode"], default["passed"], default["skipped"]) == ("default", "1", "1")
     assert (real["mode"], real["passed"], real["skipped"]) == ("real", "2", "0")
@@ -165,7 +144,7 @@ def test_test_suite_cost_times_pytest_with_and_without_real_data(mnist_dir, tmp_
 
 
 def test_run_all_without_data_is_a_clean_error(tmp_path):
-    result = run_benchmark("run_all.py", "--data_dir", tmp_path / "nowhere", "--output_dir", tmp_path, cwd=tmp_path)
+    result = run_in(tmp_path, "benchmarks/run_all.py", "--data_dir", tmp_path / "nowhere", "--output_dir", tmp_path)
     assert_clean_error(result, "MNIST is not in", "--data_dir")
     assert not (tmp_path / "summary.md").exists()
 
@@ -174,14 +153,12 @@ def test_run_all_without_data_is_a_clean_error(tmp_path):
     ("parity.py", ["--epochs", "1"], "--epochs must be at least 2"),
     ("parity.py", ["--configs", "lightning"], "must include pytorch"),
     ("time_to_99.py", ["--epochs", "two"], "--epochs takes whole numbers"),
-    ("data_pipeline.py", ["--workers", "-1"], "--workers"),
+    ("data_pipeline.py", ["--workers", "-1"], "--workers: give one or more counts, none negative"),
     ("step_overhead.py", ["--steps", "0"], "--steps must be at least 1"),
     ("test_suite_cost.py", ["--modes", "fast"], "--modes: unknown fast"),
     ("run_all.py", ["--only", "speed"], "--only: unknown speed"),
 ])
 def test_impossible_flags_get_one_error_line(script, argv, phrase, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load(script).parse_args(argv)
-    assert exit_info.value.code == 2
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and phrase in error_lines[0], error_lines
+    result = exit_of(load(script).parse_args, argv, capsys)
+    assert_clean_error(result, phrase)
+    assert phrase in result.stderr  # as written, case included

@@ -5,13 +5,11 @@ Each script trains once per module-scoped fixture on the synthetic set; the test
 import ast
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import QUICK, ROOT, assert_clean_error, printed_accuracy, script_env
+from conftest import QUICK, assert_clean_error, printed_accuracy, run_in
 
 SHORT = (*QUICK, "--limit_train_batches", "20")  # 20 batches of 64 per epoch: enough to learn the synthetic set
 # One xdist group per script: each module-scoped run happens once, and the two scripts' tests run in parallel.
@@ -19,23 +17,14 @@ CALLBACKS = pytest.mark.xdist_group("callbacks_lightning")
 LOGGERS = pytest.mark.xdist_group("loggers_lightning")
 
 
-def run(script: str, *args, cwd):
-    """run_script for module-scoped fixtures: a fresh process, offline, one thread."""
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=script_env(),
-                            capture_output=True, text=True, timeout=600)
-    result.out = result.stdout + result.stderr
-    assert result.returncode in (0, 1), result.out[-3000:]
-    return result
-
-
 def info_twice(script: str, tmp_path_factory, *extra):
     """Run --info twice into one folder, with a stale file planted in between; return both snapshots."""
     cwd = tmp_path_factory.mktemp(script.split("_")[0])
-    first = run(script, "--info", *extra, cwd=cwd)
+    first = run_in(cwd, script, "--info", *extra, check=True)
     folder = next((cwd / "outputs").glob("*/*_info"))
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     (folder / "Stale.txt").write_text("left over from an older Lightning\n")
-    run(script, "--info", cwd=cwd)
+    run_in(cwd, script, "--info", check=True)
     after = {path.name: path.read_bytes() for path in folder.iterdir()}
     return first, before, after
 
@@ -59,9 +48,8 @@ def callbacks_info(tmp_path_factory):
 def callbacks_demo(mnist_dir, tmp_path_factory):
     """Every default callback; --stop_at_acc 0.8 stops it after epoch 1 of 0..2 on the synthetic set."""
     cwd = tmp_path_factory.mktemp("callbacks_demo")
-    result = run("callbacks_lightning.py", "--data_dir", mnist_dir, *SHORT, "--epochs", "3",
-                 "--stop_at_acc", "0.8", "--ema_decay", "0.9", cwd=cwd)
-    assert result.returncode == 0, result.out[-3000:]
+    result = run_in(cwd, "callbacks_lightning.py", "--data_dir", mnist_dir, *SHORT, "--epochs", "3",
+                    "--stop_at_acc", "0.8", "--ema_decay", "0.9", check=True)
     return result, cwd / "outputs" / "callbacks_lightning"
 
 
@@ -136,7 +124,6 @@ def test_lr_finder_and_on_exception(mnist_dir, run_script):
 @CALLBACKS
 def test_callbacks_bad_input(run_script):
     result = run_script("callbacks_lightning.py", "--callbacks", "early_stopping,nope")
-    assert result.returncode == 2
     assert_clean_error(result, "unknown callback", "nope", "valid names", "lr_finder")
 
 
@@ -149,9 +136,8 @@ def loggers_info(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loggers_demo(mnist_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("loggers_demo")
-    result = run("loggers_lightning.py", "--data_dir", mnist_dir, *SHORT, "--epochs", "2",
-                 "--log_every_n_steps", "5", cwd=cwd)
-    assert result.returncode == 0, result.out[-3000:]
+    result = run_in(cwd, "loggers_lightning.py", "--data_dir", mnist_dir, *SHORT, "--epochs", "2",
+                    "--log_every_n_steps", "5", check=True)
     return result, cwd / "outputs" / "loggers_lightning"
 
 
@@ -173,8 +159,11 @@ def test_loggers_demo_reports_missing_backends_and_continues(loggers_demo):
     output = loggers_demo[0].stdout
     for module, logger, install in (("wandb", "WandbLogger", "pip install wandb"),
                                     ("comet_ml", "CometLogger", "pip install comet-ml")):
+        notice = f"{logger}: not installed here ({module} is missing); enable it with: {install}"
         if importlib.util.find_spec(module) is None:
-            assert f"{logger}: not installed here ({module} is missing); enable it with: {install}" in output
+            assert notice in output
+        else:  # installed: the branch still checks something, that there is no false notice
+            assert notice not in output
     assert "Open TensorBoard on this run:  tensorboard --logdir" in output
     assert printed_accuracy(output) > 0.5
 
@@ -226,5 +215,4 @@ def test_mlflow_file_store_holds_params_metrics_and_image(loggers_demo):
 @LOGGERS
 def test_loggers_bad_input(run_script):
     result = run_script("loggers_lightning.py", "--loggers", "csv,neptune")
-    assert result.returncode == 2
     assert_clean_error(result, "unknown logger", "neptune", "valid names", "mlflow")

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, load_script, printed_accuracy, run_in, script_env
+from conftest import ROOT, assert_clean_error, exit_of, load_script, printed_accuracy, run_in, script_env
 
 # 4 short epochs: 10 of the 40 synthetic training batches each, all 8 validation batches. With
 # seed 2 the best valid_acc came at epoch 2 of 0-3 (torch 2.14 CPU): the resumed run's final test
@@ -48,8 +48,7 @@ def reference(tmp_path_factory, mnist_dir):
     """An uninterrupted run whose files hold the weights only."""
     root = tmp_path_factory.mktemp("reference")
     result = run_in(root, "check_point_save.py", *TRAIN, "--save_weights_only", "--data_dir", mnist_dir,
-                    "--output_dir", root / "run")
-    assert result.returncode == 0, result.out[-3000:]
+                    "--output_dir", root / "run", check=True)
     return SimpleNamespace(out=root / "run", result=result, history=pd.read_csv(root / "run" / "history.csv"))
 
 
@@ -77,8 +76,7 @@ def resumed(tmp_path_factory, mnist_dir):
         time.sleep(0.02)
     process.wait()
     at_kill = ckpt_names(folder)
-    result = run_in(root, "check_point_save.py", *args, "--resume")
-    assert result.returncode == 0, result.out[-3000:]
+    result = run_in(root, "check_point_save.py", *args, "--resume", check=True)
     return SimpleNamespace(root=root, out=out, result=result, killed_at=killed_at, returncode=process.returncode,
                            at_kill=at_kill, history=pd.read_csv(out / "history.csv"))
 
@@ -111,7 +109,9 @@ def test_best_files_hold_the_best_epochs(reference):
         best = f"epoch={best_epoch:02d}-{metric}={history.loc[best_epoch, metric]:.4f}.ckpt"
         assert re.search(rf"best by {metric}:\s+{re.escape(best)}", reference.result.stdout)
         assert re.search(rf"{re.escape(best)}\s+best_\w+\s+{metric}=\S+\s+1\s", reference.result.stdout)  # rank 1
-    for path in folder.glob("epoch=*.ckpt"):  # the epoch in each name is the epoch inside the file
+    epoch_files = sorted(folder.glob("epoch=*.ckpt"))
+    assert len(epoch_files) == 2 * TOP_K + 2  # the loop below checks every kept epoch file, and not none
+    for path in epoch_files:  # the epoch in each name is the epoch inside the file
         checkpoint = torch.load(path, weights_only=True)
         epoch = int(re.match(r"epoch=(\d+)", path.name).group(1))
         assert (checkpoint["epoch"], checkpoint["global_step"]) == (epoch, (epoch + 1) * STEPS_PER_EPOCH)
@@ -122,7 +122,6 @@ def test_weights_only_checkpoint_cannot_resume(reference, tmp_path):
     before = snapshot(reference.out)
     result = run_in(tmp_path, "check_point_save.py", *TRAIN, "--resume", "--output_dir", reference.out)
     assert_clean_error(result, "save_weights_only", "cannot resume")
-    assert result.returncode == 2
     assert snapshot(reference.out) == before
 
 
@@ -146,9 +145,8 @@ def test_killed_run_resumes_to_the_same_metrics(reference, resumed):
 def test_loaded_checkpoint_has_the_saved_accuracy(resumed, tmp_path, mnist_dir):
     before = snapshot(resumed.out)
     # The defaults: --ckpt_dir outputs/check_point_save/checkpoints --pick best_acc.
-    result = run_in(resumed.root, "check_point_load.py", "--data_dir", mnist_dir, "--save_model")
+    result = run_in(resumed.root, "check_point_load.py", "--data_dir", mnist_dir, "--save_model", check=True)
     loaded = resumed.root / "outputs" / "check_point_load"
-    assert result.returncode == 0, result.out[-3000:]
     accuracy = printed_accuracy(result.out)
     assert accuracy == printed_accuracy(resumed.result.out) and accuracy > 0.5
     best = re.search(r"best by valid_acc:\s+(\S+)", resumed.result.stdout).group(1)
@@ -161,8 +159,7 @@ def test_loaded_checkpoint_has_the_saved_accuracy(resumed, tmp_path, mnist_dir):
 
     # The plain state_dict it wrote loads back, without hyper_parameters, to the same accuracy.
     plain = run_in(tmp_path, "check_point_load.py", "--ckpt", loaded / "mnist_classifier.pt",
-                   "--data_dir", mnist_dir)
-    assert plain.returncode == 0, plain.out[-3000:]
+                   "--data_dir", mnist_dir, check=True)
     assert printed_accuracy(plain.out) == accuracy
 
 
@@ -172,16 +169,12 @@ def scripts():
     return SimpleNamespace(save=load_script("check_point_save.py"), load=load_script("check_point_load.py"))
 
 
-def call_main(module, argv, capsys):
-    """main(argv) must exit through die(): returns what assert_clean_error expects of a process."""
-    with pytest.raises(SystemExit) as exit_info:
-        module.main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=exit_info.value.code, stderr=captured.err, out=captured.out + captured.err)
+def last_ckpt(run) -> Path:
+    return run.out / "checkpoints" / "last.ckpt"
 
 
-def good_checkpoint(resumed) -> dict:
-    return torch.load(resumed.out / "checkpoints" / "last.ckpt", weights_only=True)
+def good_checkpoint(run) -> dict:
+    return torch.load(last_ckpt(run), weights_only=True)
 
 
 def with_weights(checkpoint: dict, **changes) -> dict:
@@ -206,10 +199,10 @@ LOAD_CASES = {
         ["--ckpt_dir", write(bad / "empty_dir" / "notes.txt", b"x").parent], ["holds no .ckpt"]),
     "empty file": lambda bad, run: (["--ckpt", write(bad / "empty.ckpt", b"")], ["empty", "0 bytes"]),
     "truncated early": lambda bad, run: (
-        ["--ckpt", write(bad / "cut.ckpt", (run.out / "checkpoints" / "last.ckpt").read_bytes()[:50_000])],
+        ["--ckpt", write(bad / "cut.ckpt", last_ckpt(run).read_bytes()[:50_000])],
         ["truncated"]),
     "truncated late": lambda bad, run: (
-        ["--ckpt", write(bad / "cut.ckpt", (run.out / "checkpoints" / "last.ckpt").read_bytes()[:-1000])],
+        ["--ckpt", write(bad / "cut.ckpt", last_ckpt(run).read_bytes()[:-1000])],
         ["truncated"]),
     "text file": lambda bad, run: (["--ckpt", write(bad / "notes.ckpt", b"epoch 3, loss 0.1\n")],
                                    ["not a PyTorch checkpoint"]),
@@ -228,7 +221,7 @@ LOAD_CASES = {
         ["--ckpt", write(bad / "old_style.ckpt", {**good_checkpoint(run), "hyper_parameters": argparse.Namespace(lr=0.1)})],
         ["argparse.Namespace", "weights_only", "--trust_checkpoint"]),
     "--pick with nothing matching": lambda bad, run: (
-        ["--ckpt_dir", write(bad / "only_last" / "last.ckpt", (run.out / "checkpoints" / "last.ckpt").read_bytes()).parent,
+        ["--ckpt_dir", write(bad / "only_last" / "last.ckpt", last_ckpt(run).read_bytes()).parent,
          "--pick", "best_loss"], ["--pick best_loss", "valid_loss"]),
     "--pick last without last.ckpt": lambda bad, run: (
         ["--ckpt_dir", write(bad / "no_last" / "epoch=01-valid_acc=0.5000.ckpt", good_checkpoint(run)).parent,
@@ -241,9 +234,8 @@ def test_load_refuses_bad_input(case, scripts, resumed, tmp_path, mnist_dir, cap
     (tmp_path / "bad").mkdir()
     argv, phrases = LOAD_CASES[case](tmp_path / "bad", resumed)
     before = snapshot(tmp_path)
-    result = call_main(scripts.load, [*argv, "--data_dir", mnist_dir, "--output_dir", tmp_path / "out"], capsys)
+    result = exit_of(scripts.load.main, [*argv, "--data_dir", mnist_dir, "--output_dir", tmp_path / "out"], capsys)
     assert_clean_error(result, *phrases)
-    assert result.returncode == 2
     assert snapshot(tmp_path) == before  # nothing written, not even the output folder
 
 
@@ -261,7 +253,7 @@ SAVE_CASES = {
         ["--resume", write(bad / "foreign.ckpt", without_resumable_state(run)), "--output_dir", bad / "new"],
         ["not written by check_point_save.py"]),
     "resume from a truncated file": lambda bad, run: (
-        ["--resume", write(bad / "cut.ckpt", (run.out / "checkpoints" / "last.ckpt").read_bytes()[:50_000]),
+        ["--resume", write(bad / "cut.ckpt", last_ckpt(run).read_bytes()[:50_000]),
          "--output_dir", bad / "new"], ["truncated"]),
     "fresh run over earlier checkpoints": lambda bad, run: (["--output_dir", run.out], ["--resume", "--overwrite"]),
     "save_top_k 0": lambda bad, run: (["--save_top_k", "0", "--output_dir", bad / "new"], ["--save_top_k", "last.ckpt"]),
@@ -273,9 +265,8 @@ def test_save_refuses_bad_input(case, scripts, resumed, tmp_path, mnist_dir, cap
     (tmp_path / "bad").mkdir()
     argv, phrases = SAVE_CASES[case](tmp_path / "bad", resumed)
     before, run_before = snapshot(tmp_path), snapshot(resumed.out)
-    result = call_main(scripts.save, [*TRAIN, "--data_dir", mnist_dir, *argv], capsys)
+    result = exit_of(scripts.save.main, [*TRAIN, "--data_dir", mnist_dir, *argv], capsys)
     assert_clean_error(result, *phrases)
-    assert result.returncode == 2
     assert snapshot(tmp_path) == before and snapshot(resumed.out) == run_before
 
 

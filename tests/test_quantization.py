@@ -3,7 +3,6 @@
 The scripts are trained once per module on the synthetic MNIST (the QAT runs start from the PTQ run's
 float checkpoint); the callback's constructor options are checked in-process on tiny fits.
 """
-import subprocess
 import sys
 
 import pandas as pd
@@ -23,13 +22,6 @@ FAST = (*QUICK, "--latency_repeats", "3", "--threads", "1")
 DEPRECATION = "torch.ao.quantization is deprecated"
 
 
-def run(script: str, *args, cwd) -> subprocess.CompletedProcess:
-    """run_in that must succeed (module-scoped fixtures cannot use run_script)."""
-    result = run_in(cwd, script, *args)
-    assert result.returncode == 0, result.out[-3000:]
-    return result
-
-
 def results_row(out) -> dict:
     table = pd.read_csv(out / "quant_results.csv")
     assert len(table) == 1
@@ -41,29 +33,29 @@ def both_routes(output: str) -> tuple:
             printed_accuracy(output, "int8 accuracy, Trainer.test"))
 
 
+def train(script: str, name: str, mnist_dir, tmp_path_factory, *args) -> tuple:
+    """One run of script on the synthetic set into a fresh folder: (that folder, its output)."""
+    out = tmp_path_factory.mktemp(name)
+    result = run_in(out, script, "--data_dir", mnist_dir, "--output_dir", out, *FAST, *args, check=True)
+    return out, result.out
+
+
 @pytest.fixture(scope="module")
 def ptq(mnist_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ptq")
-    result = run(PTQ, "--data_dir", mnist_dir, "--output_dir", out, *FAST, "--calibration_batches", "4", cwd=out)
-    return out, result.out
+    return train(PTQ, "ptq", mnist_dir, tmp_path_factory, "--calibration_batches", "4")
 
 
 @pytest.fixture(scope="module")
 def qat(mnist_dir, ptq, tmp_path_factory):
-    out = tmp_path_factory.mktemp("qat")
-    ckpt = ptq[0] / "checkpoints" / "best.ckpt"
-    result = run(QAT, "--data_dir", mnist_dir, "--output_dir", out, *FAST, "--ckpt", ckpt, "--qat_epochs", "1",
-                 cwd=out)
-    return out, result.out
+    """QAT for one epoch from the PTQ run's float checkpoint."""
+    return train(QAT, "qat", mnist_dir, tmp_path_factory, "--ckpt", ptq[0] / "checkpoints" / "best.ckpt",
+                 "--qat_epochs", "1")
 
 
 @pytest.fixture(scope="module")
 def callback_run(mnist_dir, ptq, tmp_path_factory):
-    out = tmp_path_factory.mktemp("callback")
-    ckpt = ptq[0] / "checkpoints" / "best.ckpt"
-    result = run(CALLBACK, "--data_dir", mnist_dir, "--output_dir", out, *FAST, "--ckpt", ckpt,
-                 "--qat_epochs", "1", cwd=out)
-    return out, result.out
+    return train(CALLBACK, "callback", mnist_dir, tmp_path_factory, "--ckpt", ptq[0] / "checkpoints" / "best.ckpt",
+                 "--qat_epochs", "1")
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +102,8 @@ def test_results_row_has_sizes_and_latency(runs, script):
 @pytest.mark.parametrize("script", [PTQ, QAT, CALLBACK])
 def test_reload_in_a_fresh_process_gives_the_same_accuracy(runs, script, mnist_dir, tmp_path):
     out, output = runs[script]
-    reloaded = run(script, "--data_dir", mnist_dir, "--batch_size", "64", "--load_int8", out / "mnist_int8.pt",
-                   cwd=tmp_path)
+    reloaded = run_in(tmp_path, script, "--data_dir", mnist_dir, "--batch_size", "64",
+                      "--load_int8", out / "mnist_int8.pt", check=True)
     assert both_routes(reloaded.out) == both_routes(output)
     assert printed_accuracy(reloaded.out) == printed_accuracy(output)
     assert not list(tmp_path.iterdir())  # testing a saved model writes nothing
@@ -272,8 +264,8 @@ def test_pt2e_flow_quantizes_saves_and_reloads(ptq, mnist_dir, tmp_path):
     ckpt = ptq[0] / "checkpoints" / "best.ckpt"
     # Batch 100 divides the 500 test images: one batch size, so torch.compile builds one graph.
     flags = ("--data_dir", mnist_dir, "--batch_size", "100")
-    result = run(PTQ, *flags, "--output_dir", tmp_path / "pt2e", "--ckpt", ckpt, "--flow", "pt2e",
-                 "--calibration_batches", "4", "--latency_repeats", "0", cwd=tmp_path)
+    result = run_in(tmp_path, PTQ, *flags, "--output_dir", tmp_path / "pt2e", "--ckpt", ckpt, "--flow", "pt2e",
+                    "--calibration_batches", "4", "--latency_repeats", "0", check=True)
     loop, trainer_test = both_routes(result.out)
     assert loop == trainer_test > 0.5
     row = results_row(tmp_path / "pt2e")
@@ -281,7 +273,7 @@ def test_pt2e_flow_quantizes_saves_and_reloads(ptq, mnist_dir, tmp_path):
     program = torch.export.load(tmp_path / "pt2e" / "mnist_int8.pt2")
     assert any(t.dtype == torch.int8 for t in program.state_dict.values())
     assert not any(t.dtype == torch.float32 and t.dim() == 2 for t in program.state_dict.values())  # no float copies
-    reloaded = run(PTQ, *flags, "--load_int8", tmp_path / "pt2e" / "mnist_int8.pt2", cwd=tmp_path)
+    reloaded = run_in(tmp_path, PTQ, *flags, "--load_int8", tmp_path / "pt2e" / "mnist_int8.pt2", check=True)
     assert printed_accuracy(reloaded.out) == trainer_test
 
 
