@@ -6,14 +6,16 @@ What it teaches
     A plain `nn.Module` (the network) wrapped by a `LightningModule` (the training recipe):
     `forward` for inference, one `*_step` hook per stage, epoch-level work in
     `on_validation_epoch_end` / `on_test_epoch_end`, an optimizer with an LR scheduler,
-    data loading inside the module (`setup` + `*_dataloader`), and the `Trainer` flags for
-    devices, precision, debugging and profiling.
+    data loading inside the module (`setup` + `*_dataloader`) or in a `LightningDataModule`,
+    and the `Trainer` flags for devices, nodes, precision, debugging and profiling.
 
 How to run
-    python Basic_usage_of_lightning.py                           # 3 epochs, about 99.1% test accuracy
-    python Basic_usage_of_lightning.py --data_dir ../shared/data # MNIST already on disk, offline
-    python Basic_usage_of_lightning.py --epochs 15               # the classic 15-epoch table
-    python Basic_usage_of_lightning.py --fast_dev_run            # one batch per stage, a smoke test
+    python Basic_usage_of_lightning.py                                 # 3 epochs, about 99.1% test accuracy
+    python Basic_usage_of_lightning.py --data_dir /path/to/datasets    # MNIST already on disk (MNIST/raw), offline
+    PATH_DATASETS=/path/to/datasets python Basic_usage_of_lightning.py # the same, as the Lightning tutorials do
+    python Basic_usage_of_lightning.py --epochs 15                     # the classic 15-epoch table
+    python Basic_usage_of_lightning.py --datamodule                    # data from a LightningDataModule
+    python Basic_usage_of_lightning.py --fast_dev_run                  # one batch per stage, a smoke test
     python Basic_usage_of_lightning.py --accelerator cpu --devices 2 --strategy ddp
     python Basic_usage_of_lightning.py --save_model --export onnx
     python Basic_usage_of_lightning.py --load_model outputs/Basic_usage_of_lightning/mnist_classifier.pt
@@ -31,7 +33,10 @@ What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
 import argparse
 import contextlib
 import io
+import math
 import os
+import socket
+import struct
 import sys
 import warnings
 from pathlib import Path
@@ -40,12 +45,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # draw into files; no display is needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
@@ -86,8 +94,8 @@ class MNISTConvNet(nn.Module):
 class MNISTClassifier(pl.LightningModule):
     """The training recipe around MNISTConvNet: steps, metrics, optimizer and data."""
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01,
-                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42):
         super().__init__()
         # Only plain types go in: checkpoints then load with torch.load(weights_only=True),
@@ -166,49 +174,335 @@ class MNISTClassifier(pl.LightningModule):
     def setup(self, stage: str):
         # Called on every process (each DDP rank) before the stage starts.
         if stage in ("fit", "validate"):
-            full = mnist_tensors(self.hparams.data_dir, train=True)
-            generator = torch.Generator().manual_seed(self.hparams.seed)  # same split every run
-            sizes = [len(full) - self.hparams.val_size, self.hparams.val_size]
-            self.train_set, self.valid_set = random_split(full, sizes, generator=generator)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.valid_set)
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
     def predict_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset, shuffle=False):
+    def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
-# %% Data
-def prepare_mnist(data_dir: str) -> int:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not.
+# %% DataModule
+class MNISTDataModule(pl.LightningDataModule):
+    """The same data as MNISTClassifier's own hooks, as a LightningDataModule (--datamodule).
 
-    Returns the number of training images (60000 for the real MNIST).
+    A DataModule is the standard home for data once several models or scripts share it: the
+    split, the loaders and the download live in one reusable class, and the same object feeds
+    trainer.fit, validate, test and predict. For one model in one file the hooks inside the
+    LightningModule (the original tutorial's way) are enough; both give the same split.
     """
-    try:
-        # torchvision prints every mirror it tries; one line from us is clearer.
-        with contextlib.redirect_stdout(io.StringIO()):
-            MNIST(data_dir, train=False, download=True)
-            return len(MNIST(data_dir, train=True, download=True))
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = str(error).splitlines()[0].rstrip(":")
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
+
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def prepare_data(self):
+        # Once per machine (local rank 0 only), before setup: the place to download.
+        prepare_mnist(self.hparams.data_dir)
+
+    def setup(self, stage: str):
+        # On every process: the same seeded split as MNISTClassifier.setup.
+        if stage in ("fit", "validate"):
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
+        if stage in ("test", "predict"):
+            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self):
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def _loader(self, dataset, batch_size, shuffle=False):
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+
+# %% Main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    out = Path(args.output_dir)
+    train = not (args.load_model or args.skip_training)
+
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
+                            eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
+                            num_workers=args.num_workers, seed=args.seed)
+    if args.named_modules or args.named_parameters:
+        print_structure(model, args.named_modules, args.named_parameters)
+        return 0
+    if args.load_model:
+        load_weights(model, args.load_model)
+    if args.val_size >= prepare_mnist(args.data_dir) and train:
+        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
+    datamodule = None
+    if args.datamodule:
+        datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
+                                     eval_batch_size=args.eval_batch_size, val_size=args.val_size,
+                                     num_workers=args.num_workers, seed=args.seed)
+    check_multi_node(args.num_nodes)
+
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
+                                 monitor="valid_acc", mode="max", enable_version_counter=False)
+    csv_logger = CSVLogger(out, name="csv_logs")
+    with exit_on_error("cannot build the Trainer from these flags"):
+        trainer = pl.Trainer(
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
+            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint],
+            plugins=[AtomicCheckpointIO()],
+            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
+            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
+            overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval,
+            profiler=args.profiler, deterministic=True)
+
+    if train:
+        with exit_if_interrupted(trainer):
+            trainer.fit(model, datamodule=datamodule)
+    # Test the best checkpoint when there is one (Lightning's own examples do the same);
+    # otherwise the weights in memory: loaded with --load_model, fresh with --skip_training.
+    best = checkpoint.best_model_path if train else ""
+    test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    predictions = trainer.predict(model, datamodule=datamodule)
+
+    if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
+        if train and not args.fast_dev_run:
+            history = epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
+            print("\n" + history.to_string(float_format="{:.4f}".format))
+            history.to_csv(out / "history.csv")
+            plot_history(history, out)
+        report_test(model, test_metrics, predictions)
+        if args.save_model:
+            save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
+        if args.export:
+            export_model(model, out / MODEL_FILE, args.export)
+        print(f"\nOutputs in {out.resolve()}:")
+        for path in sorted(out.glob("*")):
+            print(f"  {path.name}{'/' if path.is_dir() else ''}")
+
+    # Close the process group ourselves: a DDP process that exits with it open can abort (134).
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+# %% Flags
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
+    data = parser.add_argument_group("data and outputs")
+    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/Basic_usage_of_lightning",
+                      help="where logs, plots and models go")
+    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    data.add_argument("--datamodule", action="store_true",
+                      help="feed the Trainer from MNISTDataModule instead of the module's own dataloader hooks")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=positive_int, default=3, metavar="N")
+    train.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split and shuffling")
+
+    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
+    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
+    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1,
+                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+
+    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
+                       help="run N batches of each stage (1 when given alone), write no logs")
+    for stage in ("train", "val", "test"):
+        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
+                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
+    debug.add_argument("--overfit_batches", "--overfit-batches", type=batch_count_or_zero, default=0.0, metavar="N|F",
+                       help="train and validate on the same few batches: the model should reach ~100%%")
+    debug.add_argument("--val_check_interval", "--val-check-interval", type=batch_count, default=1.0, metavar="N|F",
+                       help="validate every N training batches, or every fraction of an epoch")
+    debug.add_argument("--profiler", choices=["simple", "advanced", "pytorch"], default=None,
+                       help="print where the time went after fit")
+
+    model = parser.add_argument_group("model files and inspection")
+    model.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+    model.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
+                       help="test these weights (.pt from --save_model, or a .ckpt) instead of training")
+    model.add_argument("--skip_training", "--skip-training", action="store_true",
+                       help="test the model as it is, untrained (~10%%): a check that the pipeline is wired")
+    model.add_argument("--export", choices=["onnx", "pt2"], help="export the model after training or loading")
+    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: training always ends with a test now; to test saved weights use --load_model"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, note=(
+        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int, note=(
+        "no effect: metrics are logged once per epoch; the progress bar shows the running loss"))
+    args = parser.parse_args(argv)
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    return args
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+def batch_count_or_zero(text: str):
+    """As batch_count, or 0 (off)."""
+    return 0 if text.strip() in ("0", "0.0") else batch_count(text)
+
+
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, **kwargs):
+        self.note = note
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Helpers
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, raw.parent, Path(data_dir)) if not folder.exists()]
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
 
 
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -222,75 +516,106 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
     return TensorDataset(images, dataset.targets)
 
 
-# %% Main
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    out = Path(args.output_dir)
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
-    if args.named_modules or args.named_parameters:
-        print_structure(model, args.named_modules, args.named_parameters)
-        return 0
-    if args.load_model:
-        load_weights(model, args.load_model)
-    train = not (args.load_model or args.test)
-    if args.val_size >= prepare_mnist(args.data_dir) and train:
-        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
 
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                 monitor="valid_acc", mode="max", enable_version_counter=False)
-    csv_logger = CSVLogger(out, name="csv_logs")
+def check_multi_node(num_nodes: int) -> None:
+    """Several machines need a rendezvous: check it before the Trainer waits on one."""
+    if num_nodes == 1 or "SLURM_NTASKS" in os.environ:  # SLURM tells Lightning everything itself
+        return
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
+    if missing:
+        die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
+            f"(or run under torchrun or srun); see the README's 'Past one machine'")
+    if os.environ["NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+        with socket.socket() as probe:
+            try:  # node 0 hosts the rendezvous: its port must be free
+                probe.bind((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
+            except (OSError, ValueError) as error:
+                die(f"cannot host the rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                    f"({error.strerror or error}); pick another MASTER_PORT on every machine")
+
+
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
     try:
-        trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint],
-            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval,
-            profiler=args.profiler, deterministic=True)
-    except Exception as error:  # a flag combination this machine cannot run: --accelerator gpu without one, ...
-        die(f"cannot build the Trainer from these flags: {str(error).splitlines()[0]}")
-
-    if train:
-        trainer.fit(model)
-    # Test the best checkpoint when there is one (Lightning's own examples do the same);
-    # otherwise the weights in memory: loaded with --load_model, fresh with --test.
-    best = checkpoint.best_model_path if train else ""
-    test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False)[0]
-    predictions = trainer.predict(model)
-
-    if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
-        if train and not args.fast_dev_run:
-            history = epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
-            print("\n" + history.to_string(float_format="{:.4f}".format))
-            history.to_csv(out / "history.csv")
-            plot_history(history, out)
-        report_test(model, test_metrics, predictions)
-        if args.save_model:
-            torch.save(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
-        if args.export:
-            export_model(model, out / MODEL_FILE, args.export)
-        print(f"\nOutputs in {out.resolve()}:")
-        for path in sorted(out.glob("*")):
-            print(f"  {path.name}{'/' if path.is_dir() else ''}")
-
-    # Close the process group ourselves: a DDP process that exits with it open can abort (134).
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
 
 
-def print_structure(model, modules: bool, parameters: bool) -> None:
-    if modules:
-        for name, module in model.named_modules():
-            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
-    if parameters:
-        for name, parameter in model.named_parameters():
-            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
-        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+@contextlib.contextmanager
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint: str = ""):
+    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
+
+    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
+    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        if not trainer.interrupted:
+            raise
+        sigterm = isinstance(stop, SIGTERMException)
+        print(f"interrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{resume_hint}", file=sys.stderr)
+        sys.exit(143 if sigterm else 130)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_atomically(checkpoint, Path(path))
+
+
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def epoch_history(metrics_csv: Path) -> pd.DataFrame:
+    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
+    metrics = pd.read_csv(metrics_csv)
+    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
+    # last(): the end-of-epoch validation when --val_check_interval validates more often.
+    return metrics.groupby("epoch")[columns].last().dropna(how="all")
+
+
+def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel: str = "epoch") -> None:
+    """loss.png and acc.png: train and valid curves per epoch."""
+    for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
+        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
 
 
 def load_weights(model: MNISTClassifier, path: str) -> None:
@@ -309,23 +634,6 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     except (RuntimeError, TypeError, AttributeError) as error:
         first_line = str(error).strip().splitlines()[0]
         die(f"{path} does not hold weights for MNISTConvNet ({first_line})")
-
-
-def epoch_history(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
-    metrics = pd.read_csv(metrics_csv)
-    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
-    # last(): the end-of-epoch validation when --val_check_interval validates more often.
-    return metrics.groupby("epoch")[columns].last().dropna(how="all")
-
-
-def plot_history(history: pd.DataFrame, out: Path) -> None:
-    for kind in ("loss", "acc"):
-        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"MNIST {kind} per epoch")
-        ax.set_xlabel("epoch")
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
 
 
 def report_test(model, test_metrics, predictions) -> None:
@@ -371,80 +679,20 @@ def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
           f"max logit difference {max_diff:.2e}")
 
 
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
 def die(message: str) -> None:
     """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-# %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = parser.add_argument_group("data and outputs")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/Basic_usage_of_lightning", help="where logs, plots and models go")
-    data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    train.add_argument("--epochs", type=int, default=3, metavar="N")
-    train.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
-
-    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
-    for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    debug.add_argument("--overfit_batches", "--overfit-batches", type=number, default=0.0, metavar="N|F",
-                       help="train and validate on the same few batches: the model should reach ~100%%")
-    debug.add_argument("--val_check_interval", "--val-check-interval", type=number, default=1.0, metavar="N|F",
-                       help="validate every N training batches, or every fraction of an epoch")
-    debug.add_argument("--profiler", choices=["simple", "advanced", "pytorch"], default=None,
-                       help="print where the time went after fit")
-
-    model = parser.add_argument_group("model files and inspection")
-    model.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-    model.add_argument("--load_model", "--load-model", metavar="PATH",
-                       help="test these weights (.pt from --save_model, or a .ckpt) instead of training")
-    model.add_argument("--test", action="store_true",
-                       help="skip training and test the model as it is (untrained: ~10%%, a sanity check)")
-    model.add_argument("--export", choices=["onnx", "pt2"], help="export the model after training or loading")
-    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
-    args = parser.parse_args(argv)
-
-    for flag in ("epochs", "batch_size", "val_size", "num_nodes"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0:
-        die(f"--lr must be positive, got {args.lr}")
-    if args.num_workers < 0:
-        die(f"--num_workers cannot be negative, got {args.num_workers}")
-    if args.load_model and not Path(args.load_model).is_file():
-        die(f"--load_model {args.load_model}: no such file (save one with --save_model)")
-    return args
 
 
 if __name__ == "__main__":

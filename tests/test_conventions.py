@@ -10,7 +10,8 @@ from conftest import ROOT, load_script
 SCRIPTS = ["Basic_usage_of_lightning.py", "check_point_save.py", "check_point_load.py",
            "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py",
            "callbacks_lightning.py", "loggers_lightning.py"]
-SECTIONS = ["Imports", "Model", "LightningModule", "Data", "Main", "Flags"]
+SECTIONS = ["Imports", "Model", "LightningModule", "Main", "Flags", "Helpers"]  # others may sit before Main
+SOURCE = "Basic_usage_of_lightning.py"  # where the canonical text of a copied block lives, unless a marker names another
 # flag: (the value to pass, the attribute it sets, the default every script shares or None)
 COMMON_FLAGS = {
     "--data_dir": ("somewhere", "data_dir", "data"),
@@ -33,10 +34,10 @@ COMMON_FLAGS = {
 
 
 class Parsed(Exception):
-    """Raised by the spy below with the namespace argparse produced."""
+    """Raised by the spy below with the namespace argparse produced, and the parser."""
 
-    def __init__(self, namespace):
-        self.namespace = namespace
+    def __init__(self, namespace, parser):
+        self.namespace, self.parser = namespace, parser
 
 
 def parsed_flags(script: str, argv: list, monkeypatch) -> argparse.Namespace:
@@ -46,13 +47,24 @@ def parsed_flags(script: str, argv: list, monkeypatch) -> argparse.Namespace:
     original = argparse.ArgumentParser.parse_args
 
     def spy(self, args=None, namespace=None):
-        raise Parsed(original(self, args, namespace))
+        raise Parsed(original(self, args, namespace), self)
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", spy)
     with pytest.raises(Parsed) as caught:
-        # The scripts have parse_args(); benchmarks/quantization.py parses first thing in main().
+        # The scripts have parse_args(); a benchmark may parse first thing in main().
         (getattr(module, "parse_args", None) or module.main)(argv)
     return caught.value.namespace
+
+
+def parser_of(script: str, monkeypatch) -> argparse.ArgumentParser:
+    module = load_script(script)
+    original = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
+                        lambda self, args=None, namespace=None: (_ for _ in ()).throw(Parsed(None, self)))
+    with pytest.raises(Parsed) as caught:
+        (getattr(module, "parse_args", None) or module.main)([])
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", original)
+    return caught.value.parser
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -107,3 +119,105 @@ def test_scripts_stand_alone(script):
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {name.removesuffix(".py") for name in SCRIPTS}
+
+
+# Copies that cannot drift: a block marked "# Copied from X.py" must read exactly as in X.py.
+COPY_MARK = re.compile(r"^# Copied from (\S+\.py)$")
+
+
+def top_level_blocks(script: str) -> dict:
+    """name -> (source text with decorators, the copy marker's source or None) of every top-level
+    function, class and assignment."""
+    source = (ROOT / script).read_text()
+    lines = source.splitlines()
+    blocks = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        else:
+            continue
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        marker = COPY_MARK.match(lines[first - 2]) if first >= 2 else None
+        blocks[name] = ("\n".join(lines[first - 1:node.end_lineno]), marker.group(1) if marker else None)
+    return blocks
+
+
+def copies() -> list:
+    return [(script, name, origin) for script in SCRIPTS
+            for name, (_, origin) in top_level_blocks(script).items() if origin]
+
+
+@pytest.mark.parametrize("script, name, origin", copies())
+def test_marked_copies_match_their_source(script, name, origin):
+    assert origin in SCRIPTS and origin != script, f"{script}: {name} is copied from {origin}"
+    source_blocks = top_level_blocks(origin)
+    assert name in source_blocks, f"{origin} has no {name} for {script} to copy"
+    text, origin_marker = source_blocks[name]
+    assert origin_marker is None, f"{script}: copy {name} from {origin_marker}, its source, not from a copy"
+    assert top_level_blocks(script)[name][0] == text, (
+        f"{script}: {name} differs from {origin}; change the source and copy it again")
+
+
+def test_copies_exist():
+    """The check above is not vacuous: every script copies its shared helpers."""
+    found = copies()
+    for script in SCRIPTS[1:]:
+        names = {name for copy_script, name, _ in found if copy_script == script}
+        assert {"die", "prepare_mnist", "mnist_tensors", "positive_int"} <= names, f"{script}: {sorted(names)}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_name_shared_with_another_script_is_a_marked_copy(script):
+    """Same name in two scripts and no marker on either: the drift this convention exists to stop.
+    A block that differs on purpose gets a name of its own, or is listed in LOCAL_ON_PURPOSE."""
+    mine = top_level_blocks(script)
+    for other in SCRIPTS:
+        theirs = top_level_blocks(other) if other != script else {}
+        for name in mine.keys() & theirs.keys() - LOCAL_ON_PURPOSE:
+            assert mine[name][1] or theirs[name][1], f"{script} and {other} both define {name}, neither marked as a copy"
+
+
+# Top-level names every script defines for itself, with its own content: main, its flags, its recipe.
+LOCAL_ON_PURPOSE = {"main", "parse_args", "MNISTClassifier", "MODEL_FILE", "load_weights", "report_test"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_is_read(script, monkeypatch):
+    """A script has only the flags it uses: each parsed attribute is read somewhere in the script."""
+    monkeypatch.delenv("PATH_DATASETS", raising=False)
+    namespace = parsed_flags(script, [], monkeypatch)
+    source = (ROOT / script).read_text()
+    body = "\n".join(line for line in source.splitlines() if "add_argument(" not in line)
+    for attribute in vars(namespace):
+        assert re.search(rf"\bargs\.{attribute}\b|[\"']{attribute}[\"']", body), (
+            f"{script}: --{attribute} is parsed but never read")
+
+
+def flag_table(script: str, monkeypatch) -> dict:
+    """option string -> what it means: where it goes, how its value is read, what values it takes."""
+    table = {}
+    for action in parser_of(script, monkeypatch)._actions:
+        kind = getattr(action.type, "__name__", None)
+        meaning = (action.dest, kind, tuple(action.choices or ()), action.nargs, action.const, type(action).__name__)
+        for option in action.option_strings:
+            table[option] = (meaning, action.default)
+    return table
+
+
+def test_a_flag_means_the_same_in_every_script(monkeypatch):
+    monkeypatch.delenv("PATH_DATASETS", raising=False)
+    tables = {script: flag_table(script, monkeypatch) for script in SCRIPTS}
+    own_defaults = {"--output_dir", "--output-dir", "--epochs", "--lr", "--help", "-h"}
+    shared = 0
+    for option in {option for table in tables.values() for option in table}:
+        having = {script: table[option] for script, table in tables.items() if option in table}
+        if len(having) < 2:
+            continue
+        shared += 1
+        meanings = {meaning for meaning, _ in having.values()}
+        assert len(meanings) == 1, f"{option} means different things: {having}"
+        if option not in own_defaults:
+            assert len({repr(default) for _, default in having.values()}) == 1, f"{option} defaults differ: {having}"
+    assert shared > 20
