@@ -242,6 +242,82 @@ class MNISTDataModule(pl.LightningDataModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% Data
+def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
+    dataset = MNIST(data_dir, train=train, download=False)
+    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
+    return TensorDataset(images, dataset.targets)
+
+
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
+
+
+
+# %% Saving and exporting
+def load_weights(model: MNISTClassifier, path: str) -> None:
+    """Load a .pt state_dict of MNISTConvNet or a Lightning .ckpt into model.model."""
+    try:
+        # weights_only=True: tensors and plain containers only, no arbitrary code on load.
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a .pt state_dict saved with "
+            f"--save_model or a Lightning .ckpt")
+    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()
+                 if k.startswith("model.")}
+    try:
+        model.model.load_state_dict(saved)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        die(f"{path} does not hold weights for MNISTConvNet ({first_line})")
+
+
+def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
+    model = model.to("cpu").eval()
+    if kind == "pt2":
+        # torch.export is the successor of TorchScript (LightningModule.to_torchscript is
+        # deprecated since Lightning 2.6.1). Load with torch.export.load(path).module().
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, (model.example_input_array,),
+                                      dynamic_shapes={"x": {0: batch}})
+        torch.export.save(program, f"{stem}.pt2")
+        print(f"exported {stem}.pt2 (torch.export)")
+        return
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter builds the graph with it)
+    except ImportError:
+        die("--export onnx needs the ONNX exporter: pip install onnx onnxscript onnxruntime")
+    path = f"{stem}.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every pass
+        model.to_onnx(path, model.example_input_array, input_names=["image"], output_names=["logits"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False)
+    print(f"exported {path} (ONNX)")
+    try:
+        import onnxruntime
+    except ImportError:
+        print("onnxruntime is not installed, so the export was not checked: pip install onnxruntime")
+        return
+    images = mnist_tensors(model.hparams.data_dir, train=False).tensors[0][:256]
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    onnx_logits = torch.from_numpy(session.run(None, {"image": images.numpy()})[0])
+    with torch.no_grad():
+        torch_logits = model(images)
+    agree = (onnx_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item()
+    max_diff = (onnx_logits - torch_logits).abs().max().item()
+    print(f"onnxruntime vs PyTorch on 256 test images: {agree:.0%} same predictions, "
+          f"max logit difference {max_diff:.2e}")
+
+
+
 # %% Main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -347,7 +423,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for stage in ("train", "val", "test"):
         debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    debug.add_argument("--overfit_batches", "--overfit-batches", type=batch_count_or_zero, default=0.0, metavar="N|F",
+    debug.add_argument("--overfit_batches", "--overfit-batches", type=batch_count, default=0.0, metavar="N|F",
                        help="train and validate on the same few batches: the model should reach ~100%%")
     debug.add_argument("--val_check_interval", "--val-check-interval", type=batch_count, default=1.0, metavar="N|F",
                        help="validate every N training batches, or every fraction of an epoch")
@@ -415,11 +491,6 @@ def batch_count(text: str):
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
     return value
-
-
-def batch_count_or_zero(text: str):
-    """As batch_count, or 0 (off)."""
-    return 0 if text.strip() in ("0", "0.0") else batch_count(text)
 
 
 def devices(text: str):
@@ -503,24 +574,6 @@ def idx_length(path: Path) -> int:
     if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
         die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
     return struct.unpack(">I", shape[:4])[0]
-
-
-def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision.
-
-    MNIST is 47 MB as uint8; converting it once is far cheaper than running
-    ToTensor + Normalize on every sample of every epoch.
-    """
-    dataset = MNIST(data_dir, train=train, download=False)
-    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
-    return TensorDataset(images, dataset.targets)
-
-
-def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
-    """The training images split into train and validation sets, the same for the same seed."""
-    full = mnist_tensors(data_dir, train=True)
-    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
-    return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
 def check_multi_node(num_nodes: int) -> None:
@@ -618,65 +671,11 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         plt.close(ax.figure)
 
 
-def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a .pt state_dict of MNISTConvNet or a Lightning .ckpt into model.model."""
-    try:
-        # weights_only=True: tensors and plain containers only, no arbitrary code on load.
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a .pt state_dict saved with "
-            f"--save_model or a Lightning .ckpt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()
-                 if k.startswith("model.")}
-    try:
-        model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        die(f"{path} does not hold weights for MNISTConvNet ({first_line})")
-
-
 def report_test(model, test_metrics, predictions) -> None:
     print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
     print("per digit:   " + " ".join(f"{d}:{a:.3f}" for d, a in enumerate(model.per_digit_accuracy)))
     predicted, labels = predictions[0]
     print(f"first predictions {predicted[:12].tolist()}\n     true labels  {labels[:12].tolist()}")
-
-
-def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
-    model = model.to("cpu").eval()
-    if kind == "pt2":
-        # torch.export is the successor of TorchScript (LightningModule.to_torchscript is
-        # deprecated since Lightning 2.6.1). Load with torch.export.load(path).module().
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.export.export(model, (model.example_input_array,),
-                                      dynamic_shapes={"x": {0: batch}})
-        torch.export.save(program, f"{stem}.pt2")
-        print(f"exported {stem}.pt2 (torch.export)")
-        return
-    try:
-        import onnxscript  # noqa: F401  (torch's ONNX exporter builds the graph with it)
-    except ImportError:
-        die("--export onnx needs the ONNX exporter: pip install onnx onnxscript onnxruntime")
-    path = f"{stem}.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every pass
-        model.to_onnx(path, model.example_input_array, input_names=["image"], output_names=["logits"],
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False)
-    print(f"exported {path} (ONNX)")
-    try:
-        import onnxruntime
-    except ImportError:
-        print("onnxruntime is not installed, so the export was not checked: pip install onnxruntime")
-        return
-    images = mnist_tensors(model.hparams.data_dir, train=False).tensors[0][:256]
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    onnx_logits = torch.from_numpy(session.run(None, {"image": images.numpy()})[0])
-    with torch.no_grad():
-        torch_logits = model(images)
-    agree = (onnx_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item()
-    max_diff = (onnx_logits - torch_logits).abs().max().item()
-    print(f"onnxruntime vs PyTorch on 256 test images: {agree:.0%} same predictions, "
-          f"max logit difference {max_diff:.2e}")
 
 
 def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
