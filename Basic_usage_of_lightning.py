@@ -502,7 +502,8 @@ def devices(text: str):
 
 def existing_file(text: str) -> str:
     if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
+        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
     return text
 
 
@@ -519,16 +520,19 @@ def output_folder(text: str) -> str:
 
 class OriginalTutorialFlag(argparse.Action):
     """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
-    value where its successor keeps it (dest), or nowhere."""
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
 
-    def __init__(self, option_strings, dest, note, **kwargs):
-        self.note = note
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
         kwargs.setdefault("default", argparse.SUPPRESS)
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
-        if self.dest != argparse.SUPPRESS:
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
             setattr(namespace, self.dest, self.const)
 
 
@@ -542,7 +546,7 @@ def prepare_mnist(data_dir: str) -> int:
     return the number of training images (60000 for the real MNIST). Any problem: one line."""
     raw = Path(data_dir, "MNIST", "raw")
     if not all((raw / name).is_file() for name in MNIST_FILES):
-        new_folders = [folder for folder in (raw, raw.parent, Path(data_dir)) if not folder.exists()]
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
         try:
             # torchvision prints every mirror it tries; one line from us is clearer.
             with contextlib.redirect_stdout(io.StringIO()):
@@ -603,20 +607,22 @@ def exit_on_error(what: str):
 
 
 @contextlib.contextmanager
-def exit_if_interrupted(trainer: pl.Trainer, resume_hint: str = ""):
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
     """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
 
     Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
     SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
     """
     try:
         yield
     except SystemExit as stop:
-        if not trainer.interrupted:
-            raise
         sigterm = isinstance(stop, SIGTERMException)
+        if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
+            raise
+        hint = resume_hint() if callable(resume_hint) else resume_hint
         print(f"interrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
-              f"(0-based) of {trainer.max_epochs}: nothing was tested{resume_hint}", file=sys.stderr)
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
         sys.exit(143 if sigterm else 130)
 
 

@@ -1,5 +1,12 @@
 """Basic_usage_of_lightning.py end to end, driven only through its flags."""
 import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import QUICK, assert_clean_error, load_script, printed_accuracy, run_in, script_env
+from conftest import (QUICK, ROOT, assert_clean_error, exit_of, load_script, printed_accuracy, run_in,
+                      script_env, write_idx)
 
 SCRIPT = "Basic_usage_of_lightning.py"
 
@@ -64,7 +72,7 @@ def test_same_seed_gives_the_same_metrics(trained, run_script, mnist_dir, tmp_pa
 
 
 def test_untrained_model_scores_near_chance(run_script, mnist_dir):
-    result = run_script(SCRIPT, "--data_dir", mnist_dir, "--test", "--batch_size", "250", check=True)
+    result = run_script(SCRIPT, "--data_dir", mnist_dir, "--skip_training", "--batch_size", "250", check=True)
     assert printed_accuracy(result.out) < 0.3
 
 
@@ -73,6 +81,89 @@ def test_ddp_on_two_cpu_processes(run_script, mnist_dir):
                         "--devices", "2", "--strategy", "ddp", check=True)  # not 134: the process group is closed
     assert printed_accuracy(result.out) > 0.5
     assert result.out.count("test accuracy:") == 1  # only rank 0 reports
+
+
+def test_datamodule_gives_the_same_split_and_metrics(trained, run_script, mnist_dir, tmp_path):
+    """MNISTDataModule and the LightningModule's own hooks: the same split, the same numbers."""
+    script = load_script(SCRIPT)
+    module = script.MNISTClassifier(data_dir=str(mnist_dir), val_size=500, seed=42)
+    datamodule = script.MNISTDataModule(data_dir=str(mnist_dir), val_size=500, seed=42)
+    module.setup("fit")
+    datamodule.setup("fit")
+    assert module.valid_set.indices == datamodule.valid_set.indices
+    assert len(datamodule.train_set) == 2500 and len(set(datamodule.valid_set.indices)) == 500
+    out, output = trained
+    result = run_script(SCRIPT, "--data_dir", mnist_dir, *QUICK, "--datamodule", check=True)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"),
+                                  pd.read_csv(tmp_path / "outputs" / "Basic_usage_of_lightning" / "history.csv"))
+    assert printed_accuracy(result.out) == printed_accuracy(output)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_node_rehearsal_on_one_machine(mnist_dir, tmp_path):
+    """The README's rehearsal: two processes as two nodes on loopback, one CPU device each."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / SCRIPT), "--data_dir", str(mnist_dir), *QUICK,
+               "--accelerator", "cpu", "--devices", "1", "--strategy", "ddp", "--num_nodes", "2"]
+    nodes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=script_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(rank)))
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "GLOBAL_RANK: 0" in outputs[0] and "GLOBAL_RANK: 1" in outputs[1]  # two ranks, one world
+    assert outputs[0].count("test accuracy:") == 1 and "test accuracy:" not in outputs[1]  # rank 0 reports
+    assert printed_accuracy(outputs[0]) > 0.5
+    out = tmp_path / "outputs" / "Basic_usage_of_lightning"
+    assert [path.name for path in (out / "csv_logs").iterdir()] == ["version_0"]  # one writer
+
+
+def test_rehearsal_with_its_port_in_use_fails_at_once(mnist_dir, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = script_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(taken.getsockname()[1]), NODE_RANK="0")
+        result = run_in(tmp_path, SCRIPT, "--data_dir", mnist_dir, *QUICK, "--accelerator", "cpu", "--devices", "1",
+                        "--strategy", "ddp", "--num_nodes", "2", env=env, timeout=120)
+    assert_clean_error(result, "cannot host the rendezvous", "pick another MASTER_PORT")
+
+
+def test_sigterm_during_training_exits_143_and_tests_nothing(mnist_dir, tmp_path):
+    """A scheduler's stop: not a success (0), no test of a half-trained model, the best file loads."""
+    out = tmp_path / "outputs" / "Basic_usage_of_lightning"
+    process = subprocess.Popen([sys.executable, str(ROOT / SCRIPT), "--data_dir", str(mnist_dir), "--epochs", "50",
+                                "--batch_size", "64", "--val_size", "500"], cwd=tmp_path, env=script_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "best.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output[-2000:]
+    assert "interrupted by SIGTERM" in output and "nothing was tested" in output
+    assert "test accuracy" not in output and "Traceback" not in output
+    checkpoint = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["epoch"] < 49
+    assert not list((out / "checkpoints").glob(".*partial"))
+
+
+def test_original_tutorial_flags_are_read_and_say_what_they_do(mnist_dir, tmp_path, monkeypatch, capsys):
+    """The 1.x tutorial's flags: each mapped to its successor or answered with a note, never silent."""
+    script = load_script(SCRIPT)
+    args = script.parse_args(["--no-cuda", "--test-batch-size", "1000", "--gamma", "0.7", "--log-interval", "10",
+                              "--test"])
+    notes = capsys.readouterr().err
+    assert args.accelerator == "cpu" and args.eval_batch_size == 1000 and args.batch_size == 128
+    for flag, phrase in (("--no-cuda", "--accelerator cpu"), ("--gamma", "one-cycle"),
+                         ("--log-interval", "once per epoch"), ("--test", "always ends with a test")):
+        assert re.search(rf"^note: {flag} \(from the original tutorial\): .*{phrase}", notes, re.M), notes
+    assert not hasattr(args, "gamma") and not hasattr(args, "test") and not hasattr(args, "log_interval")
+    assert script.parse_args([]).eval_batch_size == 128  # default: the training batch size
+    assert capsys.readouterr().err == ""  # no note without an old flag
 
 
 def test_debug_flags_run_without_writing_logs(run_script, mnist_dir, tmp_path):
@@ -92,15 +183,82 @@ def test_structure_flags_print_and_exit(run_script):
     assert "model.classifier.4.weight" in result.out and "(10, 128)" in result.out
 
 
+def test_impossible_flags_give_one_clear_error_in_a_real_process(run_script, mnist_dir):
+    """The whole path once as a user meets it: a fresh process, stderr, the exit code."""
+    result = run_script(SCRIPT, "--data_dir", mnist_dir, "--val_size", "500", "--accelerator", "tpu")
+    assert_clean_error(result, "cannot build the Trainer from these flags")
+
+
 @pytest.mark.parametrize("flags, phrases", [
     (["--epochs", "0"], ["--epochs", "at least 1"]),
     (["--batch-size", "0"], ["--batch_size", "at least 1"]),
+    (["--test-batch-size", "0"], ["--test-batch-size", "at least 1"]),  # the old spelling, the same error
+    (["--epochs", "two"], ["--epochs", "invalid"]),
+    (["--lr", "nan"], ["--lr", "positive"]),
+    (["--lr", "-1"], ["--lr", "positive"]),
+    (["--seed", "-1"], ["--seed", "between 0 and"]),
+    (["--num_workers", "-2"], ["--num_workers", "negative"]),
+    (["--limit_train_batches", "0"], ["--limit_train_batches", "at least 1"]),
+    (["--limit_test_batches", "0"], ["--limit_test_batches", "at least 1"]),
+    (["--limit_val_batches", "1.5"], ["--limit_val_batches", "(0, 1]"]),
+    (["--val_check_interval", "0"], ["--val_check_interval", "at least 1"]),
+    (["--fast_dev_run", "-1"], ["--fast_dev_run", "negative"]),
+    (["--devices", "0"], ["--devices", "at least 1"]),
+    (["--devices", "-1"], ["--devices", "at least 1"]),
+    (["--devices", "abc"], ["--devices", "invalid"]),
+    (["--num_nodes", "0"], ["--num_nodes", "at least 1"]),
+    (["--export", "tflite"], ["--export", "invalid choice"]),
     (["--load_model", "missing.pt"], ["missing.pt", "no such file"]),
+    (["--accelerator", "gpu"], ["cannot build the Trainer from these flags"]),
     (["--accelerator", "tpu"], ["cannot build the Trainer from these flags"]),
+    (["--precision", "bogus"], ["cannot build the Trainer from these flags"]),
+    (["--strategy", "bogus"], ["cannot build the Trainer from these flags"]),
     (["--val_size", "3000"], ["--val_size", "no training images"]),
+    (["--num_nodes", "2"], ["MASTER_ADDR", "NODE_RANK"]),
+    (["--no_such_flag"], ["unrecognized arguments"]),
 ])
-def test_impossible_flags_give_one_clear_error(run_script, mnist_dir, flags, phrases):
-    assert_clean_error(run_script(SCRIPT, "--data_dir", mnist_dir, "--val_size", "500", *flags), *phrases)
+def test_impossible_flags_give_one_clear_error(mnist_dir, tmp_path, monkeypatch, capsys, flags, phrases):
+    monkeypatch.chdir(tmp_path)
+    for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    result = exit_of(load_script(SCRIPT).main, ["--data_dir", mnist_dir, "--val_size", "500", *flags], capsys)
+    assert_clean_error(result, *phrases)
+    assert not (tmp_path / "outputs").exists()  # refused before any work
+
+
+def test_an_output_dir_that_is_a_file_is_refused(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("not a folder")
+    result = exit_of(load_script(SCRIPT).main, ["--data_dir", mnist_dir, "--output_dir", "taken/run"], capsys)
+    assert_clean_error(result, "taken", "is a file")
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("damage, phrases", [
+    ("labels", ["3000 train images but 2999 train labels", "copy the four raw"]),
+    ("truncate", ["t10k-images-idx3-ubyte", "damaged or cut short"]),
+])
+def test_broken_mnist_files_are_named(mnist_dir, tmp_path, monkeypatch, capsys, damage, phrases):
+    broken = tmp_path / "data"
+    shutil.copytree(mnist_dir, broken)
+    raw = broken / "MNIST" / "raw"
+    if damage == "labels":
+        labels = raw / "train-labels-idx1-ubyte"
+        write_idx(labels, np.frombuffer(labels.read_bytes()[8:], dtype=np.uint8)[:-1])
+    else:
+        images = raw / "t10k-images-idx3-ubyte"
+        images.write_bytes(images.read_bytes()[:-100])
+    monkeypatch.chdir(tmp_path)
+    assert_clean_error(exit_of(load_script(SCRIPT).main, ["--data_dir", broken], capsys), *phrases)
+
+
+def test_offline_download_failure_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    result = exit_of(load_script(SCRIPT).main, ["--data_dir", tmp_path / "new" / "datasets", "--output_dir",
+                                               tmp_path / "out"], capsys)
+    assert_clean_error(result, "MNIST is not in", "PATH_DATASETS")
+    assert not (tmp_path / "new").exists()
 
 
 def test_unreadable_or_foreign_weights_are_refused_untouched(run_script, mnist_dir, tmp_path):
@@ -122,7 +280,7 @@ def test_offline_without_data_says_where_to_put_the_files(run_script, tmp_path):
 
 
 def test_data_dir_defaults_to_path_datasets(run_script, mnist_dir):
-    result = run_script(SCRIPT, "--test", "--batch_size", "250",
+    result = run_script(SCRIPT, "--skip_training", "--batch_size", "250",
                         env=script_env(PATH_DATASETS=str(mnist_dir)), check=True)
     # It read the synthetic set there: the labels it prints are the first of that test file's.
     labels = list((mnist_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes()[8:20])
