@@ -526,6 +526,8 @@ class OriginalTutorialFlag(argparse.Action):
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
         self.note, self.successor = note, successor
         kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -582,8 +584,8 @@ def idx_length(path: Path) -> int:
 
 def check_multi_node(num_nodes: int) -> None:
     """Several machines need a rendezvous: check it before the Trainer waits on one."""
-    if num_nodes == 1 or "SLURM_NTASKS" in os.environ:  # SLURM tells Lightning everything itself
-        return
+    if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        return  # srun and torchrun set up the rendezvous themselves
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
     if missing:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
@@ -621,7 +623,7 @@ def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
         if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
             raise
         hint = resume_hint() if callable(resume_hint) else resume_hint
-        print(f"interrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+        print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
               f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
         sys.exit(143 if sigterm else 130)
 

@@ -16,7 +16,7 @@ How to run
     python check_point_load.py --ckpt_dir outputs/check_point_save/checkpoints --pick best_acc
     python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
     python check_point_load.py --ckpt outputs/check_point_load/mnist_classifier.pt  # a plain state_dict
-    python check_point_load.py --data_dir ../shared/data --batch_size 1000   # overrides at load time
+    python check_point_load.py --data_dir /path/to/datasets --eval_batch_size 1000  # overrides at load time
 
 What it writes (under --output_dir, default outputs/check_point_load)
     predictions.png             a grid of test digits with their true and predicted labels
@@ -29,8 +29,10 @@ import argparse
 import contextlib
 import inspect
 import io
+import math
 import os
 import re
+import struct
 import sys
 import warnings
 from pathlib import Path
@@ -43,26 +45,23 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+# The test set is a tensor in memory, so loader workers have nothing to speed up; Lightning's hint
+# about adding workers would only be noise here.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
-DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"
-# --pick: the metric in the file names that check_point_save.py writes, and which end is best.
-PICKS = {"best_loss": ("valid_loss", min), "best_acc": ("valid_acc", max)}
 
 
 # %% Model
+# Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
     """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
 
@@ -79,6 +78,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
 
@@ -91,8 +91,8 @@ class MNISTClassifier(pl.LightningModule):
     arguments and the same attribute names loads it. The training hooks are not needed here.
     """
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01,
-                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()
@@ -116,120 +116,31 @@ class MNISTClassifier(pl.LightningModule):
 
     def test_dataloader(self):
         workers = self.hparams.num_workers
-        return DataLoader(self.test_set, batch_size=self.hparams.batch_size,
+        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
-# %% Data
-def prepare_mnist(data_dir: str) -> int:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not.
-
-    Returns the number of training images (60000 for the real MNIST).
-    """
-    try:
-        # torchvision prints every mirror it tries; one line from us is clearer.
-        with contextlib.redirect_stdout(io.StringIO()):
-            MNIST(data_dir, train=False, download=True)
-            return len(MNIST(data_dir, train=True, download=True))
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = str(error).splitlines()[0].rstrip(":")
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
+# %% Loading a checkpoint
+def load_model(path: Path, checkpoint: dict, weights: dict, overrides: dict, trust: bool) -> MNISTClassifier:
+    """The file as an MNISTClassifier ready to test, with `overrides` replacing saved arguments."""
+    if is_lightning_checkpoint(checkpoint):
+        # A classmethod: it builds a new model from the saved hyper_parameters (overrides win),
+        # loads the weights and returns it. map_location: a GPU-saved file loads without a GPU.
+        return MNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=not trust,
+                                                    **overrides)
+    # A .pt state_dict has no hyper_parameters, and load_from_checkpoint cannot apply overrides
+    # to a 1.x file's argparse.Namespace: build the model from what there is, then load the weights.
+    saved = checkpoint.get("hyper_parameters") or {}
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    accepted = inspect.signature(MNISTClassifier).parameters
+    model = MNISTClassifier(**{k: v for k, v in saved.items() if k in accepted} | overrides)
+    model.model.load_state_dict(weights)
+    return model
 
 
-def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision."""
-    dataset = MNIST(data_dir, train=train, download=False)
-    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
-    return TensorDataset(images, dataset.targets)
-
-
-# %% Checkpoint files
-def find_checkpoint(args) -> Path:
-    """--ckpt PATH as given, or the file --pick chooses in --ckpt_dir."""
-    if args.ckpt:
-        path = Path(args.ckpt)
-        if path.is_dir():
-            die(f"--ckpt {path} is a folder; pass a file, or --ckpt_dir {path} --pick best_acc")
-        if not path.is_file():
-            die(f"--ckpt {path}: no such file")
-        return path
-    folder = Path(args.ckpt_dir or DEFAULT_CKPT_DIR)
-    if not folder.is_dir():
-        die(f"--ckpt_dir {folder}: no such folder; train first (python check_point_save.py) or pass --ckpt")
-    files = sorted(folder.glob("*.ckpt"))  # sorted: by epoch, since the names start with it
-    if not files:
-        die(f"{folder} holds no .ckpt files; train first (python check_point_save.py) or pass --ckpt")
-    names = ", ".join(path.name for path in files[:6]) + (", ..." if len(files) > 6 else "")
-    if args.pick == "last":
-        if not (folder / "last.ckpt").is_file():
-            die(f"--pick last: no last.ckpt in {folder} (it holds {names}); pick best_loss or best_acc")
-        return folder / "last.ckpt"
-    metric, best = PICKS[args.pick]
-    scores = {path: float(match.group(1)) for path in files
-              if (match := re.search(rf"{metric}=(\d+\.\d+)\.ckpt$", path.name))}
-    if not scores:
-        die(f"--pick {args.pick}: no file in {folder} has {metric} in its name (like "
-            f"epoch=03-{metric}=0.1234.ckpt); it holds {names}")
-    # Ties go to the earlier epoch, as in ModelCheckpoint.
-    return best(scores, key=scores.get)
-
-
-def read_checkpoint(path: Path, trust: bool) -> dict:
-    """torch.load the file, or exit with one line that says what is wrong with it.
-
-    weights_only=True (torch's default since 2.6) rebuilds tensors and plain containers
-    only. weights_only=False runs the full pickle machinery, which can call any function
-    the file names: only for files you made yourself.
-    """
-    if path.stat().st_size == 0:
-        die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
-    try:
-        with warnings.catch_warnings():
-            # Random bytes can look like a pickle header; torch warns about it before failing.
-            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
-            loaded = torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
-        unsafe = re.search(r"GLOBAL (\S+)", str(error))
-        if unsafe:
-            die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
-                f"since unpickling it can run any code; only if you made the file yourself, "
-                f"load it with --trust_checkpoint")
-        with open(path, "rb") as file:
-            if file.read(4) == b"PK\x03\x04":  # torch.save writes a zip archive: this one is cut or corrupt
-                die(f"{path} is truncated or damaged (an incomplete zip archive); use another checkpoint")
-        die(f"{path} is not a PyTorch checkpoint ({error.__class__.__name__}); pass a .ckpt "
-            f"from check_point_save.py or a .pt state_dict")
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        return loaded
-    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        # A bare .pt state_dict: accepted on purpose, as weights without anything else.
-        return {"state_dict": loaded}
-    kind = f"a dict with keys {list(loaded)[:4]}" if isinstance(loaded, dict) else f"a {type(loaded).__name__}"
-    die(f"{path} is not a checkpoint: it holds {kind}, neither a Lightning checkpoint (with "
-        f"'state_dict') nor a state_dict of tensors")
-
-
-def network_weights(path: Path, checkpoint: dict, hparams: dict) -> dict:
-    """The MNISTConvNet weights in the file, checked name by name and shape by shape."""
-    weights, prefix = checkpoint["state_dict"], ""
-    if all(name.startswith("model.") for name in weights):  # a LightningModule's names
-        weights, prefix = {name.removeprefix("model."): tensor for name, tensor in weights.items()}, "model."
-    expected = MNISTConvNet(hparams.get("hidden_units", 128)).state_dict()
-    missing = [prefix + name for name in expected if name not in weights]
-    unexpected = [prefix + name for name in weights if name not in expected]
-    if missing or unexpected:
-        die(f"{path} holds a different model: the file has {', '.join(unexpected[:3]) or 'nothing'} that "
-            f"MNISTConvNet does not, and lacks {', '.join(missing[:3]) or 'nothing'}")
-    for name, tensor in expected.items():
-        if weights[name].shape != tensor.shape:
-            die(f"{path} holds a different model: layer {prefix}{name} has shape {list(weights[name].shape)} "
-                f"in the file but {list(tensor.shape)} in MNISTConvNet(hidden_units="
-                f"{hparams.get('hidden_units', 128)})")
-    return weights
+def is_lightning_checkpoint(checkpoint: dict) -> bool:
+    """Written by Lightning, with plain hyper_parameters (the 1.x habit was an argparse.Namespace)."""
+    return "epoch" in checkpoint and not isinstance(checkpoint.get("hyper_parameters"), argparse.Namespace)
 
 
 def describe(path: Path, checkpoint: dict) -> None:
@@ -270,56 +181,55 @@ def show_classmethod_pitfall(path: Path) -> None:
               f"  Right: model = MNISTClassifier.load_from_checkpoint(path)")
 
 
+# %% Data
+# Copied from Basic_usage_of_lightning.py
+def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
+    dataset = MNIST(data_dir, train=train, download=False)
+    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
+    return TensorDataset(images, dataset.targets)
+
+
 # %% Main
 def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
-
-    # Everything about the file is checked before anything is written.
-    path = find_checkpoint(args)
-    checkpoint = read_checkpoint(path, args.trust_checkpoint)
-    saved_hparams = checkpoint.get("hyper_parameters") or {}
-    old_style = isinstance(saved_hparams, argparse.Namespace)  # the 1.x habit; loads only when trusted
-    if old_style:
-        saved_hparams = vars(saved_hparams)
-    weights = network_weights(path, checkpoint, saved_hparams)
-    # The saved data_dir is the training machine's; batch size and workers are this machine's choice.
-    overrides = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
-    lightning_file = "epoch" in checkpoint and not old_style
-    if lightning_file:
-        try:
-            model = MNISTClassifier.load_from_checkpoint(path, map_location="cpu",
-                                                         weights_only=not args.trust_checkpoint, **overrides)
-        except (TypeError, ValueError, KeyError, RuntimeError) as error:  # e.g. a hyperparameter of the wrong type
-            die(f"{path}: MNISTClassifier.load_from_checkpoint failed ({str(error).strip().splitlines()[0]})")
-    else:
-        # A .pt state_dict has no hyper_parameters, and load_from_checkpoint cannot apply overrides
-        # to a Namespace: build the model from what there is, then load the weights into it.
-        accepted = inspect.signature(MNISTClassifier).parameters
-        model = MNISTClassifier(**{k: v for k, v in saved_hparams.items() if k in accepted} | overrides)
-        model.model.load_state_dict(weights)
-
-    if rank_zero_only.rank == 0:  # under DDP every rank runs main(); only one reports
-        print(f"Checkpoint: {path.resolve()}")
-        if "epoch" in checkpoint:
-            describe(path, checkpoint)
-        if lightning_file:
-            print(f"\nmodel = MNISTClassifier.load_from_checkpoint(path, map_location='cpu', "
-                  f"{', '.join(f'{k}={v!r}' for k, v in overrides.items())})\n  hparams now: {dict(model.hparams)}")
-            show_classmethod_pitfall(path)
-        else:
-            print(f"\nbuilt by hand: MNISTClassifier(**{dict(model.hparams)}), then model.model.load_state_dict(weights)")
-    prepare_mnist(args.data_dir)
-
-    try:
+    with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
             num_nodes=args.num_nodes, precision=args.precision, logger=CSVLogger(out, name="csv_logs"),
             enable_checkpointing=False, fast_dev_run=args.fast_dev_run,
             limit_test_batches=args.limit_test_batches)
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
+
+    # Everything about the file and the data is checked (Helpers) before anything is written.
+    path = find_checkpoint(args)
+    checkpoint = read_checkpoint(path, args.trust_checkpoint)
+    weights = network_weights(path, checkpoint)
+    # The saved data_dir is the training machine's; batch sizes and workers are this machine's choice.
+    overrides = dict(data_dir=args.data_dir, batch_size=args.batch_size,
+                     eval_batch_size=args.eval_batch_size, num_workers=args.num_workers)
+    with exit_on_error(f"{path}: MNISTClassifier could not load it"):  # e.g. a hyperparameter of the wrong type
+        model = load_model(path, checkpoint, weights, overrides, args.trust_checkpoint)
+    if args.named_modules or args.named_parameters:
+        print_structure(model, args.named_modules, args.named_parameters)
+        return 0
+    prepare_mnist(args.data_dir)
+
+    if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports
+        print(f"Checkpoint: {path.resolve()}")
+        if "epoch" in checkpoint:
+            describe(path, checkpoint)
+        if is_lightning_checkpoint(checkpoint):
+            print(f"\nmodel = MNISTClassifier.load_from_checkpoint(path, map_location='cpu', "
+                  f"{', '.join(f'{k}={v!r}' for k, v in overrides.items())})\n  hparams now: {dict(model.hparams)}")
+            show_classmethod_pitfall(path)
+        else:
+            print(f"\nbuilt by hand: MNISTClassifier(**{dict(model.hparams)}), then model.model.load_state_dict(weights)")
     test_metrics = trainer.test(model, verbose=False)[0]
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
@@ -333,14 +243,14 @@ def main(argv=None) -> int:
 
         # Lightning checkpoints work without Lightning: torch.load gives a dict whose "state_dict"
         # holds the tensors under the LightningModule's names ("model." + the nn.Module's names).
-        network = MNISTConvNet(saved_hparams.get("hidden_units", 128), saved_hparams.get("dropout", 0.25))
+        network = MNISTConvNet(model.hparams.hidden_units, model.hparams.dropout)
         network.load_state_dict(weights)
         with torch.no_grad():
             difference = (network.eval()(images) - logits).abs().max().item()
         print(f"\nplain MNISTConvNet with the file's weights, no Lightning involved: "
               f"max logit difference {difference:.1e}")
         if args.save_model:
-            torch.save(network.state_dict(), out / f"{MODEL_FILE}.pt")
+            save_atomically(network.state_dict(), out / f"{MODEL_FILE}.pt")
         print(f"\nOutputs in {out.resolve()}:")
         for written in sorted(out.glob("*")):
             print(f"  {written.name}{'/' if written.is_dir() else ''}")
@@ -348,6 +258,252 @@ def main(argv=None) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+# %% Flags
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
+    ckpt = parser.add_argument_group("which checkpoint")
+    ckpt.add_argument("--ckpt", metavar="PATH", type=existing_file,
+                      help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
+    ckpt.add_argument("--ckpt_dir", "--ckpt-dir", metavar="DIR",
+                      help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
+    ckpt.add_argument("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
+                      help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
+    ckpt.add_argument("--trust_checkpoint", "--trust-checkpoint", action="store_true",
+                      help="load with weights_only=False, which can run code from the file: only files you made")
+
+    data = parser.add_argument_group("data and outputs (data_dir, batch sizes and num_workers override the saved ones)")
+    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_load",
+                      help="where the outputs go")
+    data.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N",
+                      help="the training batch size to record (nothing is trained here)")
+    data.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                      type=positive_int, metavar="N", help="test batch size (default: --batch_size)")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    data.add_argument("--seed", type=seed_value, default=42, help="seeds everything (testing draws nothing random)")
+    data.add_argument("--num_images", "--num-images", type=positive_int, default=16, metavar="N",
+                      help="test digits to predict and draw")
+    data.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+
+    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
+    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
+    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
+    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+
+    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
+                       help="test on N batches (1 when given alone)")
+    debug.add_argument("--limit_test_batches", "--limit-test-batches", type=batch_count, default=1.0,
+                       metavar="N|F", help="test batches: a count, or a fraction")
+
+    model = parser.add_argument_group("model inspection")
+    model.add_argument("--named_modules", "--named-modules", action="store_true",
+                       help="print the loaded model's modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: this script always tests the checkpoint it loads"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
+        "no effect: nothing is trained here"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int,
+                          metavar="N", note=(
+        "no effect: nothing is trained here; the test metrics are logged once"))
+    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
+                          help="the checkpoint to load and test: the same as --ckpt")
+    args = parser.parse_args(argv)
+    if args.load_model:
+        if args.ckpt and args.ckpt != args.load_model:
+            die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
+        args.ckpt = args.load_model
+    if args.ckpt and args.ckpt_dir:
+        die("pass --ckpt PATH or --ckpt_dir DIR, not both")
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    return args
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+# Copied from Basic_usage_of_lightning.py
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Helpers
+DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"
+# --pick: the metric in the file names that check_point_save.py writes, and which end is best.
+PICKS = {"best_loss": ("valid_loss", min), "best_acc": ("valid_acc", max)}
+
+
+def find_checkpoint(args) -> Path:
+    """--ckpt PATH as given, or the file --pick chooses in --ckpt_dir."""
+    if args.ckpt:
+        return Path(args.ckpt)
+    folder = Path(args.ckpt_dir or DEFAULT_CKPT_DIR)
+    if not folder.is_dir():
+        die(f"--ckpt_dir {folder}: no such folder; train first (python check_point_save.py) or pass --ckpt")
+    files = sorted(folder.glob("*.ckpt"))  # sorted: by epoch, since the names start with it
+    if not files:
+        die(f"{folder} holds no .ckpt files; train first (python check_point_save.py) or pass --ckpt")
+    names = ", ".join(path.name for path in files[:6]) + (", ..." if len(files) > 6 else "")
+    if args.pick == "last":
+        if not (folder / "last.ckpt").is_file():
+            die(f"--pick last: no last.ckpt in {folder} (it holds {names}); pick best_loss or best_acc")
+        return folder / "last.ckpt"
+    metric, best = PICKS[args.pick]
+    scores = {path: float(match.group(1)) for path in files
+              if (match := re.search(rf"{metric}=(\d+\.\d+)\.ckpt$", path.name))}
+    if not scores:
+        die(f"--pick {args.pick}: no file in {folder} has {metric} in its name (like "
+            f"epoch=03-{metric}=0.1234.ckpt); it holds {names}")
+    # Ties go to the earlier epoch, as in ModelCheckpoint.
+    return best(scores, key=scores.get)
+
+
+def read_checkpoint(path: Path, trust: bool) -> dict:
+    """A Lightning checkpoint, or a bare .pt state_dict as {"state_dict": ...}; else one error line."""
+    loaded = load_checkpoint_file(path, weights_only=not trust, unsafe_fix=(
+        "only if you made the file yourself, load it with --trust_checkpoint"))
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        return loaded
+    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        # A bare .pt state_dict: accepted on purpose, as weights without anything else.
+        return {"state_dict": loaded}
+    kind = f"a dict with keys {list(loaded)[:4]}" if isinstance(loaded, dict) else f"a {type(loaded).__name__}"
+    die(f"{path} is not a checkpoint: it holds {kind}, neither a Lightning checkpoint (with "
+        f"'state_dict') nor a state_dict of tensors")
+
+
+def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
+    """torch.load on the CPU, or exit with one line that says what is wrong with the file.
+
+    weights_only=True (torch's default since 2.6) rebuilds tensors and plain containers only.
+    weights_only=False runs the full pickle machinery, which can call any function the file
+    names: only for files you made yourself.
+    """
+    if path.stat().st_size == 0:
+        die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
+    try:
+        with warnings.catch_warnings():
+            # Random bytes can look like a pickle header; torch warns about it before failing.
+            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
+        unsafe = re.search(r"GLOBAL (\S+)", str(error))
+        if unsafe:
+            die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
+                f"since unpickling it can run any code; {unsafe_fix}")
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":  # torch.save writes a zip archive: this one is cut or corrupt
+                die(f"{path} is truncated or damaged (an incomplete zip archive); use another checkpoint")
+        die(f"{path} is not a PyTorch checkpoint ({error.__class__.__name__})")
+
+
+def network_weights(path: Path, checkpoint: dict) -> dict:
+    """The MNISTConvNet weights in the file, checked name by name and shape by shape."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    hidden_units = (vars(hparams) if isinstance(hparams, argparse.Namespace) else hparams).get("hidden_units", 128)
+    weights, prefix = checkpoint["state_dict"], ""
+    if all(name.startswith("model.") for name in weights):  # a LightningModule's names
+        weights, prefix = {name.removeprefix("model."): tensor for name, tensor in weights.items()}, "model."
+    expected = MNISTConvNet(hidden_units).state_dict()
+    missing = [prefix + name for name in expected if name not in weights]
+    unexpected = [prefix + name for name in weights if name not in expected]
+    if missing or unexpected:
+        die(f"{path} holds a different model: the file has {', '.join(unexpected[:3]) or 'nothing'} that "
+            f"MNISTConvNet does not, and lacks {', '.join(missing[:3]) or 'nothing'}")
+    for name, tensor in expected.items():
+        if weights[name].shape != tensor.shape:
+            die(f"{path} holds a different model: layer {prefix}{name} has shape {list(weights[name].shape)} "
+                f"in the file but {list(tensor.shape)} in MNISTConvNet(hidden_units={hidden_units})")
+    return weights
 
 
 def plot_predictions(images, labels, predicted, path: Path) -> None:
@@ -360,79 +516,108 @@ def plot_predictions(images, labels, predicted, path: Path) -> None:
         ax.imshow(image.squeeze(0), cmap="gray")
         ax.set_title(f"true {label}\npred {guess}", fontsize=9, color="black" if label == guess else "red")
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)  # with --fast_dev_run no logger has made it
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
+    try:
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+# Copied from Basic_usage_of_lightning.py
 def die(message: str) -> None:
     """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-# %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ckpt = parser.add_argument_group("which checkpoint")
-    ckpt.add_argument("--ckpt", metavar="PATH", help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
-    ckpt.add_argument("--ckpt_dir", "--ckpt-dir", metavar="DIR",
-                      help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
-    ckpt.add_argument("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
-                      help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
-    ckpt.add_argument("--trust_checkpoint", "--trust-checkpoint", action="store_true",
-                      help="load with weights_only=False, which can run code from the file: only files you made")
-    ckpt.add_argument("--num_images", "--num-images", type=int, default=16, metavar="N",
-                      help="test digits to predict and draw")
-    ckpt.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-
-    data = parser.add_argument_group("data and outputs (data_dir, batch_size and num_workers override the saved ones)")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/check_point_load", help="where the outputs go")
-    data.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
-    data.add_argument("--seed", type=int, default=42, help="seeds everything (testing draws nothing random)")
-
-    unused = parser.add_argument_group("training flags every script takes; nothing is trained here, so unused")
-    unused.add_argument("--epochs", type=int, default=3, metavar="N")
-    unused.add_argument("--lr", type=float, default=0.01)
-    unused.add_argument("--val_size", "--val-size", type=int, default=5000,
-                        help="the split comes from the checkpoint's hyper_parameters")
-
-    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
-                       help="test on N batches (1 when given alone)")
-    for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
-                           metavar="N|F", help=f"{stage} batches: a count, or a fraction"
-                           + ("" if stage == "test" else " (unused: only the test runs here)"))
-    args = parser.parse_args(argv)
-
-    for flag in ("batch_size", "num_nodes", "num_images"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.num_workers < 0:
-        die(f"--num_workers cannot be negative, got {args.num_workers}")
-    if args.ckpt and args.ckpt_dir:
-        die("pass --ckpt PATH or --ckpt_dir DIR, not both")
-    return args
 
 
 if __name__ == "__main__":

@@ -8,15 +8,20 @@ What it teaches
     `save_top_k`, `save_last`, `save_weights_only`, `every_n_epochs`; `trainer.save_checkpoint`
     for a manual save; `trainer.fit(ckpt_path="last")` to resume; what an exact resume needs
     beyond Lightning's own state (the random number generators that dropout and shuffling draw
-    from); and writing each file atomically, so that a kill never leaves half a checkpoint.
+    from); and writing each file atomically, so that a kill or a full disk never leaves half a
+    checkpoint where a whole one was.
 
 How to run
-    python check_point_save.py                          # 3 epochs: best 2 by loss, best 2 by accuracy, every 2 epochs, last
-    python check_point_save.py --data_dir ../shared/data # MNIST already on disk, offline
-    python check_point_save.py --resume                  # after a crash or kill: continue from checkpoints/last.ckpt
+    python check_point_save.py                              # 3 epochs: best 2 by loss, best 2 by accuracy, every 2 epochs, last
+    python check_point_save.py --data_dir /path/to/datasets # MNIST already on disk (MNIST/raw), offline
+    python check_point_save.py --resume                     # after a crash or kill: continue from checkpoints/last.ckpt
     python check_point_save.py --overwrite --save_top_k 3 --every_n_epochs 1
     python check_point_save.py --overwrite --save_weights_only  # smaller files, but none of them can resume
-    python check_point_load.py --pick best_acc           # then load, inspect and test one of them
+    python check_point_load.py --pick best_acc              # then load, inspect and test one of them
+
+    SIGTERM or Ctrl-C stops a run between two steps: it exits with 143 or 130 and prints the exact
+    --resume command. --overwrite keeps the earlier run's checkpoints until this run has saved its
+    own, and puts them back if it stops before that.
 
 What it writes (under --output_dir, default outputs/check_point_save)
     checkpoints/epoch=NN-valid_loss=X.ckpt   the --save_top_k epochs with the lowest valid_loss
@@ -32,8 +37,12 @@ What it writes (under --output_dir, default outputs/check_point_save)
 import argparse
 import contextlib
 import io
+import math
 import os
 import re
+import shlex
+import shutil
+import struct
 import sys
 import warnings
 from pathlib import Path
@@ -42,13 +51,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # draw into files; no display is needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from lightning_fabric.plugins.io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
@@ -70,6 +81,7 @@ RUN_SETTINGS = ("epochs", "batch_size", "lr", "seed", "val_size", "limit_train_b
 
 
 # %% Model
+# Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
     """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
 
@@ -94,8 +106,8 @@ class MNISTConvNet(nn.Module):
 class MNISTClassifier(pl.LightningModule):
     """The training recipe around MNISTConvNet: steps, metrics, optimizer and data."""
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01,
-                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42):
         super().__init__()
         # Plain types only: the checkpoint then loads with torch.load(weights_only=True), which
@@ -147,10 +159,8 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            full = mnist_tensors(self.hparams.data_dir, train=True)
-            generator = torch.Generator().manual_seed(self.hparams.seed)  # same split every run
-            sizes = [len(full) - self.hparams.val_size, self.hparams.val_size]
-            self.train_set, self.valid_set = random_split(full, sizes, generator=generator)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -158,45 +168,39 @@ class MNISTClassifier(pl.LightningModule):
         # shuffle=True draws each epoch's order from the global random generator, which
         # ResumableState saves and restores: a resumed run shuffles epoch N as an uninterrupted one.
         # (Under DDP Lightning swaps in a DistributedSampler, whose order depends on seed + epoch.)
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.valid_set)
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset, shuffle=False):
+    def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% Data
-def prepare_mnist(data_dir: str) -> int:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not.
-
-    Returns the number of training images (60000 for the real MNIST).
-    """
-    try:
-        # torchvision prints every mirror it tries; one line from us is clearer.
-        with contextlib.redirect_stdout(io.StringIO()):
-            MNIST(data_dir, train=False, download=True)
-            return len(MNIST(data_dir, train=True, download=True))
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = str(error).splitlines()[0].rstrip(":")
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
-
-
+# Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision."""
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
+
+
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
 # %% Checkpointing
@@ -225,29 +229,37 @@ def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
     }
 
 
+# Copied from Basic_usage_of_lightning.py
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a hidden file beside its final name, then rename it into place.
-
-    Lightning 2.6 already avoids partial files with an fsspec transaction, but for a local path
-    that writes into the system temp folder and moves the file with shutil.move: a rename only
-    when the temp folder is on the same filesystem, otherwise a copy that a kill can interrupt
-    half-way under the final name. Writing beside the target makes os.replace a true rename,
-    and fsync makes the data reach the disk before the new name does.
-    """
+    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
-        try:
-            with open(partial, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-        except BaseException:  # an error or Ctrl-C mid-write; after a SIGKILL the next save overwrites it
-            partial.unlink(missing_ok=True)
-            raise
-        os.replace(partial, path)  # readers see the old file or the new one, never half of one
+        save_atomically(checkpoint, Path(path))
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class ResumableState(pl.Callback):
@@ -282,109 +294,43 @@ class ResumableState(pl.Callback):
             torch.cuda.set_rng_state(state_dict["cuda_rng"])
 
 
-def read_checkpoint(path: Path) -> dict:
-    """torch.load with weights_only=True, or one error line that says what is wrong with the file."""
-    if path.stat().st_size == 0:
-        die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
-    try:
-        with warnings.catch_warnings():
-            # Random bytes can look like a pickle header; torch warns about it before failing.
-            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
-        unsafe = re.search(r"GLOBAL (\S+)", str(error))
-        if unsafe:
-            die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses to "
-                f"unpickle, since unpickling it could run code; re-save it with plain types")
-        with open(path, "rb") as file:
-            if file.read(4) == b"PK\x03\x04":  # torch.save writes a zip archive: this one is cut or corrupt
-                die(f"{path} is truncated or damaged (an incomplete zip archive); use another checkpoint")
-        die(f"{path} is not a PyTorch checkpoint ({error.__class__.__name__})")
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        die(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
-    return checkpoint
-
-
-def check_resumable(path: Path, settings: dict) -> None:
-    """Refuse, before anything is written, a checkpoint this run cannot continue exactly."""
-    checkpoint = read_checkpoint(path)
-    if "optimizer_states" not in checkpoint:
-        die(f"{path} was saved with save_weights_only=True: it holds the weights but no optimizer, "
-            f"LR-scheduler or callback state, so training cannot resume from it. Load it for "
-            f"inference with check_point_load.py, or train again without --save_weights_only")
-    state = checkpoint.get("callbacks", {}).get(ResumableState.__qualname__)
-    if state is None:
-        die(f"{path} was not written by check_point_save.py (it has no ResumableState); "
-            f"resume from this script's own last.ckpt")
-    changed = [f"--{name} {state['settings'][name]} (now {value})" for name, value in settings.items()
-               if state["settings"].get(name) != value]
-    if changed:
-        die(f"{path} was trained with {', '.join(changed)}; resume with the same flags, or start "
-            f"over with --overwrite (a one-cycle schedule cannot be stretched)")
-
-
-def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> str:
-    """Every .ckpt in the folder: which rule kept it, its monitored value and its rank."""
-    kept = {}
-    for name in ("best_loss", "best_acc"):
-        callback = callbacks[name]
-        ranked = sorted(callback.best_k_models.items(), key=lambda item: float(item[1]),
-                        reverse=callback.mode == "max")
-        for rank, (path, score) in enumerate(ranked, start=1):
-            kept[Path(path).name] = (name, f"{callback.monitor}={float(score):.4f}", str(rank))
-    named = {"last.ckpt": "save_last", "manual.ckpt": "trainer.save_checkpoint"}
-    lines = [f"  {'file':34s} {'kept by':24s} {'value':18s} {'rank':4s} {'size':>8s}"]
-    for path in sorted(ckpt_dir.glob("*.ckpt")):
-        periodic = re.fullmatch(r"epoch=\d+\.ckpt", path.name) and f"every_n_epochs={every_n_epochs}"
-        # Untracked: an epoch saved by an interrupted attempt that the resumed run ranked otherwise.
-        kept_by, value, rank = kept.get(path.name, (named.get(path.name) or periodic
-                                                     or "(not tracked by this run)", "", ""))
-        size = f"{path.stat().st_size / 1e3:.0f} kB"
-        lines.append(f"  {path.name:34s} {kept_by:24s} {value:18s} {rank:4s} {size:>8s}")
-    return "\n".join(lines)
-
-
 # %% Main
 def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
-    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
 
-    if args.resume:
-        path = ckpt_dir / "last.ckpt" if args.resume == "last" else Path(args.resume)
-        if not path.is_file():
-            die(f"--resume: no {path} to continue from; train without --resume first")
-        check_resumable(path, settings)
-    previous = [] if args.resume else sorted(ckpt_dir.glob("*.ckpt"))
-    if previous and not args.overwrite:
-        die(f"{ckpt_dir} already holds {len(previous)} checkpoints of an earlier run; continue it "
-            f"with --resume, delete them with --overwrite, or pick another --output_dir")
-    if args.val_size >= prepare_mnist(args.data_dir):
-        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
-    for path in previous + sorted(ckpt_dir.glob(".*.partial")):  # --overwrite, once all checks passed
-        path.unlink(missing_ok=True)  # missing_ok: under DDP every rank runs this
-
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
+                            eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
+                            num_workers=args.num_workers, seed=args.seed)
+    if args.named_modules or args.named_parameters:
+        print_structure(model, args.named_modules, args.named_parameters)
+        return 0
     callbacks = checkpoint_callbacks(ckpt_dir, args)
-    state = ResumableState(settings)
-    try:
+    state = ResumableState({name: getattr(args, name) for name in RUN_SETTINGS})
+    with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
             num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
-            callbacks=[state, *callbacks.values()], plugins=[AtomicCheckpointIO()],
+            callbacks=[state, *callbacks.values()],
+            # Each file is written beside its final name, then renamed into place (save_atomically).
+            plugins=[AtomicCheckpointIO()],
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             deterministic=True)
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
+    check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero)
+    if args.val_size >= prepare_mnist(args.data_dir):
+        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
 
     # ckpt_path="last": Lightning finds last.ckpt through the callbacks' dirpath, restores weights,
     # optimizer, scheduler, loop counters and callback states, and goes on from the next epoch.
-    trainer.fit(model, ckpt_path=args.resume, weights_only=True)
+    # SIGTERM or Ctrl-C: exit 143 or 130 with the --resume command. --overwrite: the earlier run's
+    # checkpoints wait in a hidden folder until this run has saved a last.ckpt of its own.
+    with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])):
+        with earlier_run_kept_until_replaced(ckpt_dir, args.overwrite and trainer.is_global_zero):
+            trainer.fit(model, ckpt_path=args.resume, weights_only=True)
     if not args.fast_dev_run:  # fast_dev_run turns the callbacks off; keep the folder as it was
         # A manual save: this moment, this path, no ranking and no clean-up; the callbacks decide
         # when to save and which files to keep. On every rank: under DDP all take part, rank 0 writes.
@@ -417,92 +363,424 @@ def main(argv=None) -> int:
     return 0
 
 
-def plot_history(history: pd.DataFrame, out: Path) -> None:
-    for kind in ("loss", "acc"):
-        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"MNIST {kind} per epoch")
-        ax.set_xlabel("epoch")
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
-
-
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 # %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
     data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/check_point_save",
+    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_save",
                       help="where checkpoints/, logs and plots go")
-    data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    train.add_argument("--epochs", type=int, default=3, metavar="N")
-    train.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
+    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=positive_int, default=3, metavar="N")
+    train.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split and shuffling")
 
     ckpt = parser.add_argument_group("checkpoints")
-    ckpt.add_argument("--save_top_k", "--save-top-k", type=int, default=2, metavar="K",
+    ckpt.add_argument("--save_top_k", "--save-top-k", type=top_k, default=2, metavar="K",
                       help="best files kept per monitored metric; -1 keeps every epoch")
     ckpt.add_argument("--save_weights_only", "--save-weights-only", action="store_true",
                       help="files hold the weights only: about a third the size, but cannot resume")
-    ckpt.add_argument("--every_n_epochs", "--every-n-epochs", type=int, default=2, metavar="N",
+    ckpt.add_argument("--every_n_epochs", "--every-n-epochs", type=positive_int, default=2, metavar="N",
                       help="also keep a snapshot every N epochs")
     ckpt.add_argument("--resume", nargs="?", const="last", metavar="PATH",
                       help="continue the run from checkpoints/last.ckpt (alone) or from PATH")
     ckpt.add_argument("--overwrite", action="store_true",
-                      help="delete the checkpoints of an earlier run in --output_dir and start over")
+                      help="replace the checkpoints of an earlier run in --output_dir (kept until this run has saved its own)")
 
     hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
 
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no checkpoints")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
+        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    args = parser.parse_args(argv)
 
-    for flag in ("epochs", "batch_size", "val_size", "num_nodes", "every_n_epochs"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0:
-        die(f"--lr must be positive, got {args.lr}")
-    if args.num_workers < 0:
-        die(f"--num_workers cannot be negative, got {args.num_workers}")
-    if args.save_top_k == 0 or args.save_top_k < -1:
-        die(f"--save_top_k must be -1 (keep all) or at least 1, got {args.save_top_k} "
-            f"(with 0 Lightning would not write last.ckpt either)")
-    if args.limit_train_batches == 0:
-        die("--limit_train_batches 0 leaves nothing to train")
-    if args.limit_val_batches == 0:
-        die("--limit_val_batches 0 leaves nothing to validate, but the callbacks monitor valid_loss and valid_acc")
+    model = parser.add_argument_group("model inspection")
+    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: training always ends with a test of the best checkpoint; to test a saved "
+        "checkpoint use check_point_load.py"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
+        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int,
+                          metavar="N", note=(
+        "no effect: metrics are logged once per epoch; the progress bar shows the running loss"))
+    original.add_argument("--save_model", "--save-model", action="store_true",
+                          help="no effect here: every run saves its checkpoints")
+    args = parser.parse_args(argv)
+    if args.save_model:
+        print("note: --save_model (from the original tutorial): no effect, this script always saves "
+              "checkpoints in --output_dir/checkpoints; check_point_load.py --save_model writes the "
+              "plain state_dict", file=sys.stderr)
     if args.resume and args.overwrite:
-        die("--resume continues the earlier run and --overwrite deletes it; pass one of them")
+        die("--resume continues the earlier run and --overwrite replaces it; pass one of them")
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
     return args
+
+
+def top_k(text: str) -> int:
+    value = int(text)
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (keep all) or at least 1, got {value} "
+                                         f"(with 0 Lightning would not write last.ckpt either)")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+# Copied from Basic_usage_of_lightning.py
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Helpers
+def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: bool) -> None:
+    """Before any work: a folder this run can write, a file --resume can continue exactly, and no
+    earlier run's checkpoints that a fresh run would mix with its own."""
+    if ckpt_dir.exists() and not (ckpt_dir.is_dir() and os.access(ckpt_dir, os.W_OK)):
+        die(f"{ckpt_dir} is not a folder this run can write to; pick another --output_dir")
+    if rank_zero:  # under DDP the other ranks start once rank 0 has set the earlier run aside
+        settle_earlier_run(ckpt_dir)  # left by a killed --overwrite run
+    if args.resume:
+        path = ckpt_dir / "last.ckpt" if args.resume == "last" else Path(args.resume)
+        if not path.is_file():
+            die(f"--resume: no {path} to continue from; train without --resume first")
+        check_resumable(path, settings)
+    elif not args.overwrite and (previous := sorted(ckpt_dir.glob("*.ckpt"))):
+        die(f"{ckpt_dir} already holds {len(previous)} checkpoints of an earlier run; continue it "
+            f"with --resume, replace them with --overwrite, or pick another --output_dir")
+
+
+def check_resumable(path: Path, settings: dict) -> None:
+    """Refuse, before anything is written, a checkpoint this run cannot continue exactly."""
+    checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        held = f"keys {list(checkpoint)[:4]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        die(f"{path} is not a Lightning checkpoint (it holds {held}); resume from a last.ckpt "
+            f"that check_point_save.py wrote")
+    if "optimizer_states" not in checkpoint:
+        die(f"{path} was saved with save_weights_only=True: it holds the weights but no optimizer, "
+            f"LR-scheduler or callback state, so training cannot resume from it. Load it for "
+            f"inference with check_point_load.py, or train again without --save_weights_only")
+    state = checkpoint.get("callbacks", {}).get(ResumableState.__qualname__)
+    if state is None:
+        die(f"{path} was not written by check_point_save.py (it has no ResumableState); "
+            f"resume from this script's own last.ckpt")
+    changed = [f"--{name} {state['settings'][name]} (now {value})" for name, value in settings.items()
+               if state["settings"].get(name) != value]
+    if changed:
+        die(f"{path} was trained with {', '.join(changed)}; resume with the same flags, or start "
+            f"over with --overwrite (a one-cycle schedule cannot be stretched)")
+
+
+EARLIER_RUN = ".earlier_run"  # hidden, and not *.ckpt: no loader and no ModelCheckpoint looks inside
+
+
+@contextlib.contextmanager
+def earlier_run_kept_until_replaced(ckpt_dir: Path, overwrite: bool):
+    """--overwrite without losing anything: the earlier run's checkpoints wait in a hidden folder
+    until this run has saved a last.ckpt of its own, and come back if it stops before that."""
+    if overwrite and any(ckpt_dir.glob("*.ckpt")):
+        aside = ckpt_dir / EARLIER_RUN
+        aside.mkdir(exist_ok=True)
+        for path in ckpt_dir.glob("*.ckpt"):
+            path.rename(aside / path.name)
+        for path in ckpt_dir.glob(".*.partial"):  # left by a killed write: never a whole file
+            path.unlink()
+    try:
+        yield
+    finally:
+        settle_earlier_run(ckpt_dir)
+
+
+def settle_earlier_run(ckpt_dir: Path) -> None:
+    """Drop the set-aside checkpoints once this run has a last.ckpt of its own; else put them back."""
+    aside = ckpt_dir / EARLIER_RUN
+    if not aside.is_dir():
+        return
+    if not (ckpt_dir / "last.ckpt").is_file():
+        for path in ckpt_dir.glob("*.ckpt"):  # the first files of a run that stopped: nothing to resume
+            path.unlink()
+        for path in aside.iterdir():
+            path.rename(ckpt_dir / path.name)
+    shutil.rmtree(aside)
+
+
+def resume_hint(argv, last: ModelCheckpoint):
+    """For exit_if_interrupted: the command that goes on with this run, once it has stopped."""
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    script = sys.argv[0] if Path(sys.argv[0]).name == Path(__file__).name else Path(__file__).name
+
+    def hint() -> str:
+        if not last.last_model_path:  # no last.ckpt of this run (an --overwrite got the earlier one back)
+            return f"; it saved no checkpoint yet, so run it again: {shlex.join(['python', script, *argv])}"
+        kept, resume_path_next = [], False
+        for token in argv:  # the same flags, without --overwrite and --resume [PATH]
+            flag = token.split("=", 1)[0]
+            if resume_path_next and not token.startswith("-"):
+                resume_path_next = False
+                continue
+            # argparse also accepts unambiguous prefixes: --over, --res
+            if len(flag) > 2 and ("--overwrite".startswith(flag) or "--resume".startswith(flag)):
+                resume_path_next = "--resume".startswith(flag) and "=" not in token
+                continue
+            resume_path_next = False
+            kept.append(token)
+        return f"; resume with: {shlex.join(['python', script, *kept, '--resume'])}"
+    return hint
+
+
+def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> str:
+    """Every .ckpt in the folder: which rule kept it, its monitored value and its rank."""
+    kept = {}
+    for name in ("best_loss", "best_acc"):
+        callback = callbacks[name]
+        ranked = sorted(callback.best_k_models.items(), key=lambda item: float(item[1]),
+                        reverse=callback.mode == "max")
+        for rank, (path, score) in enumerate(ranked, start=1):
+            kept[Path(path).name] = (name, f"{callback.monitor}={float(score):.4f}", str(rank))
+    named = {"last.ckpt": "save_last", "manual.ckpt": "trainer.save_checkpoint"}
+    lines = [f"  {'file':34s} {'kept by':24s} {'value':18s} {'rank':4s} {'size':>8s}"]
+    for path in sorted(ckpt_dir.glob("*.ckpt")):
+        periodic = re.fullmatch(r"epoch=\d+\.ckpt", path.name) and f"every_n_epochs={every_n_epochs}"
+        # Untracked: an epoch saved by an interrupted attempt that the resumed run ranked otherwise.
+        kept_by, value, rank = kept.get(path.name, (named.get(path.name) or periodic
+                                                     or "(not tracked by this run)", "", ""))
+        size = f"{path.stat().st_size / 1e3:.0f} kB"
+        lines.append(f"  {path.name:34s} {kept_by:24s} {value:18s} {rank:4s} {size:>8s}")
+    return "\n".join(lines)
+
+
+# Copied from check_point_load.py
+def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
+    """torch.load on the CPU, or exit with one line that says what is wrong with the file.
+
+    weights_only=True (torch's default since 2.6) rebuilds tensors and plain containers only.
+    weights_only=False runs the full pickle machinery, which can call any function the file
+    names: only for files you made yourself.
+    """
+    if path.stat().st_size == 0:
+        die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
+    try:
+        with warnings.catch_warnings():
+            # Random bytes can look like a pickle header; torch warns about it before failing.
+            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
+        unsafe = re.search(r"GLOBAL (\S+)", str(error))
+        if unsafe:
+            die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
+                f"since unpickling it can run any code; {unsafe_fix}")
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":  # torch.save writes a zip archive: this one is cut or corrupt
+                die(f"{path} is truncated or damaged (an incomplete zip archive); use another checkpoint")
+        die(f"{path} is not a PyTorch checkpoint ({error.__class__.__name__})")
+
+
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
+    try:
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
+    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
+
+    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
+    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException)
+        if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
+            raise
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
+        sys.exit(143 if sigterm else 130)
+
+
+# Copied from Basic_usage_of_lightning.py
+def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel: str = "epoch") -> None:
+    """loss.png and acc.png: train and valid curves per epoch."""
+    for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
+        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+# Copied from Basic_usage_of_lightning.py
+def die(message: str) -> None:
+    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

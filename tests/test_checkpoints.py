@@ -1,15 +1,19 @@
 """check_point_save.py keeps the right files and resumes a killed run exactly; check_point_load.py
 loads them back with the accuracy they had, and refuses bad files with one line, touching nothing.
 
-Three training runs in all (module fixtures, kept on one xdist worker): a reference run with
---save_weights_only, and a run SIGKILLed once its second epoch is saved, then resumed. The
-bad-input cases, which stop before any training, call main() in this process: far cheaper
-than a fresh Python each.
+Three training runs in module fixtures (kept on one xdist worker): a reference run with
+--save_weights_only, and a run SIGKILLed once its second epoch is saved, then resumed; one more
+run is SIGTERMed and resumed with the command it printed. The bad-input cases, which stop before
+any training, call main() in this process: far cheaper than a fresh Python each (more of them in
+test_checkpoints_bad_input.py).
 """
 import argparse
+import contextlib
 import hashlib
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,6 +256,11 @@ SAVE_CASES = {
     "resume from another script's checkpoint": lambda bad, run: (
         ["--resume", write(bad / "foreign.ckpt", without_resumable_state(run)), "--output_dir", bad / "new"],
         ["not written by check_point_save.py"]),
+    "resume from a file that is not a Lightning checkpoint": lambda bad, run: (
+        # What quant_lightning_ptq.py saves: a state_dict with its backend, no Lightning keys at all.
+        ["--resume", write(bad / "mnist_int8.pt", {"state_dict": good_checkpoint(run)["state_dict"], "backend": "x86",
+                                                   "hidden_units": 128}), "--output_dir", bad / "new"],
+        ["mnist_int8.pt", "not a Lightning checkpoint", "backend"]),
     "resume from a truncated file": lambda bad, run: (
         ["--resume", write(bad / "cut.ckpt", last_ckpt(run).read_bytes()[:50_000]),
          "--output_dir", bad / "new"], ["truncated"]),
@@ -284,3 +293,45 @@ def test_an_interrupted_save_leaves_the_previous_file(scripts, tmp_path):
         writer.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(1000)}, "extra": FailsHalfWay()}, target)
     assert snapshot(tmp_path) == before
     assert torch.load(target, weights_only=True)["epoch"] == 1
+
+
+def test_sigterm_exits_143_with_a_resume_command_that_finishes_the_run(reference, tmp_path, mnist_dir):
+    """A scheduler's stop during an --overwrite run, once its first checkpoint is saved: exit 143
+    (not success), the exact --resume command, only whole checkpoints left, and that command ends
+    the run where an uninterrupted one ends. The earlier run (a copy of the reference) is replaced."""
+    out = tmp_path / "run"
+    shutil.copytree(reference.out, out)
+    folder, earlier = out / "checkpoints", {hashlib.sha1(path.read_bytes()).hexdigest()
+                                            for path in (out / "checkpoints").glob("*.ckpt")}
+    process = subprocess.Popen([sys.executable, str(ROOT / "check_point_save.py"), *TRAIN, "--data_dir", str(mnist_dir),
+                                "--output_dir", str(out), "--overwrite"], cwd=tmp_path, env=script_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    # The reference's files are weights only; this run's last.ckpt holds the optimizer too.
+    while process.poll() is None and time.monotonic() < deadline:
+        last = folder / "last.ckpt"
+        with contextlib.suppress(FileNotFoundError):  # moved aside, or not written yet
+            if "optimizer_states" in torch.load(last, weights_only=True):
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output[-2000:]
+    assert "interrupted by SIGTERM" in output and "test accuracy" not in output and "Traceback" not in output
+    command = shlex.split(re.search(r"resume with: (.+)$", output, re.M).group(1))
+    assert command[:2] == ["python", str(ROOT / "check_point_save.py")] and command[-1] == "--resume"
+    assert "--overwrite" not in command
+
+    left = sorted(folder.glob("*.ckpt"))
+    assert "last.ckpt" in [path.name for path in left]
+    for path in left:  # every file left behind is whole, and none is the earlier run's
+        assert torch.load(path, weights_only=True)["epoch"] >= 0
+        assert hashlib.sha1(path.read_bytes()).hexdigest() not in earlier, path.name
+    assert [path.name for path in folder.iterdir() if path.suffix != ".ckpt"] == []  # no .partial, no hidden folder
+
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=script_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    history = pd.read_csv(out / "history.csv")
+    pd.testing.assert_frame_equal(history, reference.history, check_exact=False, atol=1e-6, rtol=0)
+    assert printed_accuracy(resumed.stdout) == printed_accuracy(reference.result.out)

@@ -5,13 +5,10 @@ import re
 
 import pytest
 
+from check_copies import SCRIPTS, copies, top_level_blocks
 from conftest import ROOT, load_script
 
-SCRIPTS = ["Basic_usage_of_lightning.py", "check_point_save.py", "check_point_load.py",
-           "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py",
-           "callbacks_lightning.py", "loggers_lightning.py"]
 SECTIONS = ["Imports", "Model", "LightningModule", "Main", "Flags", "Helpers"]  # others may sit before Main
-SOURCE = "Basic_usage_of_lightning.py"  # where the canonical text of a copied block lives, unless a marker names another
 # flag: (the value to pass, the attribute it sets, the default every script shares or None)
 COMMON_FLAGS = {
     "--data_dir": ("somewhere", "data_dir", "data"),
@@ -130,42 +127,15 @@ def test_scripts_stand_alone(script):
 
 
 # Copies that cannot drift: a block marked "# Copied from X.py" must read exactly as in X.py.
-COPY_MARK = re.compile(r"^# Copied from (\S+\.py)$")
-
-
-def top_level_blocks(script: str) -> dict:
-    """name -> (source text with decorators, the copy marker's source or None) of every top-level
-    function, class and assignment."""
-    source = (ROOT / script).read_text()
-    lines = source.splitlines()
-    blocks = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            name = node.name
-        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-        else:
-            continue
-        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        marker = COPY_MARK.match(lines[first - 2]) if first >= 2 else None
-        blocks[name] = ("\n".join(lines[first - 1:node.end_lineno]), marker.group(1) if marker else None)
-    return blocks
-
-
-def copies() -> list:
-    return [(script, name, origin) for script in SCRIPTS
-            for name, (_, origin) in top_level_blocks(script).items() if origin]
-
-
 @pytest.mark.parametrize("script, name, origin", copies())
 def test_marked_copies_match_their_source(script, name, origin):
     assert origin in SCRIPTS and origin != script, f"{script}: {name} is copied from {origin}"
     source_blocks = top_level_blocks(origin)
     assert name in source_blocks, f"{origin} has no {name} for {script} to copy"
-    text, origin_marker = source_blocks[name]
+    *_, text, origin_marker = source_blocks[name]
     assert origin_marker is None, f"{script}: copy {name} from {origin_marker}, its source, not from a copy"
-    assert top_level_blocks(script)[name][0] == text, (
-        f"{script}: {name} differs from {origin}; change the source and copy it again")
+    assert top_level_blocks(script)[name][2] == text, (
+        f"{script}: {name} differs from {origin}; change the source, then run python tests/check_copies.py --fix")
 
 
 def test_copies_exist():
@@ -184,7 +154,7 @@ def test_a_name_shared_with_another_script_is_a_marked_copy(script):
     for other in SCRIPTS:
         theirs = top_level_blocks(other) if other != script else {}
         for name in mine.keys() & theirs.keys() - LOCAL_ON_PURPOSE:
-            assert mine[name][1] or theirs[name][1], f"{script} and {other} both define {name}, neither marked as a copy"
+            assert mine[name][3] or theirs[name][3], f"{script} and {other} both define {name}, neither marked as a copy"
 
 
 # Top-level names every script defines for itself, with its own content: main, its flags, its recipe.
