@@ -3,28 +3,30 @@ Title: Lightning callbacks: a catalogue and a demo
 Description: Read what every built-in callback does, then train MNIST with a chosen set of them.
 
 What it teaches
-    Callbacks add behaviour to the Trainer without touching the LightningModule. --info and --list
-    describe every callback Lightning ships (signature, docstring, the hooks it implements). The
-    demo trains with EarlyStopping, LearningRateMonitor, ModelSummary, Timer,
-    GradientAccumulationScheduler, EMAWeightAveraging, LambdaCallback, ModelCheckpoint,
-    LearningRateFinder and a custom Callback that prints each 2.x hook as it runs, then reports
-    what each one did. The 1.x hooks that no longer exist are listed in REMOVED_HOOKS.
+    Callbacks add behaviour to the Trainer without touching the LightningModule. Run without
+    flags, the script writes a catalogue of every callback Lightning ships (signature, docstring,
+    the hooks it implements), offline. --demo trains with EarlyStopping, LearningRateMonitor,
+    ModelSummary, Timer, GradientAccumulationScheduler, EMAWeightAveraging, LambdaCallback,
+    ModelCheckpoint, LearningRateFinder and a custom Callback that prints each 2.x hook as it runs,
+    then reports what each one did. The 1.x hooks that no longer exist are listed in REMOVED_HOOKS.
 
 How to run
+    python callbacks_lightning.py                                          # the catalogue: callbacks_info/
     python callbacks_lightning.py --list                                   # the catalogue as a table
-    python callbacks_lightning.py --info                                   # one file per callback
-    python callbacks_lightning.py --data_dir ../shared/data                # the demo, 3 epochs
-    python callbacks_lightning.py --stop_at_acc 0.985                      # EarlyStopping ends the run early
-    python callbacks_lightning.py --callbacks hooks,lr_finder,checkpoint   # choose the callbacks
-    python callbacks_lightning.py --callbacks hooks --raise_at_step 5      # watch on_exception run
+    python callbacks_lightning.py --demo --data_dir /path/to/datasets      # the demo, 3 epochs
+    PATH_DATASETS=/path/to/datasets python callbacks_lightning.py --demo   # the same
+    python callbacks_lightning.py --demo --stop_at_acc 0.985               # EarlyStopping ends the run early
+    python callbacks_lightning.py --demo --callbacks hooks,lr_finder,checkpoint   # choose the callbacks
+    python callbacks_lightning.py --demo --callbacks hooks --raise_at_step 5      # watch on_exception run
 
 What it writes (under --output_dir, default outputs/callbacks_lightning)
-    callbacks_info/AVAILABLE.txt     with --info: every callback and a one-line summary
-    callbacks_info/<Name>.txt        with --info: signature, summary and hooks of each callback
-    csv_logs/version_N/metrics.csv   every logged value, the learning rate (lr-AdamW) included
+    callbacks_info/AVAILABLE.txt     every callback and a one-line summary (without --demo, or with --info)
+    callbacks_info/<Name>.txt        signature, summary and hooks of each callback
+    csv_logs/version_N/metrics.csv   with --demo: every logged value, the learning rate (lr-AdamW) included
     tb_logs/version_N/               the same for TensorBoard
     checkpoints/best.ckpt            ModelCheckpoint: the epoch with the best valid_acc
     history.csv, loss.png, acc.png   the per-epoch table and its curves
+    mnist_classifier.pt              with --save_model: the tested weights of the plain nn.Module
 """
 
 # %% Imports
@@ -33,17 +35,23 @@ import contextlib
 import importlib.util
 import inspect
 import io
+import math
 import os
 import re
+import socket
+import struct
 import sys
 import textwrap
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")  # draw into files; no display is needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import pytorch_lightning as pl
 import pytorch_lightning.callbacks as pl_callbacks
@@ -53,7 +61,9 @@ from pytorch_lightning.callbacks import (Callback, EarlyStopping, EMAWeightAvera
                                          LambdaCallback, LearningRateFinder, LearningRateMonitor, ModelCheckpoint,
                                          ModelSummary, RichModelSummary, Timer)
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import grad_norm
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, TensorDataset, random_split
@@ -67,9 +77,11 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MODEL_FILE = "mnist_classifier"
 
 
 # %% Model
+# Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
     """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
 
@@ -86,6 +98,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
 
@@ -93,8 +106,8 @@ class MNISTConvNet(nn.Module):
 class MNISTClassifier(pl.LightningModule):
     """The training recipe around MNISTConvNet. It knows nothing about the callbacks around it."""
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01,
-                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.003, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only; LearningRateFinder rewrites hparams.lr
         self.model = MNISTConvNet()
@@ -142,25 +155,23 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            full = mnist_tensors(self.hparams.data_dir, train=True)
-            generator = torch.Generator().manual_seed(self.hparams.seed)  # same split every run
-            sizes = [len(full) - self.hparams.val_size, self.hparams.val_size]
-            self.train_set, self.valid_set = random_split(full, sizes, generator=generator)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage == "test":
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.valid_set)
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset, shuffle=False):
+    def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
@@ -180,9 +191,6 @@ REMOVED_HOOKS = {
     "on_batch_end": "on_train_batch_end",
     "on_keyboard_interrupt": "on_exception (check isinstance(exception, KeyboardInterrupt))",
 }
-# Everything a Callback can override, in the order Callback defines them.
-HOOKS = [name for name in vars(Callback) if name.startswith("on_") or name in
-         ("setup", "teardown", "state_dict", "load_state_dict")]
 
 
 class HookReporter(Callback):
@@ -287,210 +295,137 @@ def gradient_norm_recorder() -> LambdaCallback:
     return callback
 
 
-# --callbacks name: (class, what the demo does with it). lr_finder is off by default: it spends
-# extra training steps before the real run.
+def model_summary() -> ModelSummary:
+    """The layer table at fit start: drawn by rich when it is installed, plain text otherwise."""
+    if importlib.util.find_spec("rich"):
+        return RichModelSummary(max_depth=2)
+    print("note: rich is not installed, so ModelSummary prints the plain table (pip install rich for "
+          "RichModelSummary)")
+    return ModelSummary(max_depth=2)
+
+
+@dataclass(frozen=True)
+class DemoCallback:
+    """One --callbacks name: the Lightning class it shows, what the demo does with it, how to build
+    it from the flags, and what to report after the run (the callback keeps its results)."""
+    shows: str
+    purpose: str
+    build: Callable  # (args, out) -> the callback
+    report: Callable  # (callback, trainer) -> one line
+
+
+# Adding a callback to the demo: one entry here. --callbacks runs them in this order; lr_finder is
+# off by default, since it spends extra training steps before the real run.
 DEMO_CALLBACKS = {
-    "hooks": ("Callback", "HookReporter, a custom Callback: prints each hook as Lightning calls it"),
-    "early_stopping": ("EarlyStopping", "stop when valid_acc stalls (--patience) or reaches --stop_at_acc"),
-    "lr_monitor": ("LearningRateMonitor", "log the learning rate each epoch as lr-AdamW"),
-    "model_summary": ("ModelSummary", "print the layer table at fit start (RichModelSummary when rich is installed)"),
-    "timer": ("Timer", "time training, validation and test; stop training at --time_limit"),
-    "grad_accum": ("GradientAccumulationScheduler", "1 batch per optimizer step in epoch 0, 2 from epoch 1"),
-    "ema": ("EMAWeightAveraging", "validate with, and end on, a moving average of the weights (--ema_decay)"),
-    "lambda": ("LambdaCallback", "record the gradient norm before each optimizer step"),
-    "checkpoint": ("ModelCheckpoint", "keep checkpoints/best.ckpt, the epoch with the best valid_acc"),
-    "lr_finder": ("LearningRateFinder", "try learning rates for 50 steps, then train from the suggested one"),
+    "hooks": DemoCallback(
+        "Callback", "HookReporter, a custom Callback: prints each hook as Lightning calls it",
+        build=lambda args, out: HookReporter(args.raise_at_step),
+        report=lambda hooks, trainer: f"printed {hooks.calls} hook calls (above); {hooks.train_batches} training batches"),
+    "early_stopping": DemoCallback(
+        "EarlyStopping", "stop when valid_acc stalls (--patience) or reaches --stop_at_acc",
+        build=lambda args, out: EarlyStopping(monitor="valid_acc", mode="max", patience=args.patience,
+                                              stopping_threshold=args.stop_at_acc),
+        report=lambda stopper, trainer: (  # stopping_reason_message is set only when it stopped the run
+            f"stopped the run after epoch {stopper.stopped_epoch} (of epochs 0..{trainer.max_epochs - 1}): "
+            f"{' '.join(stopper.stopping_reason_message.split())}" if stopper.stopping_reason_message else
+            f"did not stop: best valid_acc {stopper.best_score:.4f}, {stopper.wait_count} epoch(s) without gain")),
+    "lr_monitor": DemoCallback(
+        "LearningRateMonitor", "log the learning rate each epoch as lr-AdamW",
+        build=lambda args, out: LearningRateMonitor(logging_interval="epoch"),
+        report=lambda monitor, trainer: "logged " + ", ".join(
+            f"{key} = {', '.join(f'{v:.5f}' for v in values)}" for key, values in monitor.lrs.items()) + " (one per epoch)"),
+    "model_summary": DemoCallback(
+        "ModelSummary", "print the layer table at fit start (RichModelSummary when rich is installed)",
+        build=lambda args, out: model_summary(),
+        report=lambda summary, trainer: "printed the layer table at fit start (above)"),
+    "timer": DemoCallback(
+        "Timer", "time training, validation and test; stop training at --time_limit",
+        build=lambda args, out: Timer(duration={"seconds": args.time_limit} if args.time_limit else None, verbose=True),
+        report=lambda timer, trainer: (
+            f"train {timer.time_elapsed('train'):.2f} s, last validation {timer.time_elapsed('validate'):.2f} s, "
+            f"test {timer.time_elapsed('test'):.2f} s"
+            + ("; the time limit stopped training" if timer.time_remaining() == 0 else ""))),
+    "grad_accum": DemoCallback(
+        "GradientAccumulationScheduler", "1 batch per optimizer step in epoch 0, 2 from epoch 1",
+        build=lambda args, out: GradientAccumulationScheduler(scheduling={0: 1, 1: 2}),
+        report=lambda scheduler, trainer: (
+            "batches per optimizer step by epoch "
+            f"{ {epoch: scheduler.get_accumulate_grad_batches(epoch) for epoch in range(trainer.current_epoch)} }; "
+            f"{trainer.global_step} optimizer steps in all")),
+    "ema": DemoCallback(
+        "EMAWeightAveraging", "validate with, and end on, a moving average of the weights (--ema_decay)",
+        build=lambda args, out: EMAWithReport(decay=args.ema_decay),
+        report=lambda ema, trainer: (
+            f"the model now holds the averaged weights (decay {ema.decay}); they differ from the "
+            f"last raw weights by {ema.relative_distance:.2%} (relative L2 distance)")),
+    "lambda": DemoCallback(
+        "LambdaCallback", "record the gradient norm before each optimizer step",
+        build=lambda args, out: gradient_norm_recorder(),
+        report=lambda recorder, trainer: (
+            f"recorded the gradient norm at {len(recorder.grad_norms)} optimizer steps: first "
+            f"{recorder.grad_norms[0]:.3f}, last {recorder.grad_norms[-1]:.3f}" if recorder.grad_norms
+            else "recorded no optimizer step")),
+    "checkpoint": DemoCallback(
+        "ModelCheckpoint", "keep checkpoints/best.ckpt, the epoch with the best valid_acc",
+        build=lambda args, out: ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="valid_acc",
+                                                mode="max", enable_version_counter=False),
+        report=lambda checkpoint, trainer: (
+            f"best valid_acc {checkpoint.best_model_score:.4f} saved in {checkpoint.best_model_path}"
+            if checkpoint.best_model_score is not None else "saved nothing (--fast_dev_run turns checkpointing off)")),
+    "lr_finder": DemoCallback(
+        "LearningRateFinder", "try learning rates for 50 steps, then train from the suggested one",
+        build=lambda args, out: LearningRateFinder(min_lr=1e-5, max_lr=0.1, num_training_steps=50),
+        report=lambda finder, trainer: (
+            f"suggested lr {finder.optimal_lr.suggestion():.2e} after {len(finder.optimal_lr.results['lr'])} "
+            f"trial steps; training started from it" if finder.optimal_lr and finder.optimal_lr.suggestion()
+            else "found no suggestion; kept --lr")),
 }
 DEFAULT_CALLBACKS = [name for name in DEMO_CALLBACKS if name != "lr_finder"]
 
 
-def build_callbacks(args, out: Path) -> dict:
-    has_rich = importlib.util.find_spec("rich") is not None
-    if "model_summary" in args.callbacks and not has_rich:
-        print("note: rich is not installed, so ModelSummary prints the plain table (pip install rich for "
-              "RichModelSummary)")
-    makers = {
-        "hooks": lambda: HookReporter(args.raise_at_step),
-        "early_stopping": lambda: EarlyStopping(monitor="valid_acc", mode="max", patience=args.patience,
-                                                stopping_threshold=args.stop_at_acc),
-        "lr_monitor": lambda: LearningRateMonitor(logging_interval="epoch"),
-        "model_summary": lambda: (RichModelSummary if has_rich else ModelSummary)(max_depth=2),
-        "timer": lambda: Timer(duration={"seconds": args.time_limit} if args.time_limit else None, verbose=True),
-        "grad_accum": lambda: GradientAccumulationScheduler(scheduling={0: 1, 1: 2}),
-        "ema": lambda: EMAWithReport(decay=args.ema_decay),
-        "lambda": gradient_norm_recorder,
-        "checkpoint": lambda: ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="valid_acc",
-                                              mode="max", enable_version_counter=False),
-        "lr_finder": lambda: LearningRateFinder(min_lr=1e-5, max_lr=0.1, num_training_steps=50),
-    }
-    return {name: makers[name]() for name in args.callbacks}
-
-
-def what_it_did(name: str, callback, trainer) -> str:
-    if name == "hooks":
-        return f"printed {callback.calls} hook calls (above); {callback.train_batches} training batches"
-    if name == "early_stopping":
-        if callback.stopping_reason_message:  # set only when it stopped the run
-            return (f"stopped the run after epoch {callback.stopped_epoch} (of epochs 0..{trainer.max_epochs - 1}): "
-                    f"{' '.join(callback.stopping_reason_message.split())}")
-        return f"did not stop: best valid_acc {callback.best_score:.4f}, {callback.wait_count} epoch(s) without gain"
-    if name == "lr_monitor":
-        return "logged " + ", ".join(f"{key} = {', '.join(f'{v:.5f}' for v in values)}"
-                                     for key, values in callback.lrs.items()) + " (one per epoch)"
-    if name == "model_summary":
-        return "printed the layer table at fit start (above)"
-    if name == "timer":
-        limit = "; the time limit stopped training" if callback.time_remaining() == 0 else ""
-        return (f"train {callback.time_elapsed('train'):.2f} s, last validation {callback.time_elapsed('validate'):.2f} s, "
-                f"test {callback.time_elapsed('test'):.2f} s{limit}")
-    if name == "grad_accum":
-        factors = {epoch: callback.get_accumulate_grad_batches(epoch) for epoch in range(trainer.current_epoch)}
-        return f"batches per optimizer step by epoch {factors}; {trainer.global_step} optimizer steps in all"
-    if name == "ema":
-        return (f"the model now holds the averaged weights (decay {callback.decay}); they differ from the "
-                f"last raw weights by {callback.relative_distance:.2%} (relative L2 distance)")
-    if name == "lambda":
-        norms = callback.grad_norms
-        return (f"recorded the gradient norm at {len(norms)} optimizer steps: first {norms[0]:.3f}, "
-                f"last {norms[-1]:.3f}" if norms else "recorded no optimizer step")
-    if name == "checkpoint":
-        if callback.best_model_score is None:
-            return "saved nothing (--fast_dev_run turns checkpointing off)"
-        return f"best valid_acc {callback.best_model_score:.4f} saved in {callback.best_model_path}"
-    suggestion = callback.optimal_lr.suggestion() if callback.optimal_lr else None
-    return (f"suggested lr {suggestion:.2e} after {len(callback.optimal_lr.results['lr'])} trial steps; "
-            f"training started from it" if suggestion else "found no suggestion; kept --lr")
-
-
-# %% Catalogue
-def plain(text: str) -> str:
-    """Docstring reStructuredText to plain text: :class:`~a.b.C` -> C, `text <url>`_ -> text, ``x`` -> `x`."""
-    text = re.sub(r":\w+:`~?([^`]+)`", lambda match: match.group(1).split(".")[-1], text)
-    text = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", text)
-    return text.replace("``", "`")
-
-
-def first_paragraph(cls) -> str:
-    # Some classes document themselves in __init__; getdoc(cls) would then return the parent's text.
-    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("__init__", object).__doc__ or "(no docstring)"
-    return " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
-
-
-def one_line(cls, width: int = 100) -> str:
-    sentence = first_paragraph(cls).split(". ")[0].rstrip(".") + "."
-    return sentence if len(sentence) <= width else sentence[:width - 3] + "..."
-
-
-def hooks_of(cls) -> list:
-    """The Callback hooks that cls (or a parent below Callback) overrides, or takes as arguments (LambdaCallback)."""
-    own = set().union(*(vars(klass) for klass in cls.__mro__[:cls.__mro__.index(Callback)]))
-    return [hook for hook in HOOKS if hook in own or hook in inspect.signature(cls).parameters]
-
-
-def signature_of(cls) -> str:
-    parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
-    text = f"{cls.__name__}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{cls.__name__}()"
-    # Same bytes on every run: no memory addresses, no "typing." noise.
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))
-
-
-def demo_names() -> dict:
-    return {cls_name: name for name, (cls_name, _) in DEMO_CALLBACKS.items()}
-
-
-def catalogue_table() -> str:
-    demo = demo_names()
-    rows = [f"{'callback':30s} {'--callbacks':15s} {'hooks':>5s}  summary"]
-    for name in pl_callbacks.__all__:
-        cls = getattr(pl_callbacks, name)
-        rows.append(f"{name:30s} {demo.get(name, '-'):15s} {len(hooks_of(cls)):5d}  {one_line(cls)}")
-    return "\n".join(rows)
-
-
-def callback_page(name: str) -> str:
-    cls = getattr(pl_callbacks, name)
-    demo = demo_names().get(name)
-    lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})"]
-    if demo:
-        lines.append(f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo][1]}")
-    lines += ["", "What it does", indented(first_paragraph(cls)), "", "Signature",
-              "\n".join("  " + line for line in signature_of(cls).splitlines()), ""]
-    if cls is Callback:
-        lines += ["Hooks a subclass can override (Lightning 2.x)", indented(", ".join(HOOKS)), "",
-                  "Removed 1.x hooks (never called in 2.x) and where their code goes now"]
-        lines += [f"  {old:36s} -> {new}" for old, new in REMOVED_HOOKS.items()]
-    else:
-        hooks = hooks_of(cls)
-        lines += ["Hooks it implements", indented(", ".join(hooks) if hooks else "(none of its own)")]
-    lines += ["", f"Full documentation: python -c \"help('pytorch_lightning.callbacks.{name}')\""]
-    return "\n".join(lines) + "\n"
-
-
-def indented(text: str) -> str:
-    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="  ")
-
-
-def write_catalogue(folder: Path) -> Path:
-    """AVAILABLE.txt and one <Name>.txt per callback, rewritten from scratch: a rerun gives the same bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.txt"):
-        old.unlink()
-    (folder / "AVAILABLE.txt").write_text(
-        f"Callbacks in pytorch_lightning {pl.__version__} (pytorch_lightning.callbacks.__all__); "
-        f"hooks = how many Callback hooks each implements\n\n{catalogue_table()}\n")
-    for name in pl_callbacks.__all__:
-        (folder / f"{name}.txt").write_text(callback_page(name))
-    return folder
-
-
 # %% Data
-def prepare_mnist(data_dir: str) -> int:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not.
-
-    Returns the number of training images (60000 for the real MNIST).
-    """
-    try:
-        # torchvision prints every mirror it tries; one line from us is clearer.
-        with contextlib.redirect_stdout(io.StringIO()):
-            MNIST(data_dir, train=False, download=True)
-            return len(MNIST(data_dir, train=True, download=True))
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = str(error).splitlines()[0].rstrip(":")
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
-
-
+# Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision."""
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
+
+
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
 # %% Main
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir)
-    if args.list or args.info:
-        if args.list:
-            print(catalogue_table())
-        if args.info:
-            folder = write_catalogue(out / "callbacks_info")
-            print(f"wrote AVAILABLE.txt and {len(pl_callbacks.__all__)} callback files to {folder.resolve()}")
+    if args.named_modules or args.named_parameters:
+        print_structure(MNISTClassifier(), args.named_modules, args.named_parameters)
         return 0
+    if args.list or args.info or not args.demo:
+        show_callback_catalogue(out, print_table=args.list, write_files=args.info or not args.list, hint=not args.demo)
+        if not args.demo:
+            return 0
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
     if args.val_size >= prepare_mnist(args.data_dir):
         die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
-    chosen = build_callbacks(args, out)
+    check_multi_node(args.num_nodes)
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                            lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
+    chosen = {name: DEMO_CALLBACKS[name].build(args, out) for name in args.callbacks}
     print("callbacks: " + ", ".join(f"{name} ({type(callback).__name__})" for name, callback in chosen.items()))
     csv_logger = CSVLogger(out, name="csv_logs")
-    try:
+    with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
             num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
@@ -499,20 +434,20 @@ def main(argv=None) -> int:
             enable_model_summary="model_summary" in chosen, enable_checkpointing="checkpoint" in chosen,
             # The progress bar is a callback too; it redraws over printed lines, so the hook printout replaces it.
             enable_progress_bar="hooks" not in chosen,
+            plugins=[AtomicCheckpointIO()],  # a checkpoint is replaced whole or not at all
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             default_root_dir=out, deterministic=True)  # LearningRateFinder keeps its temporary checkpoint there
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
 
-    try:
-        trainer.fit(model)
-    except RuntimeError as error:
-        if args.raise_at_step is None:
-            raise
-        # Lightning ran on_exception on every callback, then re-raised the error to us.
-        print(f"\ntraining failed on purpose ({error}); on_exception ran first, see the last [hook] line")
-        return 1
+    with exit_if_interrupted(trainer):
+        try:
+            trainer.fit(model)
+        except RuntimeError as error:
+            if args.raise_at_step is None:
+                raise
+            # Lightning ran on_exception on every callback, then re-raised the error to us.
+            print(f"\ntraining failed on purpose ({error}); on_exception ran first, see the last [hook] line")
+            return 1
     if "ema" in chosen:
         # Test the weights fit left in the model: the average. Restoring a checkpoint on this Trainer
         # would run EMAWeightAveraging.on_load_checkpoint, which puts the raw weights back.
@@ -526,14 +461,16 @@ def main(argv=None) -> int:
 
     if trainer.is_global_zero:
         if not args.fast_dev_run:
-            history = epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
+            history = epoch_history_with_lr(Path(csv_logger.log_dir, "metrics.csv"))
             print("\n" + history.to_string(float_format="{:.4f}".format))
             history.to_csv(out / "history.csv")
             plot_history(history, out)
         print("\nWhat each callback did:")
         for name, callback in chosen.items():
-            print(f"  {type(callback).__name__:29s} {what_it_did(name, callback, trainer)}")
+            print(f"  {type(callback).__name__:29s} {DEMO_CALLBACKS[name].report(callback, trainer)}")
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
+        if args.save_model:
+            save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
         print(f"\nOutputs in {out.resolve()}:")
         for path in sorted(out.glob("*")):
             print(f"  {path.name}{'/' if path.is_dir() else ''}")
@@ -543,7 +480,452 @@ def main(argv=None) -> int:
     return 0
 
 
-def epoch_history(metrics_csv: Path) -> pd.DataFrame:
+# %% Flags
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
+    catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
+    catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/callbacks_lightning",
+                           help="where the catalogue, logs, plots and checkpoints go")
+    catalogue.add_argument("--list", action="store_true", help="print every built-in callback as a table "
+                           "(and write callbacks_info/ only with --info)")
+    catalogue.add_argument("--info", action="store_true",
+                           help="write callbacks_info/, one file per callback (the default without --list)")
+
+    data = parser.add_argument_group("the training demo: data")
+    data.add_argument("--demo", action="store_true", help="train MNIST with the callbacks of --callbacks")
+    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+
+    train = parser.add_argument_group("the training demo: training")
+    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=positive_int, default=3, metavar="N")
+    train.add_argument("--lr", type=positive_float, default=0.003, help="starting learning rate of the cosine schedule")
+    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split and shuffling")
+    train.add_argument("--save_model", "--save-model", action="store_true",
+                       help=f"save {MODEL_FILE}.pt (state_dict of the tested weights)")
+
+    demo = parser.add_argument_group("the training demo: callbacks")
+    demo.add_argument("--callbacks", type=callback_names, default=",".join(DEFAULT_CALLBACKS), metavar="NAMES",
+                      help="comma-separated, run in this order: " + "; ".join(
+                          f"{name}: {callback.purpose}" for name, callback in DEMO_CALLBACKS.items()))
+    demo.add_argument("--patience", type=non_negative_int, default=3, help="EarlyStopping: epochs without a better valid_acc")
+    demo.add_argument("--stop_at_acc", "--stop-at-acc", type=accuracy_threshold, metavar="ACC",
+                      help="EarlyStopping: stop as soon as valid_acc reaches ACC (stopping_threshold)")
+    demo.add_argument("--ema_decay", "--ema-decay", type=decay_factor, default=0.99,
+                      help="EMAWeightAveraging: weight of the old average at each step (0.99: about the last 100 steps)")
+    demo.add_argument("--time_limit", "--time-limit", type=positive_int, metavar="SECONDS",
+                      help="Timer: stop training after this long")
+    demo.add_argument("--raise_at_step", "--raise-at-step", type=positive_int, metavar="N",
+                      help="hooks: raise an error at optimizer step N, to show on_exception")
+
+    hardware = parser.add_argument_group("the training demo: hardware (passed to pl.Trainer)")
+    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
+    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1,
+                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+
+    debug = parser.add_argument_group("the training demo: debugging (passed to pl.Trainer)")
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
+                       help="run N batches of each stage (1 when given alone), write no logs")
+    for stage in ("train", "val", "test"):
+        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
+                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
+
+    model = parser.add_argument_group("model inspection")
+    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: the demo (--demo) always ends with a test; this script tests no saved weights "
+        "(Basic_usage_of_lightning.py --load_model does)"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
+        "no effect: the learning rate follows a cosine schedule, not StepLR's decay by gamma"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int,
+                          metavar="N", note=(
+        "no effect: metrics are logged once per epoch; the hooks printout and the progress bar show progress"))
+    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
+                          help="refused with a pointer: this script tests no saved weights")
+    args = parser.parse_args(argv)
+
+    if args.load_model:
+        die(f"--load_model {args.load_model}: this script trains to show callbacks and tests no saved weights; "
+            f"test them with: python Basic_usage_of_lightning.py --load_model {args.load_model}")
+    if not args.demo:  # the catalogue: a training flag would be silently ignored, so say so
+        defaults = parser.parse_args([], argparse.Namespace(output_dir=args.output_dir))
+        ignored = [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
+                   and name not in ("list", "info", "named_modules", "named_parameters")]
+        if ignored:
+            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script "
+                f"writes the catalogue)")
+    needs = {"stop_at_acc": "early_stopping", "time_limit": "timer", "raise_at_step": "hooks"}
+    for flag, name in needs.items():
+        if getattr(args, flag) is not None and name not in args.callbacks:
+            die(f"--{flag} needs the {name} callback: add {name} to --callbacks")
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    return args
+
+
+def callback_names(text: str) -> list:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DEMO_CALLBACKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown callback name(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"valid names: {', '.join(DEMO_CALLBACKS)}")
+    return names
+
+
+def accuracy_threshold(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"an accuracy is in (0, 1], got {text}")
+    return value
+
+
+def decay_factor(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+# Copied from Basic_usage_of_lightning.py
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Catalogue
+# Everything a Callback can override, in the order Callback defines them.
+HOOKS = [name for name in vars(Callback) if name.startswith("on_") or name in
+         ("setup", "teardown", "state_dict", "load_state_dict")]
+
+
+def show_callback_catalogue(out: Path, print_table: bool, write_files: bool, hint: bool) -> None:
+    if print_table:
+        print(callback_table())
+    if write_files:
+        pages = {f"{name}.txt": callback_page(name) for name in pl_callbacks.__all__}
+        folder = write_text_files(out / "callbacks_info", {"AVAILABLE.txt": (
+            f"Callbacks in pytorch_lightning {pl.__version__} (pytorch_lightning.callbacks.__all__); "
+            f"hooks = how many Callback hooks each implements\n\n{callback_table()}\n"), **pages})
+        print(f"wrote AVAILABLE.txt and {len(pages)} callback files to {folder.resolve()}")
+    if hint:
+        print("to see them at work in a training run: python callbacks_lightning.py --demo (--help lists its flags)")
+
+
+def callback_table() -> str:
+    demo = {callback.shows: name for name, callback in DEMO_CALLBACKS.items()}
+    rows = [f"{'callback':30s} {'--callbacks':15s} {'hooks':>5s}  summary"]
+    for name in pl_callbacks.__all__:
+        cls = getattr(pl_callbacks, name)
+        rows.append(f"{name:30s} {demo.get(name, '-'):15s} {len(hooks_of(cls)):5d}  {one_line(cls)}")
+    return "\n".join(rows)
+
+
+def callback_page(name: str) -> str:
+    cls = getattr(pl_callbacks, name)
+    demo = next((key for key, callback in DEMO_CALLBACKS.items() if callback.shows == name), None)
+    lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})"]
+    if demo:
+        lines.append(f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo].purpose}")
+    lines += ["", "What it does", indented(first_paragraph(cls)), "", "Signature",
+              "\n".join("  " + line for line in signature_of(cls).splitlines()), ""]
+    if cls is Callback:
+        lines += ["Hooks a subclass can override (Lightning 2.x)", indented(", ".join(HOOKS)), "",
+                  "Removed 1.x hooks (never called in 2.x) and where their code goes now"]
+        lines += [f"  {old:36s} -> {new}" for old, new in REMOVED_HOOKS.items()]
+    else:
+        hooks = hooks_of(cls)
+        lines += ["Hooks it implements", indented(", ".join(hooks) if hooks else "(none of its own)")]
+    lines += ["", f"Full documentation: python -c \"help('pytorch_lightning.callbacks.{name}')\""]
+    return "\n".join(lines) + "\n"
+
+
+def hooks_of(cls) -> list:
+    """The Callback hooks that cls (or a parent below Callback) overrides, or takes as arguments (LambdaCallback)."""
+    own = set().union(*(vars(klass) for klass in cls.__mro__[:cls.__mro__.index(Callback)]))
+    return [hook for hook in HOOKS if hook in own or hook in inspect.signature(cls).parameters]
+
+
+def one_line(cls, width: int = 100) -> str:
+    sentence = first_paragraph(cls).split(". ")[0].rstrip(".") + "."
+    return sentence if len(sentence) <= width else sentence[:width - 3] + "..."
+
+
+def first_paragraph(cls) -> str:
+    # Some classes document themselves in __init__; getdoc(cls) would then return the parent's text.
+    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("__init__", object).__doc__ or "(no docstring)"
+    return " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+
+
+def plain(text: str) -> str:
+    """Docstring reStructuredText to plain text: :class:`~a.b.C` -> C, `text <url>`_ -> text, ``x`` -> `x`."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda match: match.group(1).split(".")[-1], text)
+    text = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", text)
+    return text.replace("``", "`")
+
+
+def signature_of(cls) -> str:
+    parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
+    text = f"{cls.__name__}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{cls.__name__}()"
+    # Same bytes on every run: no memory addresses, no "typing." noise.
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))
+
+
+def indented(text: str) -> str:
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="  ")
+
+
+def write_text_files(folder: Path, files: dict) -> Path:
+    """Write {name: text} into folder and remove its other *.txt files: a rerun gives the same folder.
+
+    Each file goes to a hidden name first and is then renamed into place, so a full disk or a kill
+    leaves every file whole, the earlier version or the new one.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            partial = folder / f".{name}.partial"
+            partial.write_text(text)
+            os.replace(partial, folder / name)
+        for stale in set(folder.glob("*.txt")) - {folder / name for name in files}:
+            stale.unlink()
+    except OSError as error:
+        for partial in folder.glob(".*.partial"):
+            partial.unlink()
+        die(f"cannot write {folder} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (every file already there is whole)")
+    return folder
+
+
+# %% Helpers
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+def check_multi_node(num_nodes: int) -> None:
+    """Several machines need a rendezvous: check it before the Trainer waits on one."""
+    if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        return  # srun and torchrun set up the rendezvous themselves
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
+    if missing:
+        die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
+            f"(or run under torchrun or srun); see the README's 'Past one machine'")
+    if os.environ["NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+        with socket.socket() as probe:
+            try:  # node 0 hosts the rendezvous: its port must be free
+                probe.bind((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
+            except (OSError, ValueError) as error:
+                die(f"cannot host the rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                    f"({error.strerror or error}); pick another MASTER_PORT on every machine")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
+    try:
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
+    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
+
+    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
+    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException)
+        if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
+            raise
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
+        sys.exit(143 if sigterm else 130)
+
+
+# Copied from Basic_usage_of_lightning.py
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_atomically(checkpoint, Path(path))
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def epoch_history_with_lr(metrics_csv: Path) -> pd.DataFrame:
     """One row per epoch from CSVLogger's file, where train, valid and lr values sit on separate rows."""
     metrics = pd.read_csv(metrics_csv)
     # LearningRateMonitor writes its rows straight to the loggers, with a step but no epoch; each one
@@ -553,105 +935,35 @@ def epoch_history(metrics_csv: Path) -> pd.DataFrame:
     return metrics.groupby("epoch")[columns].last().dropna(how="all")
 
 
-def plot_history(history: pd.DataFrame, out: Path) -> None:
-    for kind in ("loss", "acc"):
+# Copied from Basic_usage_of_lightning.py
+def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel: str = "epoch") -> None:
+    """loss.png and acc.png: train and valid curves per epoch."""
+    for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
         columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"MNIST {kind} per epoch")
-        ax.set_xlabel("epoch")
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
         plt.close(ax.figure)
 
 
+# Copied from Basic_usage_of_lightning.py
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+# Copied from Basic_usage_of_lightning.py
 def die(message: str) -> None:
     """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-# %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = parser.add_argument_group("data and outputs")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/callbacks_lightning",
-                      help="where the catalogue, logs, plots and checkpoints go")
-    data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    train.add_argument("--epochs", type=int, default=3, metavar="N")
-    train.add_argument("--lr", type=float, default=0.003, help="starting learning rate of the cosine schedule")
-    train.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
-
-    catalogue = parser.add_argument_group("catalogue")
-    catalogue.add_argument("--list", action="store_true", help="print every built-in callback as a table and exit")
-    catalogue.add_argument("--info", action="store_true", help="write callbacks_info/ (one file per callback) and exit")
-
-    demo = parser.add_argument_group("callbacks in the demo run")
-    demo.add_argument("--callbacks", default=",".join(DEFAULT_CALLBACKS), metavar="NAMES",
-                      help="comma-separated, run in this order: " + "; ".join(
-                          f"{name}: {what}" for name, (_, what) in DEMO_CALLBACKS.items()))
-    demo.add_argument("--patience", type=int, default=3, help="EarlyStopping: epochs without a better valid_acc")
-    demo.add_argument("--stop_at_acc", "--stop-at-acc", type=float, metavar="ACC",
-                      help="EarlyStopping: stop as soon as valid_acc reaches ACC (stopping_threshold)")
-    demo.add_argument("--ema_decay", "--ema-decay", type=float, default=0.99,
-                      help="EMAWeightAveraging: weight of the old average at each step (0.99: about the last 100 steps)")
-    demo.add_argument("--time_limit", "--time-limit", type=int, metavar="SECONDS", help="Timer: stop training after this long")
-    demo.add_argument("--raise_at_step", "--raise-at-step", type=int, metavar="N",
-                      help="hooks: raise an error at optimizer step N, to show on_exception")
-
-    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
-    for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    args = parser.parse_args(argv)
-
-    args.callbacks = [name.strip() for name in args.callbacks.split(",") if name.strip()]
-    unknown = [name for name in args.callbacks if name not in DEMO_CALLBACKS]
-    if unknown:
-        die(f"unknown callback name(s) in --callbacks: {', '.join(unknown)}; valid names: {', '.join(DEMO_CALLBACKS)}")
-    if not args.callbacks:
-        die(f"--callbacks is empty; give one or more of: {', '.join(DEMO_CALLBACKS)}")
-    for flag in ("epochs", "batch_size", "val_size", "num_nodes"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0:
-        die(f"--lr must be positive, got {args.lr}")
-    if args.num_workers < 0 or args.patience < 0:
-        die("--num_workers and --patience cannot be negative")
-    if not 0 < args.ema_decay < 1:
-        die(f"--ema_decay must be between 0 and 1, got {args.ema_decay}")
-    if args.stop_at_acc is not None and not 0 < args.stop_at_acc <= 1:
-        die(f"--stop_at_acc is an accuracy between 0 and 1, got {args.stop_at_acc}")
-    needs = {"stop_at_acc": "early_stopping", "time_limit": "timer", "raise_at_step": "hooks"}
-    for flag, name in needs.items():
-        if getattr(args, flag) is not None and name not in args.callbacks:
-            die(f"--{flag} needs the {name} callback: add {name} to --callbacks")
-    for flag in ("time_limit", "raise_at_step"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    return args
 
 
 if __name__ == "__main__":

@@ -3,26 +3,29 @@ Title: Lightning loggers: a catalogue and several loggers at once
 Description: Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.
 
 What it teaches
-    `self.log` sends every value to every logger in `Trainer(logger=[...])`. --info describes each
-    logger Lightning ships and whether its backend is installed here. The demo logs hyperparameters,
-    scalars per step and per epoch, and a grid of test digits (with each logger's own image API)
-    to CSVLogger, TensorBoardLogger and, when mlflow is installed, MLFlowLogger with a local file
-    store; loggers whose package is missing are reported with the pip command that enables them.
-    Then it reads metrics.csv, where step rows and epoch rows interleave, into a per-epoch table.
+    `self.log` sends every value to every logger in `Trainer(logger=[...])`. Run without flags, the
+    script writes a catalogue of every logger Lightning ships and whether its backend is installed
+    here, offline. --demo logs hyperparameters, scalars per step and per epoch, and a grid of test
+    digits (with each logger's own image API) to CSVLogger, TensorBoardLogger and, when mlflow is
+    installed, MLFlowLogger with a local file store; loggers whose package is missing are reported
+    with the pip command that enables them. Then it reads metrics.csv, where step rows and epoch
+    rows interleave, into a per-epoch table.
 
 How to run
-    python loggers_lightning.py --info                               # loggers_info/, one file per logger
-    python loggers_lightning.py --data_dir ../shared/data            # the demo, 2 epochs
-    python loggers_lightning.py --loggers mlflow --epochs 1          # only the optional logger(s) named
-    tensorboard --logdir outputs/loggers_lightning/tb_logs           # then open http://localhost:6006
+    python loggers_lightning.py                                          # the catalogue: loggers_info/
+    python loggers_lightning.py --demo --data_dir /path/to/datasets      # the demo, 2 epochs
+    PATH_DATASETS=/path/to/datasets python loggers_lightning.py --demo   # the same
+    python loggers_lightning.py --demo --loggers mlflow --epochs 1       # only the optional logger(s) named
+    tensorboard --logdir outputs/loggers_lightning/tb_logs               # then open http://localhost:6006
 
 What it writes (under --output_dir, default outputs/loggers_lightning)
-    loggers_info/AVAILABLE.txt       with --info: every logger, its backend package, installed or not
-    loggers_info/<Name>.txt          with --info: signature, summary and methods of each logger
-    csv_logs/version_N/              metrics.csv (every logged value) and hparams.yaml
+    loggers_info/AVAILABLE.txt       every logger, its backend package, installed or not (without --demo, or with --info)
+    loggers_info/<Name>.txt          signature, summary and methods of each logger
+    csv_logs/version_N/              with --demo: metrics.csv (every logged value) and hparams.yaml
     tb_logs/version_N/               TensorBoard events: scalars, hyperparameters, the digit grid
     mlruns/                          MLflow file store: params, metrics, artifacts/test_digits.png
     history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
+    mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
 """
 
 # %% Imports
@@ -32,17 +35,23 @@ import importlib.metadata
 import importlib.util
 import inspect
 import io
+import math
 import os
 import re
+import socket
+import struct
 import sys
 import textwrap
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")  # draw into files; no display is needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -51,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import (CometLogger, CSVLogger, LitLogger, MLFlowLogger, TensorBoardLogger,
                                        WandbLogger)
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
@@ -63,10 +73,12 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MODEL_FILE = "mnist_classifier"
 IMAGE_NAME = "test_digits"
 
 
 # %% Model
+# Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
     """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
 
@@ -83,6 +95,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
 
@@ -90,8 +103,8 @@ class MNISTConvNet(nn.Module):
 class MNISTClassifier(pl.LightningModule):
     """The training recipe. Everything it logs goes to every logger of the Trainer."""
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01,
-                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         # The loggers receive these as hyperparameters: hparams.yaml, TensorBoard's HPARAMS tab, MLflow params.
         self.save_hyperparameters()
@@ -146,85 +159,113 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            full = mnist_tensors(self.hparams.data_dir, train=True)
-            generator = torch.Generator().manual_seed(self.hparams.seed)  # same split every run
-            sizes = [len(full) - self.hparams.val_size, self.hparams.val_size]
-            self.train_set, self.valid_set = random_split(full, sizes, generator=generator)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage == "test":
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.valid_set)
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset, shuffle=False):
+    def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% Loggers
-# --loggers name: (logger class, the module its backend needs, the command that installs it).
-LOGGERS = {
-    "csv": ("CSVLogger", None, None),
-    "tensorboard": ("TensorBoardLogger", "tensorboard", "pip install tensorboard"),
-    "mlflow": ("MLFlowLogger", "mlflow", "pip install mlflow-skinny"),
-    "wandb": ("WandbLogger", "wandb", "pip install wandb"),
-    "comet": ("CometLogger", "comet_ml", "pip install comet-ml"),
-    "litlogger": ("LitLogger", "litlogger", "pip install litlogger"),
+@dataclass(frozen=True)
+class DemoLogger:
+    """One --loggers name: the Lightning class, the package its backend needs and the command that
+    installs it, how to build it under the output folder, and how it takes a picture, if it can."""
+    shows: str
+    module: str = None
+    install: str = None
+    build: Callable = None  # out -> the logger
+    log_image: Callable = None  # (logger, name, picture, step) -> None
+    image_shows_in: str = "not supported (scalars and hyperparameters only)"
+    where: Callable = lambda logger: str(getattr(logger, "log_dir", None) or logger.save_dir)
+
+
+def mlflow_file_store(out: Path) -> MLFlowLogger:
+    # mlflow 3.x keeps the file store in maintenance mode and refuses it unless this is set; it
+    # needs no server and no database. A database store (tracking_uri="sqlite:///mlflow.db")
+    # needs the full `pip install mlflow` (SQLAlchemy), which mlflow-skinny leaves out.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"file:{(out / 'mlruns').resolve()}")
+
+
+# Adding a logger to the demo: one entry here.
+DEMO_LOGGERS = {
+    "csv": DemoLogger("CSVLogger", build=lambda out: CSVLogger(out, name="csv_logs")),
+    "tensorboard": DemoLogger(
+        "TensorBoardLogger", "tensorboard", "pip install tensorboard",
+        # No placeholder hp_metric (-1): the HPARAMS tab shows the hyperparameters next to the real metrics.
+        build=lambda out: TensorBoardLogger(out, name="tb_logs", default_hp_metric=False),
+        log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC"),
+        image_shows_in="IMAGES tab"),
+    "mlflow": DemoLogger(
+        "MLFlowLogger", "mlflow", "pip install mlflow-skinny", build=mlflow_file_store,
+        log_image=lambda logger, name, picture, step: logger.experiment.log_image(
+            logger.run_id, picture, artifact_file=f"{name}.png"),
+        image_shows_in=f"artifact {IMAGE_NAME}.png",
+        where=lambda logger: f"{Path(logger.save_dir, logger.experiment_id, logger.run_id)}/ (params/, metrics/, artifacts/)"),
+    "wandb": DemoLogger(
+        "WandbLogger", "wandb", "pip install wandb",
+        build=lambda out: WandbLogger(project="loggers_lightning", save_dir=out, offline=True),  # `wandb sync` uploads later
+        log_image=lambda logger, name, picture, step: logger.log_image(key=name, images=[picture], step=step),
+        image_shows_in="media panel", where=lambda logger: f"{logger.save_dir}/wandb/ (offline run; upload with: wandb sync)"),
+    "comet": DemoLogger(
+        "CometLogger", "comet_ml", "pip install comet-ml",
+        build=lambda out: CometLogger(project="loggers_lightning", online=False, offline_directory=str(out / "comet")),
+        log_image=lambda logger, name, picture, step: logger.experiment.log_image(picture, name=name, step=step),
+        image_shows_in="Graphics tab"),
+    "litlogger": DemoLogger(
+        "LitLogger", "litlogger", "pip install litlogger",  # needs a lightning.ai login
+        build=lambda out: LitLogger(root_dir=out / "litlogger", name="loggers_lightning")),
 }
 ALWAYS = ("csv", "tensorboard")  # the per-epoch table and the TensorBoard instructions read these
 
 
-def make_logger(name: str, out: Path):
-    if name == "csv":
-        return CSVLogger(out, name="csv_logs")
-    if name == "tensorboard":
-        # No placeholder hp_metric (-1): the HPARAMS tab shows the hyperparameters next to the real metrics.
-        return TensorBoardLogger(out, name="tb_logs", default_hp_metric=False)
-    if name == "mlflow":
-        # mlflow 3.x keeps the file store in maintenance mode and refuses it unless this is set; it
-        # needs no server and no database. A database store (tracking_uri="sqlite:///mlflow.db")
-        # needs the full `pip install mlflow` (SQLAlchemy), which mlflow-skinny leaves out.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"file:{(out / 'mlruns').resolve()}")
-    if name == "wandb":
-        return WandbLogger(project="loggers_lightning", save_dir=out, offline=True)  # `wandb sync` uploads later
-    if name == "comet":
-        return CometLogger(project="loggers_lightning", online=False, offline_directory=str(out / "comet"))
-    return LitLogger(root_dir=out / "litlogger", name="loggers_lightning")  # needs a lightning.ai login
-
-
 def build_loggers(names: list, out: Path) -> list:
-    """The loggers that can run here; a missing or failing optional backend is reported and skipped."""
+    """The loggers whose backend is installed; a missing one is reported with the command that installs it."""
     loggers = []
     for name in dict.fromkeys([*ALWAYS, *names]):
-        class_name, module, install = LOGGERS[name]
-        if module and importlib.util.find_spec(module) is None:
-            print(f"{class_name}: not installed here ({module} is missing); enable it with: {install}")
+        demo = DEMO_LOGGERS[name]
+        if demo.module and importlib.util.find_spec(demo.module) is None:
+            print(f"{demo.shows}: not installed here ({demo.module} is missing); enable it with: {demo.install}")
             continue
         try:
-            logger = make_logger(name, out)
-            logger.experiment  # start it now, so a backend that cannot start fails here and not mid-training
+            loggers.append(demo.build(out))
         except Exception as error:  # noqa: BLE001 (third-party backends fail in their own ways)
-            reason = " ".join(str(error).split())
-            print(f"{class_name}: could not start ({type(error).__name__}: {reason}); continuing without it")
-            continue
-        loggers.append(logger)
+            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
+                  f"continuing without it")
     return loggers
 
 
-def where_it_wrote(logger) -> str:
-    if isinstance(logger, MLFlowLogger):
-        return f"{Path(logger.save_dir, logger.experiment_id, logger.run_id)}/ (params/, metrics/, artifacts/)"
-    if isinstance(logger, WandbLogger):
-        return f"{logger.save_dir}/wandb/ (offline run; upload with: wandb sync)"
-    return str(getattr(logger, "log_dir", None) or logger.save_dir)
+def started(loggers: list) -> list:
+    """Each logger opens its run (folder, file store, offline run) now, so that a backend that cannot
+    start is reported and left out here, not mid-training."""
+    running = []
+    for logger in loggers:
+        try:
+            logger.experiment
+            running.append(logger)
+        except Exception as error:  # noqa: BLE001
+            print(f"{type(logger).__name__}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
+                  f"continuing without it")
+    return running
+
+
+def demo_of(logger) -> DemoLogger:
+    name = type(logger).__name__
+    return next((demo for demo in DEMO_LOGGERS.values() if demo.shows == name), DemoLogger(name))
 
 
 def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
@@ -243,173 +284,15 @@ def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tens
 
 def log_image(logger, name: str, picture: np.ndarray, step: int) -> str:
     """Log an HxWx3 uint8 picture with the logger's own API; say where it went."""
-    if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_image(name, picture, step, dataformats="HWC")
-        return "IMAGES tab"
-    if isinstance(logger, MLFlowLogger):
-        logger.experiment.log_image(logger.run_id, picture, artifact_file=f"{name}.png")
-        return f"artifact {name}.png"
-    if isinstance(logger, WandbLogger):
-        logger.log_image(key=name, images=[picture], step=step)
-        return "media panel"
-    if isinstance(logger, CometLogger):
-        logger.experiment.log_image(picture, name=name, step=step)
-        return "Graphics tab"
-    return "not supported (scalars and hyperparameters only)"
+    demo = demo_of(logger)
+    if demo.log_image:
+        demo.log_image(logger, name, picture, step)
+    return demo.image_shows_in
 
 
-# %% Catalogue
-def plain(text: str) -> str:
-    """Docstring reStructuredText to plain text: :class:`~a.b.C` -> C, `text <url>`_ -> text, ``x`` -> `x`."""
-    text = re.sub(r":\w+:`~?([^`]+)`", lambda match: match.group(1).split(".")[-1], text)
-    text = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", text)
-    return text.replace("``", "`")
-
-
-def first_paragraph(cls) -> str:
-    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("__init__", object).__doc__ or "(no docstring)"
-    return " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
-
-
-def backend_status(class_name: str) -> str:
-    entry = next((entry for entry in LOGGERS.values() if entry[0] == class_name), None)
-    if class_name == "Logger":
-        return "the base class: subclass it to write your own logger"
-    if entry is None:
-        return "unknown to this script: see its docstring"
-    _, module, install = entry
-    if module is None:
-        return "built in (needs nothing else)"
-    if importlib.util.find_spec(module) is None:
-        return f"not installed ({module}): {install}"
-    distributions = importlib.metadata.packages_distributions().get(module, [module])
-    return "installed (" + ", ".join(f"{d} {importlib.metadata.version(d)}" for d in distributions) + ")"
-
-
-def catalogue_table() -> str:
-    demo = {class_name: name for name, (class_name, _, _) in LOGGERS.items()}
-    rows = [f"{'logger':18s} {'--loggers':12s} {'backend':56s} summary"]
-    for name in pl_loggers.__all__:
-        cls = getattr(pl_loggers, name)
-        summary = first_paragraph(cls).split(". ")[0].rstrip(".")
-        rows.append(f"{name:18s} {demo.get(name, '-'):12s} {backend_status(name):56s} {summary}.")
-    return "\n".join(rows)
-
-
-def logger_page(name: str) -> str:
-    cls = getattr(pl_loggers, name)
-    parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
-    signature = f"{name}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{name}()"
-    signature = re.sub(r" at 0x[0-9a-fA-F]+", "", signature.replace("typing.", ""))  # same bytes every run
-    own = [member for member in vars(cls) if not member.startswith("_") and not member.isupper()]
-    wrap = lambda text: textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="  ")  # noqa: E731
-    return "\n".join([
-        name, "=" * len(name), f"from pytorch_lightning.loggers import {name}   (defined in {cls.__module__})",
-        f"Backend: {backend_status(name)}", "", "What it does", wrap(first_paragraph(cls)), "", "Signature",
-        "\n".join("  " + line for line in signature.splitlines()), "",
-        "Methods and properties it defines", wrap(", ".join(own) or "(none of its own)"), "",
-        f"Full documentation: python -c \"help('pytorch_lightning.loggers.{name}')\"", ""])
-
-
-def write_catalogue(folder: Path) -> Path:
-    """AVAILABLE.txt and one <Name>.txt per logger, rewritten from scratch: a rerun gives the same bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.txt"):
-        old.unlink()
-    (folder / "AVAILABLE.txt").write_text(
-        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
-        f"their backend is installed here\n\n{catalogue_table()}\n")
-    for name in pl_loggers.__all__:
-        (folder / f"{name}.txt").write_text(logger_page(name))
-    return folder
-
-
-# %% Data
-def prepare_mnist(data_dir: str) -> int:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not.
-
-    Returns the number of training images (60000 for the real MNIST).
-    """
-    try:
-        # torchvision prints every mirror it tries; one line from us is clearer.
-        with contextlib.redirect_stdout(io.StringIO()):
-            MNIST(data_dir, train=False, download=True)
-            return len(MNIST(data_dir, train=True, download=True))
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = str(error).splitlines()[0].rstrip(":")
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
-
-
-def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision."""
-    dataset = MNIST(data_dir, train=train, download=False)
-    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
-    return TensorDataset(images, dataset.targets)
-
-
-# %% Main
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = Path(args.output_dir)
-    if args.info:
-        folder = write_catalogue(out / "loggers_info")
-        print(catalogue_table())
-        print(f"\nwrote AVAILABLE.txt and {len(pl_loggers.__all__)} logger files to {folder.resolve()}")
-        return 0
-
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    if args.val_size >= prepare_mnist(args.data_dir):
-        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
-    loggers = build_loggers(args.loggers, out)
-    print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
-    try:
-        trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=loggers, log_every_n_steps=args.log_every_n_steps, enable_checkpointing=False,
-            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            default_root_dir=out, deterministic=True)
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
-    trainer.fit(model)
-    test_metrics = trainer.test(model, verbose=False)[0]
-
-    if trainer.is_global_zero:
-        if not args.fast_dev_run:  # fast_dev_run swaps the loggers for a dummy that writes nothing
-            metrics_csv = Path(loggers[0].log_dir, "metrics.csv")
-            history = epoch_table(metrics_csv)
-            print(f"\nPer-epoch table from {metrics_csv}:\n" + history.to_string(float_format="{:.4f}".format))
-            history.to_csv(out / "history.csv")
-            plot_curves(pd.read_csv(metrics_csv), history, out)
-            print("\nWhat each logger got (hyperparameters, scalars on step and on epoch, the digit grid):")
-            for logger in loggers:
-                image = model.image_results.get(type(logger).__name__, "-")
-                print(f"  {type(logger).__name__:18s} image: {image:48s} in {where_it_wrote(logger)}")
-            for logger in loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    print(f"\nOpen TensorBoard on this run:  tensorboard --logdir {Path(logger.root_dir).resolve()}")
-                if isinstance(logger, MLFlowLogger):
-                    print(f"Open the MLflow UI (pip install mlflow):  MLFLOW_ALLOW_FILE_STORE=true mlflow ui "
-                          f"--backend-store-uri file:{Path(logger.save_dir).resolve()}")
-        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
-        print(f"\nOutputs in {out.resolve()}:")
-        for path in sorted(out.glob("*")):
-            print(f"  {path.name}{'/' if path.is_dir() else ''}")
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-def epoch_table(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's metrics.csv.
+# %% Reading the logs back
+def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
+    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at.
 
     The file has one row per logging call: step rows (every log_every_n_steps) fill the *_step
     columns, epoch-end rows fill the *_epoch and validation columns, and every other cell is empty
@@ -426,88 +309,526 @@ def epoch_table(metrics_csv: Path) -> pd.DataFrame:
     return table.rename(columns=lambda c: c.removesuffix("_epoch"))
 
 
-def plot_curves(metrics: pd.DataFrame, history: pd.DataFrame, out: Path) -> None:
+
+# %% Data
+# Copied from Basic_usage_of_lightning.py
+def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
+    dataset = MNIST(data_dir, train=train, download=False)
+    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
+    return TensorDataset(images, dataset.targets)
+
+
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
+
+
+# %% Main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    if args.named_modules or args.named_parameters:
+        print_structure(MNISTClassifier(), args.named_modules, args.named_parameters)
+        return 0
+    if args.info or not args.demo:
+        show_logger_catalogue(out, hint=not args.demo)
+        if not args.demo:
+            return 0
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    if args.val_size >= prepare_mnist(args.data_dir):
+        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
+    check_multi_node(args.num_nodes)
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                            lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
+    with exit_on_error("cannot build the Trainer from these flags"):
+        trainer = pl.Trainer(
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
+            logger=build_loggers(args.loggers, out), log_every_n_steps=args.log_every_n_steps,
+            enable_checkpointing=False, fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
+            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
+            default_root_dir=out, deterministic=True)
+    loggers = started(trainer.loggers)  # after the Trainer took the flags, so a refused flag leaves no run behind
+    trainer.loggers = loggers
+    print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
+    with exit_if_interrupted(trainer):
+        trainer.fit(model)
+    test_metrics = trainer.test(model, verbose=False)[0]
+
+    if trainer.is_global_zero:
+        if not args.fast_dev_run:  # fast_dev_run swaps the loggers for a dummy that writes nothing
+            metrics_csv = Path(loggers[0].log_dir, "metrics.csv")
+            history = epoch_history_with_steps(metrics_csv)
+            print(f"\nPer-epoch table from {metrics_csv}:\n" + history.to_string(float_format="{:.4f}".format))
+            history.to_csv(out / "history.csv")
+            plot_history_with_steps(pd.read_csv(metrics_csv), history, out)
+            print("\nWhat each logger got (hyperparameters, scalars on step and on epoch, the digit grid):")
+            for logger in loggers:
+                image = model.image_results.get(type(logger).__name__, "-")
+                print(f"  {type(logger).__name__:18s} image: {image:48s} in {demo_of(logger).where(logger)}")
+            for logger in loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    print(f"\nOpen TensorBoard on this run:  tensorboard --logdir {Path(logger.root_dir).resolve()}")
+                if isinstance(logger, MLFlowLogger):
+                    print(f"Open the MLflow UI (pip install mlflow):  MLFLOW_ALLOW_FILE_STORE=true mlflow ui "
+                          f"--backend-store-uri file:{Path(logger.save_dir).resolve()}")
+        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
+        if args.save_model:
+            save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
+        print(f"\nOutputs in {out.resolve()}:")
+        for path in sorted(out.glob("*")):
+            print(f"  {path.name}{'/' if path.is_dir() else ''}")
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+# %% Flags
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
+    catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
+    catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/loggers_lightning",
+                           help="where the catalogue, logs and plots go")
+    catalogue.add_argument("--info", action="store_true",
+                           help="write loggers_info/, one file per logger (the default without --demo)")
+
+    data = parser.add_argument_group("the training demo: data")
+    data.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
+    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+
+    train = parser.add_argument_group("the training demo: training")
+    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=positive_int, default=2, metavar="N")
+    train.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split and shuffling")
+    train.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+
+    logging = parser.add_argument_group("the training demo: loggers")
+    logging.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
+                         help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
+                              f"(the table and the TensorBoard check read them)")
+    logging.add_argument("--log_every_n_steps", "--log-every-n-steps", type=positive_int, default=10, metavar="N",
+                         help="how often the *_step values are written")
+
+    hardware = parser.add_argument_group("the training demo: hardware (passed to pl.Trainer)")
+    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
+    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1,
+                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+
+    debug = parser.add_argument_group("the training demo: debugging (passed to pl.Trainer)")
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
+                       help="run N batches of each stage (1 when given alone), write no logs")
+    for stage in ("train", "val", "test"):
+        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
+                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
+
+    model = parser.add_argument_group("model inspection")
+    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: the demo (--demo) always ends with a test; this script tests no saved weights "
+        "(Basic_usage_of_lightning.py --load_model does)"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
+        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int, metavar="N",
+                          successor="log_every_n_steps", note="it is --log_every_n_steps now")
+    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
+                          help="refused with a pointer: this script tests no saved weights")
+    args = parser.parse_args(argv)
+
+    if args.load_model:
+        die(f"--load_model {args.load_model}: this script trains to show loggers and tests no saved weights; "
+            f"test them with: python Basic_usage_of_lightning.py --load_model {args.load_model}")
+    if not args.demo:  # the catalogue: a training flag would be silently ignored, so say so
+        defaults = parser.parse_args([], argparse.Namespace(output_dir=args.output_dir))
+        ignored = [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
+                   and name not in ("info", "named_modules", "named_parameters")]
+        if ignored:
+            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script "
+                f"writes the catalogue)")
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    return args
+
+
+def logger_names(text: str) -> list:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DEMO_LOGGERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown logger name(s) {', '.join(unknown)}; "
+                                         f"valid names: {', '.join(DEMO_LOGGERS)}")
+    return names
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+# Copied from Basic_usage_of_lightning.py
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Catalogue
+def show_logger_catalogue(out: Path, hint: bool) -> None:
+    pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
+    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": (
+        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
+        f"their backend is installed here\n\n{logger_table()}\n"), **pages})
+    print(logger_table())
+    print(f"\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
+    if hint:
+        print("to log a training run to several of them at once: python loggers_lightning.py --demo "
+              "(--help lists its flags)")
+
+
+def logger_table() -> str:
+    demo = {logger.shows: name for name, logger in DEMO_LOGGERS.items()}
+    rows = [f"{'logger':18s} {'--loggers':12s} {'backend':56s} summary"]
+    for name in pl_loggers.__all__:
+        summary = first_paragraph(getattr(pl_loggers, name)).split(". ")[0].rstrip(".")
+        rows.append(f"{name:18s} {demo.get(name, '-'):12s} {backend_status(name):56s} {summary}.")
+    return "\n".join(rows)
+
+
+def logger_page(name: str) -> str:
+    cls = getattr(pl_loggers, name)
+    own = [member for member in vars(cls) if not member.startswith("_") and not member.isupper()]
+    return "\n".join([
+        name, "=" * len(name), f"from pytorch_lightning.loggers import {name}   (defined in {cls.__module__})",
+        f"Backend: {backend_status(name)}", "", "What it does", indented(first_paragraph(cls)), "", "Signature",
+        "\n".join("  " + line for line in signature_of(cls).splitlines()), "",
+        "Methods and properties it defines", indented(", ".join(own) or "(none of its own)"), "",
+        f"Full documentation: python -c \"help('pytorch_lightning.loggers.{name}')\"", ""])
+
+
+def backend_status(class_name: str) -> str:
+    demo = next((demo for demo in DEMO_LOGGERS.values() if demo.shows == class_name), None)
+    if class_name == "Logger":
+        return "the base class: subclass it to write your own logger"
+    if demo is None:
+        return "unknown to this script: see its docstring"
+    if demo.module is None:
+        return "built in (needs nothing else)"
+    if importlib.util.find_spec(demo.module) is None:
+        return f"not installed ({demo.module}): {demo.install}"
+    distributions = importlib.metadata.packages_distributions().get(demo.module, [demo.module])
+    return "installed (" + ", ".join(f"{d} {importlib.metadata.version(d)}" for d in distributions) + ")"
+
+
+# Copied from callbacks_lightning.py
+def first_paragraph(cls) -> str:
+    # Some classes document themselves in __init__; getdoc(cls) would then return the parent's text.
+    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("__init__", object).__doc__ or "(no docstring)"
+    return " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+
+
+# Copied from callbacks_lightning.py
+def plain(text: str) -> str:
+    """Docstring reStructuredText to plain text: :class:`~a.b.C` -> C, `text <url>`_ -> text, ``x`` -> `x`."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda match: match.group(1).split(".")[-1], text)
+    text = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", text)
+    return text.replace("``", "`")
+
+
+# Copied from callbacks_lightning.py
+def signature_of(cls) -> str:
+    parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
+    text = f"{cls.__name__}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{cls.__name__}()"
+    # Same bytes on every run: no memory addresses, no "typing." noise.
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))
+
+
+# Copied from callbacks_lightning.py
+def indented(text: str) -> str:
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="  ")
+
+
+# Copied from callbacks_lightning.py
+def write_text_files(folder: Path, files: dict) -> Path:
+    """Write {name: text} into folder and remove its other *.txt files: a rerun gives the same folder.
+
+    Each file goes to a hidden name first and is then renamed into place, so a full disk or a kill
+    leaves every file whole, the earlier version or the new one.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            partial = folder / f".{name}.partial"
+            partial.write_text(text)
+            os.replace(partial, folder / name)
+        for stale in set(folder.glob("*.txt")) - {folder / name for name in files}:
+            stale.unlink()
+    except OSError as error:
+        for partial in folder.glob(".*.partial"):
+            partial.unlink()
+        die(f"cannot write {folder} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (every file already there is whole)")
+    return folder
+
+
+# %% Helpers
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+def check_multi_node(num_nodes: int) -> None:
+    """Several machines need a rendezvous: check it before the Trainer waits on one."""
+    if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        return  # srun and torchrun set up the rendezvous themselves
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
+    if missing:
+        die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
+            f"(or run under torchrun or srun); see the README's 'Past one machine'")
+    if os.environ["NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+        with socket.socket() as probe:
+            try:  # node 0 hosts the rendezvous: its port must be free
+                probe.bind((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
+            except (OSError, ValueError) as error:
+                die(f"cannot host the rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                    f"({error.strerror or error}); pick another MASTER_PORT on every machine")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
+    try:
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
+    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
+
+    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
+    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException)
+        if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
+            raise
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
+        sys.exit(143 if sigterm else 130)
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: Path) -> None:
     """loss.png: the step series and the epoch values on one step axis; acc.png: accuracy per epoch."""
     steps = metrics.dropna(subset=["train_loss_step"])
     ax = steps.plot(x="step", y="train_loss_step", color="lightgray", label="train_loss (step)", grid=True)
-    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=ax, title="MNIST loss")
+    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=ax,
+                 title="MNIST: cross-entropy loss per optimizer step and per epoch")
     ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss")
     ax.figure.savefig(out / "loss.png", dpi=100, bbox_inches="tight")
     plt.close(ax.figure)
-    ax = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST accuracy per epoch")
+    ax = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch")
     ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.figure.savefig(out / "acc.png", dpi=100, bbox_inches="tight")
     plt.close(ax.figure)
 
 
+# Copied from Basic_usage_of_lightning.py
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+# Copied from Basic_usage_of_lightning.py
 def die(message: str) -> None:
     """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-# %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = parser.add_argument_group("data and outputs")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/loggers_lightning",
-                      help="where the catalogue, logs and plots go")
-    data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    train.add_argument("--epochs", type=int, default=2, metavar="N")
-    train.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
-
-    logging = parser.add_argument_group("loggers")
-    logging.add_argument("--info", action="store_true", help="write loggers_info/ (one file per logger) and exit")
-    logging.add_argument("--loggers", default=",".join(LOGGERS), metavar="NAMES",
-                         help=f"comma-separated, from {', '.join(LOGGERS)}; csv and tensorboard always run "
-                              f"(the table and the TensorBoard check read them)")
-    logging.add_argument("--log_every_n_steps", "--log-every-n-steps", type=int, default=10, metavar="N",
-                         help="how often the *_step values are written")
-
-    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
-    for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    args = parser.parse_args(argv)
-
-    args.loggers = [name.strip() for name in args.loggers.split(",") if name.strip()]
-    unknown = [name for name in args.loggers if name not in LOGGERS]
-    if unknown:
-        die(f"unknown logger name(s) in --loggers: {', '.join(unknown)}; valid names: {', '.join(LOGGERS)}")
-    for flag in ("epochs", "batch_size", "val_size", "num_nodes", "log_every_n_steps"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0:
-        die(f"--lr must be positive, got {args.lr}")
-    if args.num_workers < 0:
-        die(f"--num_workers cannot be negative, got {args.num_workers}")
-    return args
 
 
 if __name__ == "__main__":
