@@ -18,8 +18,8 @@ What it measures
     sets the pace, and preloading (or enough workers) is what makes the GPU worth having.
 
 How to run
-    python benchmarks/data_pipeline.py --data_dir ../shared/data           # full: 3 epochs each, ~3.5 min
-    python benchmarks/data_pipeline.py --data_dir ../shared/data --quick   # 30 batches, ~20 s
+    python benchmarks/data_pipeline.py --data_dir /path/to/datasets          # full: 3 epochs each, ~3.5 min
+    python benchmarks/data_pipeline.py --data_dir /path/to/datasets --quick   # 30 batches, ~20 s
     python benchmarks/data_pipeline.py --workers 0,2,4 --accelerator gpu
 
 What it writes (under --output_dir, default outputs/benchmarks)

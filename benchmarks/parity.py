@@ -31,8 +31,8 @@ Why the Lightning runs import Basic_usage_of_lightning.py
     start-up and memory; the copy is proven identical by the losses matching from the first step.
 
 How to run
-    python benchmarks/parity.py --data_dir ../shared/data          # full: 3 repeats x 3 epochs, ~7 min on 2 cores
-    python benchmarks/parity.py --data_dir ../shared/data --quick  # about 30 s
+    python benchmarks/parity.py --data_dir /path/to/datasets         # full: 3 repeats x 3 epochs, ~7 min on 2 cores
+    python benchmarks/parity.py --data_dir /path/to/datasets --quick  # about 30 s
     python benchmarks/parity.py --accelerator gpu                  # the same on a GPU
     python benchmarks/parity.py --configs pytorch,lightning --repeats 5
 

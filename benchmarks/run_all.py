@@ -16,8 +16,8 @@ What it runs (each in its own process, in this order; --only picks some)
     benchmark's tables, and how long each took.
 
 How to run
-    python benchmarks/run_all.py --data_dir ../shared/data            # full: the README numbers, ~20 min
-    python benchmarks/run_all.py --data_dir ../shared/data --quick    # ~1.5 min, plus quantization's ~3
+    python benchmarks/run_all.py --data_dir /path/to/datasets           # full: the README numbers, ~20 min
+    python benchmarks/run_all.py --data_dir /path/to/datasets --quick    # ~1.5 min, plus quantization's ~3
     python benchmarks/run_all.py --accelerator gpu                    # the same on a GPU
     python benchmarks/run_all.py --only parity,data_pipeline --test_suite
 

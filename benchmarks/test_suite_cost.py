@@ -13,7 +13,7 @@ What it measures
     pytest.ini configures (workers included); --pytest_args adds to it.
 
 How to run
-    python benchmarks/test_suite_cost.py --data_dir ../shared/data           # both modes
+    python benchmarks/test_suite_cost.py --data_dir /path/to/datasets          # both modes
     python benchmarks/test_suite_cost.py --quick                                  # the default mode only
     python benchmarks/test_suite_cost.py --pytest_args "-n 2"                     # two xdist workers
 

@@ -21,8 +21,8 @@ What it measures
     extras cost together.
 
 How to run
-    python benchmarks/time_to_99.py --data_dir ../shared/data           # full: 2 and 3 epochs, twice, ~7 min
-    python benchmarks/time_to_99.py --data_dir ../shared/data --quick   # 1 short epoch, ~25 s
+    python benchmarks/time_to_99.py --data_dir /path/to/datasets          # full: 2 and 3 epochs, twice, ~7 min
+    python benchmarks/time_to_99.py --data_dir /path/to/datasets --quick   # 1 short epoch, ~25 s
     python benchmarks/time_to_99.py --epochs 1,2,3 --repeats 3 --accelerator gpu
 
 What it writes (under --output_dir, default outputs/benchmarks)
