@@ -3,30 +3,38 @@ Title: Post-training int8 quantization of a Lightning model
 Description: Train an MNIST CNN with Lightning, calibrate it on a few batches and convert it to int8.
 
 What it teaches
-    Post-training static quantization (PTQ) of a model trained by the Lightning Trainer: the network
-    carries `QuantStub` / `DeQuantStub` where int8 starts and ends, conv+bn+relu and linear+relu are
-    fused into single kernels, observers from the x86 qconfig record activation ranges on
-    --calibration_batches training batches, and `convert` swaps in int8 modules. The int8 model then
-    runs under a plain PyTorch loop and under `Trainer.test` (same accuracy), is saved as a
-    state_dict and reloaded by rebuilding the same int8 architecture, and is timed against the float
-    model on the CPU. `--flow pt2e` does the same with the API that replaces eager quantization:
-    `torch.export`, torchao's `X86InductorQuantizer`, `prepare_pt2e` / `convert_pt2e` and
-    `torch.compile` with freezing.
+    Post-training static quantization (PTQ) of a plain float network that the Lightning Trainer
+    trained, by two routes that read side by side:
+      --flow eager   torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
+                     DeQuantStub around the network (where int8 starts and ends), conv+bn+relu and
+                     linear+relu are fused, observers from the x86 qconfig record activation ranges
+                     on --calibration_batches training batches, and `convert` swaps in int8 modules.
+      --flow pt2e    its successor: `torch.export` the same network, annotate it with torchao's
+                     `X86InductorQuantizer`, calibrate after `prepare_pt2e`, `convert_pt2e`, then
+                     `torch.compile` turns the graph into int8 kernels. Nothing in this route
+                     touches torch.ao.quantization, so it keeps working once torch removes it.
+    The int8 model is then tested with a plain PyTorch loop and with `Trainer.test` (same accuracy),
+    saved (a state_dict, or a `.pt2` program), reloaded by --load_int8 in a fresh process, and timed
+    against the float model, eager and compiled, on the CPU.
 
 How to run
-    python quant_lightning_ptq.py                               # train 3 epochs, quantize, compare
-    python quant_lightning_ptq.py --data_dir ../shared/data     # MNIST already on disk, offline
+    python quant_lightning_ptq.py                                    # train 3 epochs, quantize (eager), compare
+    python quant_lightning_ptq.py --data_dir /path/to/datasets       # MNIST already on disk (MNIST/raw), offline
+    python quant_lightning_ptq.py --flow pt2e                        # the same through torch.export + torchao
     python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # no training
+    python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt --flow pt2e
     python quant_lightning_ptq.py --calibration_batches 8 --backend onednn
-    python quant_lightning_ptq.py --flow pt2e --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
-    python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt  # reload, test
+    python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt   # reload, test
+    python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt2  # the same, PT2E
 
 What it writes (under --output_dir, default outputs/quant_lightning_ptq)
     csv_logs/, tb_logs/, checkpoints/best.ckpt   when it trains (best valid_acc), as the basic script
     history.csv, loss.png, acc.png               the per-epoch table and its curves, when it trains
     mnist_fp32.pt, mnist_int8.pt                 state_dicts of the float and the int8 network (eager)
     mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e)
-    quant_results.csv                            one row appended per run: accuracy, size, latency
+    quant_results.csv                            one row added per run: accuracy, size, latency
+    --load_int8 only tests the file and writes nothing. A .pt2 is checked before it is loaded: any
+    member that is not plain data (tensors, numbers, text) is refused, so a hostile file runs no code.
 """
 
 # %% Imports
@@ -34,28 +42,43 @@ import argparse
 import contextlib
 import copy
 import io
+import json
+import math
 import os
+import re
 import statistics
+import struct
 import sys
 import time
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # draw into files; no display is needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-import torch.ao.quantization as tq
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
-from torchmetrics import Accuracy
+from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
+
+# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
+# --flow eager uses it; without it (a future torch) the PT2E flow still runs.
+try:
+    import torch.ao.quantization as tq
+except ImportError:
+    tq = None
 
 # The data are tensors in memory, so loader workers have nothing to speed up.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -63,44 +86,28 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 # torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
-# Eager quantization (torch.ao.quantization) is deprecated in favour of torchao (see the README), and torch
-# repeats its six-line message from every call site. Show it once. (A "once" filter is not enough:
-# pandas, matplotlib and Lightning change the warning filters as they run, and each change makes Python
-# forget which warnings it has shown.)
-AO_DEPRECATION = "torch.ao.quantization is deprecated"
-warnings.filterwarnings("default", AO_DEPRECATION)  # shown even where DeprecationWarnings are ignored
-_show_warning = warnings.showwarning
-_ao_deprecation_shown = []
-
-
-def show_warning(message, category, *args, **kwargs):
-    """warnings.showwarning, except that torch's deprecation of eager quantization shows only once."""
-    if str(message).startswith(AO_DEPRECATION):
-        if _ao_deprecation_shown:
-            return
-        _ao_deprecation_shown.append(message)
-    _show_warning(message, category, *args, **kwargs)
-
-
-warnings.showwarning = show_warning
+# Eager quantization is deprecated: torch repeats a six-line warning at every call, and its own
+# internals warn about quantized tensors, observers and storages. All hidden here: quantize_eager
+# says it once, in one line (EAGER_DEPRECATION).
+warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized")
+warnings.filterwarnings("ignore", "Please use quant_min and quant_max")
+warnings.filterwarnings("ignore", "TypedStorage is deprecated")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-RESULTS_FILE = "quant_results.csv"
-RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
-                  "fp32_ms_b1", "int8_ms_b1", "speedup_b1", "fp32_ms_b256", "int8_ms_b256", "speedup_b256"]
 
 
 # %% Model
-class QuantizableConvNet(nn.Module):
-    """Conv-BN-ReLU blocks and a Linear-ReLU between QuantStub and DeQuantStub: 1x28x28 in, 10 log-probabilities out."""
+class MNISTConvBNNet(nn.Module):
+    """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
 
-    # Each group becomes one int8 kernel: BN folds into the conv, ReLU clamps inside it.
-    FUSE_GROUPS = [["features.0", "features.1", "features.2"], ["features.4", "features.5", "features.6"],
-                   ["classifier.1", "classifier.2"]]
+    A plain float network: nothing in it is about quantization. Each flow adds what it needs when
+    it quantizes. Batch norm without a conv bias, because BN's shift replaces it (and folds into
+    the conv's int8 bias after quantization).
+    """
 
     def __init__(self, hidden_units: int = 256, dropout: float = 0.25):
         super().__init__()
-        self.quant = tq.QuantStub()  # an identity while float; after convert, float -> uint8 here
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x14x14
             nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
@@ -110,23 +117,23 @@ class QuantizableConvNet(nn.Module):
             nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden_units, 10),
         )
-        self.dequant = tq.DeQuantStub()  # after convert, uint8 -> float here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.dequant(self.classifier(self.features(self.quant(x))))
-        # The quantized CPU backend has no log_softmax kernel: it must run after the DeQuantStub, in float.
-        return F.log_softmax(logits, dim=1)
+        # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
+        return self.classifier(self.features(x))
 
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around QuantizableConvNet; `self.model` is later swapped for its int8 version."""
+    """The training recipe around MNISTConvBNNet; to test the int8 model, `self.model` is swapped for it."""
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01, hidden_units: int = 256,
-                 dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
+                 num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
-        self.model = QuantizableConvNet(hidden_units, dropout)
+        self.model = MNISTConvBNNet(hidden_units, dropout)
+        self.train_loss = MeanMetric()
         self.train_acc = Accuracy(task="multiclass", num_classes=10)
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
@@ -136,27 +143,30 @@ class MNISTClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        log_probs = self(images)
-        loss = F.nll_loss(log_probs, labels)  # forward already applied log_softmax
-        self.train_acc(log_probs, labels)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        self.train_loss.update(loss.detach(), weight=len(labels))
+        self.train_acc.update(logits, labels)
         return loss
+
+    def on_train_epoch_end(self):
+        self.log("train_loss", self.train_loss, prog_bar=True)
+        self.log("train_acc", self.train_acc)
 
     def validation_step(self, batch, batch_idx):
         images, labels = batch
-        log_probs = self(images)
-        self.log("valid_loss", F.nll_loss(log_probs, labels), prog_bar=True, sync_dist=True)
-        self.valid_acc.update(log_probs, labels)
+        logits = self(images)
+        self.log("valid_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
+        self.valid_acc.update(logits, labels)
 
     def on_validation_epoch_end(self):
         self.log("valid_acc", self.valid_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         images, labels = batch
-        log_probs = self(images)
-        self.log("test_loss", F.nll_loss(log_probs, labels), sync_dist=True)
-        self.test_acc.update(log_probs, labels)
+        logits = self(images)
+        self.log("test_loss", F.cross_entropy(logits, labels), sync_dist=True)
+        self.test_acc.update(logits, labels)
 
     def on_test_epoch_end(self):
         self.log("test_acc", self.test_acc)
@@ -169,57 +179,123 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            full = mnist_tensors(self.hparams.data_dir, train=True)
-            generator = torch.Generator().manual_seed(self.hparams.seed)  # same split every run
-            sizes = [len(full) - self.hparams.val_size, self.hparams.val_size]
-            self.train_set, self.valid_set = random_split(full, sizes, generator=generator)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.valid_set)
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset, shuffle=False):
+    def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            MNIST(data_dir, train=True, download=True)
-            MNIST(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
-
-
+# Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision."""
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
 
 
-# %% Quantization
-def quantize_eager(float_net: QuantizableConvNet, backend: str, calibration) -> nn.Module:
-    """Fuse, attach observers, run the calibration images through, convert: a new int8 network."""
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
+
+
+# %% Training the float model
+def train_float_model(model: MNISTClassifier, args, out: Path) -> bool:
+    """Fit the float model and load its best epoch; True on the process that goes on to quantize."""
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
+                                 monitor="valid_acc", mode="max", enable_version_counter=False)
+    csv_logger = CSVLogger(out, name="csv_logs")
+    with exit_on_error("cannot build the Trainer from these flags"):
+        trainer = pl.Trainer(
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
+            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint],
+            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+            deterministic=True)
+    with exit_if_interrupted(trainer):
+        trainer.fit(model)
+    # deterministic=True switched torch into deterministic mode for the whole process; int8 ops
+    # (which resize their quantized outputs) refuse to run in it, so switch it back off.
+    torch.use_deterministic_algorithms(False)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Quantization and the CPU tests run in rank 0 alone; a DDP process that exits with the
+        # process group open can abort, so close it here.
+        torch.distributed.destroy_process_group()
+    if not trainer.is_global_zero:
+        return False
+    if checkpoint.best_model_path:
+        load_weights(model, checkpoint.best_model_path)
+    if not args.fast_dev_run:
+        report_float_training(Path(csv_logger.log_dir, "metrics.csv"), out)
+    return True
+
+
+def calibration_batches(model: MNISTClassifier, count: int) -> list:
+    """The first `count` training batches: calibration sees training images, never the test set."""
+    model.setup("fit")
+    loader = model.train_dataloader()
+    batches = iter(loader)
+    return [next(batches)[0] for _ in range(min(count, len(loader)))]
+
+
+# %% Eager quantization (torch.ao.quantization, deprecated)
+EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
+                     "stops working then; --flow pt2e does the same with torchao")
+# Each group becomes one int8 kernel: BN folds into the conv, ReLU clamps inside it. The names are
+# those of the float network inside QuantStubWrapper.
+FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"],
+               ["net.features.4", "net.features.5", "net.features.6"],
+               ["net.classifier.1", "net.classifier.2"]]
+
+
+class QuantStubWrapper(nn.Module):
+    """The float network between a QuantStub and a DeQuantStub: where eager int8 starts and ends.
+
+    While float, the stubs are identities; `convert` turns them into float -> uint8 and uint8 ->
+    float. Whatever runs after the DeQuantStub (the loss's log_softmax, which has no quantized CPU
+    kernel) runs in float.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.net = net
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.net(self.quant(x)))
+
+
+def quantize_eager(float_net: MNISTConvBNNet, backend: str, calibration: list) -> nn.Module:
+    """Wrap in stubs, fuse, attach observers, run the calibration images through, convert: a new int8 network."""
+    if tq is None:
+        die("--flow eager needs torch.ao.quantization, which this torch no longer has; use --flow pt2e")
+    print(EAGER_DEPRECATION)
     torch.backends.quantized.engine = backend  # the int8 kernels that run; must match the qconfig
-    net = copy.deepcopy(float_net).cpu().eval()  # eval: fusing folds the BN statistics into the conv
-    tq.fuse_modules(net, QuantizableConvNet.FUSE_GROUPS, inplace=True)
+    net = QuantStubWrapper(copy.deepcopy(float_net)).cpu().eval()  # eval: fusing folds BN into the conv
+    tq.fuse_modules(net, FUSE_GROUPS, inplace=True)
     net.qconfig = tq.get_default_qconfig(backend)  # x86: histogram observer, per-channel int8 weights
     tq.prepare(net, inplace=True)
     with torch.no_grad():
@@ -228,8 +304,10 @@ def quantize_eager(float_net: QuantizableConvNet, backend: str, calibration) -> 
     return tq.convert(net, inplace=True)
 
 
-def pt2e_api():
-    """torchao's PT2E functions, or a one-line fix-it message when torchao is missing."""
+# %% PT2E quantization (torch.export + torchao)
+def pt2e_api() -> tuple:
+    """torchao's PT2E functions. Importing torchao also registers the quantized operators that an
+    int8 .pt2 program calls, so it must come before loading one."""
     try:
         from torchao.quantization.pt2e import allow_exported_model_train_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -237,19 +315,21 @@ def pt2e_api():
             X86InductorQuantizer, get_default_x86_inductor_quantization_config)
     except ImportError as error:
         die(f"--flow pt2e needs torchao ({error}): pip install torchao (pinned in requirements-dev.txt)")
-    return allow_exported_model_train_eval, prepare_pt2e, convert_pt2e, X86InductorQuantizer, \
-        get_default_x86_inductor_quantization_config
+    return (allow_exported_model_train_eval, prepare_pt2e, convert_pt2e, X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config)
 
 
 def export_program(net: nn.Module) -> torch.export.ExportedProgram:
-    batch = torch.export.Dim("batch", min=1, max=4096)  # any batch size; example batch 2 keeps it symbolic
+    """torch.export for any batch size (an example batch of 2 keeps that dimension symbolic)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
     return torch.export.export(net, (torch.zeros(2, 1, 28, 28),), dynamic_shapes={"x": {0: batch}})
 
 
-def quantize_pt2e(float_net: QuantizableConvNet, calibration) -> torch.fx.GraphModule:
-    """torch.export the float network, annotate it for x86 int8, calibrate, convert (q/dq ops in a graph)."""
-    _, prepare_pt2e, convert_pt2e, X86InductorQuantizer, default_config = pt2e_api()
-    graph = export_program(copy.deepcopy(float_net).cpu().eval()).module()  # the QuantStubs trace as identities
+def quantize_pt2e(float_net: MNISTConvBNNet, calibration: list) -> torch.fx.GraphModule:
+    """torch.export the float network, annotate it for x86 int8, calibrate, convert: a graph of
+    quantize / dequantize ops around float ops, which torch.compile lowers to int8 kernels."""
+    allow_train_eval, prepare_pt2e, convert_pt2e, X86InductorQuantizer, default_config = pt2e_api()
+    graph = export_program(copy.deepcopy(float_net).cpu().eval()).module()
     quantizer = X86InductorQuantizer().set_global(default_config())
     prepared = prepare_pt2e(graph, quantizer)  # folds BN, inserts observers where the quantizer annotated
     with torch.no_grad():
@@ -262,144 +342,187 @@ def quantize_pt2e(float_net: QuantizableConvNet, calibration) -> torch.fx.GraphM
         if name not in used:
             owner, _, attribute = name.rpartition(".")
             delattr(converted.get_submodule(owner), attribute)
+    allow_train_eval(converted)  # Trainer.test calls .eval(), which an exported graph otherwise refuses
     return converted
 
 
-def compile_int8(graph: torch.fx.GraphModule) -> nn.Module:
-    """torch.compile with freezing: Inductor turns the q/dq patterns into fused int8 (oneDNN) kernels."""
-    allow_exported_model_train_eval = pt2e_api()[0]
-    allow_exported_model_train_eval(graph)  # Trainer.test calls .eval(), which exported graphs refuse
-    torch._inductor.config.freezing = True  # weights become constants, so they can be prepacked as int8
+def compile_for_inference(net: nn.Module) -> nn.Module:
+    """torch.compile with freezing: weights become constants, so Inductor can prepack them and fuse
+    the q/dq patterns of an int8 graph into int8 (oneDNN) kernels. Float networks compile the same way."""
+    torch._inductor.config.freezing = True
     # dynamic=False: in torch 2.14 the int8 conv lowering fails on a symbolic batch size (a stride
     # assertion), so each batch size gets its own compiled graph (a few seconds each).
-    return torch.compile(graph, dynamic=False)
+    return torch.compile(net, dynamic=False)
 
 
-# %% Main
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    out = Path(args.output_dir)
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
-    if args.load_int8:  # read the model first: a bad file fails before any data is touched
-        model.model = load_int8(args.load_int8)
-        print(f"reloaded {args.load_int8}")
-    prepare_mnist(args.data_dir)
-    # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
-    tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
-    if args.load_int8:
-        test_int8(model, tester, args)
-        return 0
-
-    if args.ckpt:
-        load_weights(model, args.ckpt)
-    elif not train_float_model(model, args, out):
-        return 0  # a DDP rank other than 0: rank 0 quantizes and reports
-    out.mkdir(parents=True, exist_ok=True)
-
-    float_net = model.model.cpu().eval()
-    fp32_acc = tester.test(model, verbose=False)[0]["test_acc"]
-    print(f"\nfp32 accuracy: {fp32_acc:.4f}")
-
-    model.setup("fit")  # calibration uses training images, never the test set
-    loader = model.train_dataloader()
-    batches = iter(loader)
-    calibration = [next(batches)[0] for _ in range(min(args.calibration_batches, len(loader)))]
-    start = time.perf_counter()
-    if args.flow == "eager":
-        int8_net = quantize_eager(float_net, args.backend, calibration)
-        torch.save(float_net.state_dict(), out / "mnist_fp32.pt")
-        torch.save({"state_dict": int8_net.state_dict(), "backend": args.backend,
-                    "hidden_units": model.hparams.hidden_units}, out / "mnist_int8.pt")
-        files, method, backend = (out / "mnist_fp32.pt", out / "mnist_int8.pt"), "PTQ eager", args.backend
-    else:
-        graph = quantize_pt2e(float_net, calibration)
-        torch.export.save(export_program(float_net), out / "mnist_fp32.pt2")
-        torch.export.save(export_program(graph), out / "mnist_int8.pt2")
-        int8_net = compile_int8(graph)
-        files, method, backend = (out / "mnist_fp32.pt2", out / "mnist_int8.pt2"), "PTQ PT2E", "x86 inductor"
-    print(f"quantized ({method}, {len(calibration)} calibration batches) in {time.perf_counter() - start:.1f} s")
-
-    model.model = int8_net
-    int8_acc = test_int8(model, tester, args)
-    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
-    latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
-    row = dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
-               fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency)
-    append_result(row, out / RESULTS_FILE)
-    print(f"\nOutputs in {out.resolve()}:")
-    for path in sorted(out.glob("*")):
-        print(f"  {path.name}{'/' if path.is_dir() else ''}")
-    return 0
+# %% Saving and loading the int8 model
+def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path) -> tuple:
+    """Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs.
+    Returns the float and the int8 file."""
+    if flow == "eager":
+        save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
+        save_atomically({"state_dict": int8_net.state_dict(), "backend": backend,
+                         "hidden_units": float_net.classifier[1].out_features}, out / "mnist_int8.pt")
+        return out / "mnist_fp32.pt", out / "mnist_int8.pt"
+    save_program(export_program(float_net), out / "mnist_fp32.pt2")
+    save_program(export_program(int8_net), out / "mnist_int8.pt2")
+    return out / "mnist_fp32.pt2", out / "mnist_int8.pt2"
 
 
-def train_float_model(model: MNISTClassifier, args, out: Path) -> bool:
-    """Fit the float model, keep its best epoch; True on the process that goes on to quantize."""
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                 monitor="valid_acc", mode="max", enable_version_counter=False)
-    csv_logger = CSVLogger(out, name="csv_logs")
-    try:
-        trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint],
-            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, deterministic=True)
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
-    trainer.fit(model)
-    # deterministic=True switched torch into deterministic mode for the whole process; int8 ops
-    # (which resize their quantized outputs) refuse to run in it, so switch it back off.
-    torch.use_deterministic_algorithms(False)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Close the process group ourselves (a DDP process that exits with it open can abort);
-        # quantization and the CPU tests that follow run in rank 0 alone.
-        torch.distributed.destroy_process_group()
-    if not trainer.is_global_zero:
-        return False
-    if checkpoint.best_model_path:
-        load_weights(model, checkpoint.best_model_path)
-    if not args.fast_dev_run:
-        history = epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
-        print("\n" + history.to_string(float_format="{:.4f}".format))
-        history.to_csv(out / "history.csv")
-        plot_history(history, out)
-    return True
-
-
-def load_int8(path: str) -> nn.Module:
+def load_int8(path: str, flow: str) -> nn.Module:
     """An int8 model saved by this script: mnist_int8.pt (eager) or mnist_int8.pt2 (--flow pt2e)."""
-    if path.endswith(".pt2"):
-        pt2e_api()  # importing torchao registers the quantize/dequantize ops the program calls
-        try:
-            program = torch.export.load(path)
-        except Exception as error:
-            die(f"cannot read {path} as a torch.export program ({error.__class__.__name__}); pass a "
-                f"mnist_int8.pt2 written by --flow pt2e")
-        return compile_int8(program.module())
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt or mnist_int8.pt2 "
-            f"written by this script")
-    if not isinstance(saved, dict) or "backend" not in saved:
-        die(f"{path} is not an int8 model saved by this script (no 'backend' entry)")
+    if flow == "pt2e":
+        allow_train_eval = pt2e_api()[0]  # first: torchao registers the operators the program calls
+        graph = load_program_safely(path).module()
+        check_int8_program(graph, path)
+        allow_train_eval(graph)
+        return compile_for_inference(graph)
+    saved = read_eager_int8_file(path)
     # Rebuild the int8 architecture the way it was made, then load the int8 weights into it. One dummy
     # batch gives the observers a range so that convert runs; load_state_dict replaces every weight,
     # scale and zero point. (torch.save of the whole module would pickle code, not just tensors.)
-    net = quantize_eager(QuantizableConvNet(saved["hidden_units"]), saved["backend"], [torch.zeros(2, 1, 28, 28)])
+    net = quantize_eager(MNISTConvBNNet(saved["hidden_units"]), saved["backend"], [torch.zeros(2, 1, 28, 28)])
     try:
         net.load_state_dict(saved["state_dict"])
-    except (RuntimeError, KeyError) as error:
-        die(f"{path} does not hold an int8 QuantizableConvNet ({str(error).strip().splitlines()[0]})")
+    except Exception as error:
+        die(f"{path} does not hold an int8 MNISTConvBNNet ({first_line(error)})")
     return net
 
 
+def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    """torch.export.save through a hidden file renamed into place, as save_atomically does for torch.save."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as file:
+            torch.export.save(program, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def saved_flow(path: str) -> str:
+    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
+    eager for anything else (torch.save)."""
+    with contextlib.suppress(OSError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as archive:
+            return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
+    return "pt2e" if path.endswith(".pt2") else "eager"
+
+
+def read_eager_int8_file(path: str) -> dict:
+    """The dict an eager flow saved as mnist_int8.pt, checked: its int8 state_dict, the quantized
+    engine it was made for, and the hidden layer's width."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt or mnist_int8.pt2 "
+            f"written by this script")
+    if not isinstance(saved, dict) or "backend" not in saved or not isinstance(saved.get("state_dict"), dict):
+        die(f"{path} is not an int8 model saved by this script (no 'backend' and 'state_dict' entries)")
+    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
+    if saved["backend"] not in engines:
+        die(f"{path} was made for the quantized engine {saved['backend']!r}, which this torch cannot run "
+            f"(it has {', '.join(engines)})")
+    hidden_units = saved.get("hidden_units")
+    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
+            f"from 1 to 65536")
+    return saved
+
+
+# The members of a torch.export archive that torch reads as text, JSON or raw tensor bytes, never unpickles.
+PROGRAM_TEXT_MEMBERS = {"archive_format", "archive_version", "byteorder", "version", ".data/version",
+                        ".data/serialization_id"}
+RAW_TENSOR_MEMBER = re.compile(r"data/(weights|constants)/(weight|tensor)_[0-9]+")
+
+
+def load_program_safely(path: str) -> torch.export.ExportedProgram:
+    """torch.export.load, once nothing in the archive can run code while it loads.
+
+    torch.export.load unpickles some members with Python's full pickle (sample inputs, tensor
+    subclasses, custom objects) and loads a compiled AOTInductor library if the archive holds one:
+    either runs whatever the file's author wrote. So every member is first checked to be the plain
+    data it should be: text, JSON, raw tensor bytes, or a pickle that torch's weights_only unpickler
+    accepts (tensors, numbers, strings, containers). Anything else: one line, and nothing is loaded.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:  # names without the archive's top folder, as torch reads them
+            members = [(info.filename.split("/", 1)[-1], archive.read(info)) for info in archive.infolist()]
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        die(f"cannot read {path} as a .pt2 archive ({first_line(error)}); pass a mnist_int8.pt2 written by "
+            f"--flow pt2e")
+    names = [name for name, _ in members]
+    if len(set(names)) != len(names):
+        die(f"{path} holds two members of the same name; refusing to load it")
+    pickled = set()  # the tensor payloads that the weights and constants configs say torch unpickles
+    for name, data in members:
+        if re.fullmatch(r"data/(weights|constants)/[^/]*_config\.json", name):
+            try:
+                for entry in json.loads(data)["config"].values():
+                    if entry.get("use_pickle") or not entry["path_name"].startswith(("weight_", "tensor_")):
+                        pickled.add(f"{name.rsplit('/', 1)[0]}/{entry['path_name']}")
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                die(f"{path}: {name} is not a torch.export payload list ({first_line(error)})")
+    for name, data in members:
+        if name.startswith("data/aotinductor/"):
+            die(f"{path} holds compiled native code ({name}); refusing to load it")
+        plain = name in PROGRAM_TEXT_MEMBERS or name.endswith(".json") or RAW_TENSOR_MEMBER.fullmatch(name)
+        if name in pickled or not plain:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
+                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as error:
+                reason = str(error).partition("WeightsUnpickler error:")[2].strip() or type(error).__name__
+                die(f"{path}: member {name} is not plain data, and loading it could run code, so the program "
+                    f"is not loaded (weights_only unpickler: {reason.splitlines()[0].split('. ')[0]})")
+    try:
+        return torch.export.load(path)
+    except Exception as error:
+        die(f"cannot read {path} as a torch.export program ({error.__class__.__name__}: {first_line(error)})")
+
+
+def check_int8_program(graph: nn.Module, path: str) -> None:
+    """A loaded program must classify 1x28x28 images into 10 classes, with int8 weights."""
+    try:
+        with torch.no_grad():
+            logits = graph(torch.zeros(2, 1, 28, 28))
+    except Exception as error:
+        die(f"{path} is a torch.export program, but not of an MNIST classifier ({first_line(error)})")
+    if not (isinstance(logits, torch.Tensor) and logits.shape == (2, 10)):
+        die(f"{path} is a torch.export program, but not of an MNIST classifier (10 logits per image)")
+    if not any(tensor.dtype == torch.int8 for tensor in graph.state_dict().values()):
+        die(f"{path} holds no int8 weights: a float program (mnist_fp32.pt2?); pass a mnist_int8.pt2")
+
+
+def load_weights(model: MNISTClassifier, path: str) -> None:
+    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
+            f"quantization scripts, or mnist_fp32.pt")
+    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.model.load_state_dict(saved)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
+
+
+
+# %% Testing and timing the int8 model
 def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
-    """The int8 accuracy twice: a plain PyTorch loop, then Trainer.test on the same batches."""
+    """The int8 model's test accuracy by a plain PyTorch loop and by Trainer.test, on the same batches."""
     model.setup("test")
     loader = model.test_dataloader()
     limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
@@ -412,151 +535,466 @@ def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
     accuracy = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
-    print(f"test accuracy: {accuracy:.4f}")
     return accuracy
 
 
-def measure_latency(float_net, int8_net, images, threads: int, repeats: int) -> dict:
-    """Median milliseconds per forward at batch 1 and 256; the two models take turns, so a noisy
-    neighbour on the machine slows both alike, and the first (warm-up) calls are not counted."""
+def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
+                    repeats: int) -> dict:
+    """Median milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled
+    as the PT2E int8 model is) and of the int8 model. The models take turns, so a noisy neighbour on
+    the machine slows all alike, and the first (warm-up, compiling) calls are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    nets = {"fp32": float_net, "fp32_compiled": compile_for_inference(float_net), "int8": int8_net}
     result = {}
     with torch.inference_mode():
         for batch in (1, 256):
             x = images[:batch]
-            times = {"fp32": [], "int8": []}
+            times = {name: [] for name in nets}
             for _ in range(3):
-                float_net(x), int8_net(x)
+                for net in nets.values():
+                    net(x)
             for _ in range(repeats):
-                for name, net in (("fp32", float_net), ("int8", int8_net)):
+                for name, net in nets.items():
                     start = time.perf_counter()
                     net(x)
                     times[name].append(1000 * (time.perf_counter() - start))
             for name in times:
                 result[f"{name}_ms_b{batch}"] = statistics.median(times[name])
             result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+            result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
     torch.set_num_threads(default_threads)
     return result
 
 
-def append_result(row: dict, path: Path) -> None:
-    table = pd.DataFrame([row], columns=RESULT_COLUMNS)
-    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
-    print(table.to_string(index=False, float_format="{:.4g}".format))
-    table.to_csv(path, mode="a", header=not path.exists(), index=False)
 
+# %% Main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    out = Path(args.output_dir)
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
+                            eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
+                            num_workers=args.num_workers, seed=args.seed)
+    if args.named_modules or args.named_parameters:
+        print_structure(model, args.named_modules, args.named_parameters)
+        return 0
+    if args.load_int8:  # read the model first: a bad file fails before any data is touched
+        model.model = load_int8(args.load_int8, args.flow)
+        print(f"reloaded {args.load_int8}")
+    elif args.ckpt:
+        load_weights(model, args.ckpt)
+    train_images = prepare_mnist(args.data_dir)
+    # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
+    with exit_on_error("cannot build the test Trainer from these flags"):
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+    if args.load_int8:
+        test_int8(model, tester, args)
+        return 0
+    if args.val_size >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    if not args.ckpt and not train_float_model(model, args, out):
+        return 0  # a DDP rank other than 0: rank 0 quantizes and reports
 
-def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a Lightning .ckpt (or a .pt state_dict) of the float QuantizableConvNet into model.model."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        die(f"{path} does not hold float weights for QuantizableConvNet ({first_line})")
+    float_net = model.model.cpu().eval()
+    fp32_acc = tester.test(model, verbose=False)[0]["test_acc"]
+    print(f"\nfp32 accuracy: {fp32_acc:.4f}")
+    calibration = calibration_batches(model, args.calibration_batches)
+    start = time.perf_counter()
+    if args.flow == "eager":
+        int8_net, method, backend = quantize_eager(float_net, args.backend, calibration), "PTQ eager", args.backend
+    else:
+        int8_net, method, backend = quantize_pt2e(float_net, calibration), "PTQ PT2E", "x86 inductor"
+    print(f"quantized ({method}, {len(calibration)} calibration batches) in {time.perf_counter() - start:.1f} s")
+    files = save_int8(int8_net, float_net, args.flow, args.backend, out)
+    if args.flow == "pt2e":
+        int8_net = compile_for_inference(int8_net)
 
-
-def epoch_history(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
-    metrics = pd.read_csv(metrics_csv)
-    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
-    return metrics.groupby("epoch")[columns].last().dropna(how="all")
-
-
-def plot_history(history: pd.DataFrame, out: Path) -> None:
-    for kind in ("loss", "acc"):
-        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"MNIST {kind} per epoch")
-        ax.set_xlabel("epoch")
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
-
-
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    model.model = int8_net
+    int8_acc = test_int8(model, tester, args)
+    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
+    latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
+    append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
+                       fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency), out / RESULTS_FILE)
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        print(f"  {path.name}{'/' if path.is_dir() else ''}")
+    return 0
 
 
 # %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
     data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/quant_lightning_ptq",
+    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/quant_lightning_ptq",
                       help="where logs, models and quant_results.csv go")
-    data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
 
     train = parser.add_argument_group("training the float model")
-    train.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    train.add_argument("--epochs", type=int, default=3, metavar="N")
-    train.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=int, default=42, help="seeds weights, split, shuffling and calibration batches")
+    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=positive_int, default=3, metavar="N")
+    train.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split, shuffling and calibration batches")
 
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--ckpt", metavar="PATH", help="quantize this float checkpoint (.ckpt or mnist_fp32.pt) "
-                       "instead of training")
-    quant.add_argument("--flow", choices=["eager", "pt2e"], default="eager",
-                       help="eager: torch.ao.quantization (deprecated); pt2e: torch.export + torchao + torch.compile")
+    quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
+                       help="eager: torch.ao.quantization (deprecated); pt2e: torch.export + torchao + torch.compile "
+                            "(default: eager, or with --load_int8 the kind of file given)")
+    quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
+                       help="quantize this float checkpoint (.ckpt or mnist_fp32.pt) instead of training")
     quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
                                                              if e != "none"],
                        help="eager flow: the quantized engine and its default qconfig")
-    quant.add_argument("--calibration_batches", "--calibration-batches", type=int, default=32, metavar="N",
+    quant.add_argument("--calibration_batches", "--calibration-batches", type=positive_int, default=32, metavar="N",
                        help="training batches the observers see before convert")
-    quant.add_argument("--load_int8", "--load-int8", metavar="PATH",
+    quant.add_argument("--load_int8", "--load-int8", metavar="PATH", type=existing_file,
                        help="test a saved int8 model (mnist_int8.pt, or mnist_int8.pt2 from --flow pt2e) and exit")
-    quant.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the latency measurement")
-    quant.add_argument("--latency_repeats", "--latency-repeats", type=int, default=50, metavar="N",
+    quant.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads for the latency measurement")
+    quant.add_argument("--latency_repeats", "--latency-repeats", type=non_negative_int, default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
 
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
 
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
+        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    args = parser.parse_args(argv)
 
-    for flag in ("epochs", "batch_size", "val_size", "num_nodes", "calibration_batches", "threads"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0:
-        die(f"--lr must be positive, got {args.lr}")
-    if args.num_workers < 0 or args.latency_repeats < 0:
-        die("--num_workers and --latency_repeats cannot be negative")
-    for flag in ("ckpt", "load_int8"):
-        path = getattr(args, flag)
-        if path and not Path(path).is_file():
-            die(f"--{flag} {path}: no such file")
+    model = parser.add_argument_group("model inspection")
+    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: training always ends with a test now; to test a saved int8 model use --load_int8"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, note=(
+        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int, note=(
+        "no effect: metrics are logged once per epoch; the progress bar shows the running loss"))
+    original.add_argument("--save_model", "--save-model", action="store_true",
+                          help="no effect here: the float and the int8 model are always saved")
+    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
+                          help="the float weights to quantize instead of training: the same as --ckpt")
+    args = parser.parse_args(argv)
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    if args.save_model:
+        print("note: --save_model (from the original tutorial): no effect, this script always saves "
+              "mnist_fp32 and mnist_int8", file=sys.stderr)
+    if args.load_model:
+        if args.ckpt and args.ckpt != args.load_model:
+            die("--load_model and --ckpt both name the float weights to quantize; pass one of them")
+        args.ckpt = args.load_model
+    if args.load_int8:
+        saved = saved_flow(args.load_int8)
+        if args.flow and args.flow != saved:
+            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
+                f"or leave --flow out")
+        args.flow = saved
+    args.flow = args.flow or "eager"
     return args
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+# Copied from Basic_usage_of_lightning.py
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Helpers
+RESULTS_FILE = "quant_results.csv"
+RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
+                  "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
+                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256"]
+
+
+def append_result(row: dict, path: Path) -> None:
+    """Print the run's row and add it to the results CSV; earlier rows stay, whatever columns they have."""
+    table = pd.DataFrame([row], columns=RESULT_COLUMNS)
+    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
+    print(table.to_string(index=False, float_format="{:.4g}".format))
+    if path.exists():
+        try:
+            table = pd.concat([pd.read_csv(path), table], ignore_index=True)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
+                f"move it away and run again")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        table.to_csv(partial, index=False)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another --output_dir")
+
+
+def report_float_training(metrics_csv: Path, out: Path) -> None:
+    """The float phase's per-epoch table: printed, saved as history.csv, drawn as loss.png and acc.png."""
+    history = epoch_history(metrics_csv)
+    print("\n" + history.to_string(float_format="{:.4f}".format))
+    history.to_csv(out / "history.csv")
+    plot_history(history, out, title="MNIST, float model")
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
+    try:
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
+    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
+
+    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
+    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException)
+        if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
+            raise
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
+        sys.exit(143 if sigterm else 130)
+
+
+# Copied from Basic_usage_of_lightning.py
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_atomically(checkpoint, Path(path))
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def epoch_history(metrics_csv: Path) -> pd.DataFrame:
+    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
+    metrics = pd.read_csv(metrics_csv)
+    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
+    # last(): the end-of-epoch validation when --val_check_interval validates more often.
+    return metrics.groupby("epoch")[columns].last().dropna(how="all")
+
+
+# Copied from Basic_usage_of_lightning.py
+def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel: str = "epoch") -> None:
+    """loss.png and acc.png: train and valid curves per epoch."""
+    for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
+        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+# Copied from Basic_usage_of_lightning.py
+def die(message: str) -> None:
+    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -157,8 +157,48 @@ def test_run_all_without_data_is_a_clean_error(tmp_path):
     ("step_overhead.py", ["--steps", "0"], "--steps must be at least 1"),
     ("test_suite_cost.py", ["--modes", "fast"], "--modes: unknown fast"),
     ("run_all.py", ["--only", "speed"], "--only: unknown speed"),
+    ("quantization.py", ["--methods", "fast"], "--methods: unknown fast"),
+    ("quantization.py", ["--methods", "qat,ptq"], "--methods: must start with ptq"),
+    ("quantization.py", ["--threads", "0"], "--threads: must be at least 1"),
+    ("quantization.py", ["--latency_repeats", "x"], "--latency_repeats"),
+    ("quantization.py", ["--results", "table.txt"], "--results: must name a .csv file"),
 ])
 def test_impossible_flags_get_one_error_line(script, argv, phrase, capsys):
     result = exit_of(load(script).parse_args, argv, capsys)
     assert_clean_error(result, phrase)
     assert phrase in result.stderr  # as written, case included
+
+
+# benchmarks/quantization.py: two int8 paths (eager and PT2E PTQ) in quick mode on the synthetic set.
+@pytest.fixture(scope="module")
+def quantization(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quantization")
+    result = run_in(out, "benchmarks/quantization.py", "--data_dir", mnist_dir, "--output_dir", out / "runs",
+                    "--results", out / "quantization.csv", "--quick", "--methods", "ptq,ptq_pt2e",
+                    "--threads", "1", "--latency_repeats", "2", *SYNTHETIC_SPLIT, check=True)
+    return out, result
+
+
+def test_quantization_gathers_every_path_from_one_float_model(quantization):
+    out, result = quantization
+    rows = read_csv(out / "quantization.csv")
+    assert [(row["path"], row["method"]) for row in rows] == [("ptq", "PTQ eager"), ("ptq_pt2e", "PTQ PT2E")]
+    assert len({row["fp32_acc"] for row in rows}) == 1  # the PT2E path quantized the eager path's float model
+    for row in rows:  # (a quarter of a quick epoch on 2500 images trains little: accuracy is not checked)
+        assert float(row["reload_acc"]) == round(float(row["int8_acc"]), 4)  # the saved file, reloaded: the same
+        assert 0 < float(row["size_ratio"]) < 0.35
+        for batch in (1, 256):
+            for column in ("fp32_ms", "fp32_compiled_ms", "int8_ms", "speedup", "speedup_compiled"):
+                assert float(row[f"{column}_b{batch}"]) > 0, (row["path"], column, batch)
+    assert (out / "runs" / "ptq_pt2e" / "mnist_int8.pt2").is_file() and (out / "runs" / "ptq_reload.log").is_file()
+
+
+def test_quantization_report_says_what_was_measured_and_where(quantization):
+    out, result = quantization
+    report = (out / "quantization.md").read_text()
+    for expected in ("| path | method | backend | fp32 acc | int8 acc | drop (pts) | reloaded acc |",
+                     "| b1 fp32 compiled ms |", "b256 int8 x compiled", "| ptq_pt2e |", "int8 instructions", "torchao"):
+        assert expected in report, expected
+        assert expected in result.stdout, expected
+    assert "Command: `python benchmarks/quantization.py --data_dir" in report
+    assert "MISSED" not in report and "Target" not in report
