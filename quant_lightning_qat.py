@@ -3,100 +3,118 @@ Title: Quantization-aware training inside a LightningModule
 Description: Fine-tune an MNIST CNN with fake int8 quantization under the Trainer, then convert it.
 
 What it teaches
-    Quantization-aware training (QAT) with PyTorch's own API, called from inside a LightningModule:
-    `fuse_modules_qat` merges conv+bn+relu and linear+relu, `prepare_qat` adds fake-quantization
-    (weights and activations rounded to int8 in the forward pass, gradients passed straight through),
-    and the Trainer fine-tunes that model like any other. From --freeze_epoch on, the observers stop
-    moving the int8 ranges and batch norm uses its running statistics, so the last epochs train the
-    arithmetic the int8 model will run. After fit, `convert` gives the int8 network, which is tested
-    with a plain loop and with `Trainer.test`, saved, reloaded and timed against the float model.
+    Quantization-aware training (QAT) of a plain float network, run by the Trainer from inside a
+    LightningModule, by two routes that read side by side (EagerQAT and PT2EQAT, same methods):
+      --flow eager   torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
+                     DeQuantStub around the network, `fuse_modules_qat` merges conv+bn+relu and
+                     linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes them int8.
+      --flow pt2e    its successor: `torch.export` the network, `prepare_qat_pt2e` with torchao's x86
+                     Inductor quantizer (its QAT config), fine-tune the exported graph as `self.model`,
+                     `convert_pt2e`, then `torch.compile` for int8 kernels. Nothing in this route
+                     touches torch.ao.quantization, so it keeps working once torch removes it.
+    Fake quantization rounds weights and activations to int8 in the forward pass and lets gradients
+    through unchanged, so training finds weights that survive the rounding. From --freeze_epoch on,
+    the observers stop moving the int8 ranges and batch norm uses its running statistics, so the
+    last epochs train the arithmetic the int8 model will run. An exported graph cannot follow
+    .train() / .eval(): the module's mode hooks switch it with torchao's move_exported_model_to_train
+    / move_exported_model_to_eval instead. The int8 model is saved, reloaded from its file, tested
+    with a plain loop and with `Trainer.test`, and timed against the float model on the CPU.
 
 How to run
-    python quant_lightning_qat.py                                # 3 float epochs, 2 QAT epochs, convert
-    python quant_lightning_qat.py --data_dir ../shared/data      # MNIST already on disk, offline
+    python quant_lightning_qat.py                                # 3 float epochs, 2 QAT epochs, convert (eager)
+    python quant_lightning_qat.py --flow pt2e                    # the same through torch.export + torchao
+    python quant_lightning_qat.py --data_dir /path/to/datasets   # MNIST already on disk (MNIST/raw), offline
     python quant_lightning_qat.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # QAT only
     python quant_lightning_qat.py --qat_epochs 3 --freeze_epoch 2 --qat_lr 0.0005
-    python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt   # reload, test
+    python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt    # reload, test
+    python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt2   # the same, PT2E
 
 What it writes (under --output_dir, default outputs/quant_lightning_qat)
     csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
     checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
     history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
-    mnist_fp32.pt, mnist_int8.pt              state_dicts of the float and the int8 network
-    quant_results.csv                         one row appended per run: accuracy, size, latency
+    mnist_fp32.pt, mnist_int8.pt              state_dicts of the float and the int8 network (eager)
+    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
+    quant_results.csv                         one row added per run: accuracy, size, latency
+    --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
+    hostile file runs no code.
 """
 
 # %% Imports
 import argparse
 import contextlib
 import copy
+import importlib.util
 import io
+import json
+import math
 import os
+import re
 import statistics
+import struct
 import sys
 import time
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # draw into files; no display is needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-import torch.ao.nn.intrinsic.qat as nniqat
-import torch.ao.quantization as tq
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
-from torchmetrics import Accuracy
+from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
+
+# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
+# --flow eager uses it; without it (a future torch) the PT2E flow still runs. torchao, which the
+# PT2E flow uses, is imported where it is used: it takes seconds to import.
+try:
+    import torch.ao.nn.intrinsic.qat as nniqat
+    import torch.ao.quantization as tq
+except ImportError:
+    tq = nniqat = None
 
 # The data are tensors in memory, so loader workers have nothing to speed up.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Eager quantization (torch.ao.quantization) is deprecated in favour of torchao (see the README), and torch
-# repeats its six-line message from every call site. Show it once. (A "once" filter is not enough:
-# pandas, matplotlib and Lightning change the warning filters as they run, and each change makes Python
-# forget which warnings it has shown.)
-AO_DEPRECATION = "torch.ao.quantization is deprecated"
-warnings.filterwarnings("default", AO_DEPRECATION)  # shown even where DeprecationWarnings are ignored
-_show_warning = warnings.showwarning
-_ao_deprecation_shown = []
-
-
-def show_warning(message, category, *args, **kwargs):
-    """warnings.showwarning, except that torch's deprecation of eager quantization shows only once."""
-    if str(message).startswith(AO_DEPRECATION):
-        if _ao_deprecation_shown:
-            return
-        _ao_deprecation_shown.append(message)
-    _show_warning(message, category, *args, **kwargs)
-
-
-warnings.showwarning = show_warning
+# torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
+warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
+# torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
+# once, in one line, by main (EAGER_DEPRECATION).
+warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+# Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
+for retired in ("reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
+                "TypedStorage is deprecated"):
+    warnings.filterwarnings("ignore", retired, UserWarning)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-RESULTS_FILE = "quant_results.csv"
-RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
-                  "fp32_ms_b1", "int8_ms_b1", "speedup_b1", "fp32_ms_b256", "int8_ms_b256", "speedup_b256"]
 
 
 # %% Model
-class QuantizableConvNet(nn.Module):
-    """Conv-BN-ReLU blocks and a Linear-ReLU between QuantStub and DeQuantStub: 1x28x28 in, 10 log-probabilities out."""
+# Copied from quant_lightning_ptq.py
+class MNISTConvBNNet(nn.Module):
+    """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
 
-    # Each group becomes one int8 kernel: BN folds into the conv, ReLU clamps inside it.
-    FUSE_GROUPS = [["features.0", "features.1", "features.2"], ["features.4", "features.5", "features.6"],
-                   ["classifier.1", "classifier.2"]]
+    A plain float network: nothing in it is about quantization. Each flow adds what it needs when
+    it quantizes. Batch norm without a conv bias, because BN's shift replaces it (and folds into
+    the conv's int8 bias after quantization).
+    """
 
     def __init__(self, hidden_units: int = 256, dropout: float = 0.25):
         super().__init__()
-        self.quant = tq.QuantStub()  # an identity while float; after convert, float -> uint8 here
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x14x14
             nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
@@ -106,82 +124,106 @@ class QuantizableConvNet(nn.Module):
             nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden_units, 10),
         )
-        self.dequant = tq.DeQuantStub()  # after convert, uint8 -> float here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.dequant(self.classifier(self.features(self.quant(x))))
-        # The quantized CPU backend has no log_softmax kernel: it must run after the DeQuantStub, in float.
-        return F.log_softmax(logits, dim=1)
+        # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
+        return self.classifier(self.features(x))
 
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around QuantizableConvNet, which prepare_qat() turns into its fake-quant twin."""
+    """The training recipe around MNISTConvBNNet; start_qat() swaps `self.model` for its fake-quant twin."""
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01, qat_lr: float = 0.001,
-                 freeze_epoch: int = 1, backend: str = "x86", hidden_units: int = 256, dropout: float = 0.25,
-                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, qat_lr: float = 0.001, freeze_epoch: int = 1, flow: str = "eager",
+                 backend: str = "x86", hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
+                 num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
-        self.model = QuantizableConvNet(hidden_units, dropout)
-        self.qat = False
+        self.model = MNISTConvBNNet(hidden_units, dropout)
+        self.qat = None  # EagerQAT or PT2EQAT, once start_qat() has run
+        self.train_loss = MeanMetric()
         self.train_acc = Accuracy(task="multiclass", num_classes=10)
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
 
-    def prepare_qat(self) -> None:
+    def start_qat(self) -> None:
         """From now on fit() trains with int8 rounding simulated in every conv and linear layer."""
-        self.model = fake_quant_network(self.model, self.hparams.backend)
-        self.qat = True
+        self.qat = EagerQAT(self.hparams.backend) if self.hparams.flow == "eager" else PT2EQAT()
+        self.model = self.qat.prepare(self.model)  # the same weights, inside fake-quant modules or a graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    # QAT's schedule, in the hooks Lightning calls around every epoch and every validation.
     def on_train_epoch_start(self):
         if self.qat and self.current_epoch >= self.hparams.freeze_epoch:
             # Fix the int8 ranges and let batch norm use its running statistics, as it will once folded
-            # into the conv: the remaining epochs fine-tune exactly what convert() will produce.
-            self.model.apply(tq.disable_observer)
-            self.model.apply(nniqat.freeze_bn_stats)
+            # into the conv: the remaining epochs fine-tune exactly what convert will produce.
+            self.qat.observe(self.model, False)
+            self.qat.freeze_batch_norm(self.model)
 
     def on_validation_start(self):
         # Observers update their ranges in every forward, train or eval; validation must not move them.
         if self.qat:
-            self.model.apply(tq.disable_observer)
+            self.qat.observe(self.model, False)
 
     def on_validation_end(self):
         if self.qat and self.current_epoch < self.hparams.freeze_epoch:
-            self.model.apply(tq.enable_observer)
+            self.qat.observe(self.model, True)
+
+    # Lightning calls .eval() before validation and test, and afterwards sets each module's `training`
+    # flag back. An exported graph follows neither: its dropout and batch norm are ops in the graph,
+    # switched by rewriting it (torchao's move_exported_model_to_train / _eval), so these hooks ask the
+    # QAT flow to switch the network.
+    def on_validation_model_eval(self):
+        self.set_training(False)
+
+    def on_validation_model_train(self):
+        self.set_training(True)
+
+    def on_test_model_eval(self):
+        self.set_training(False)
+
+    def set_training(self, mode: bool) -> None:
+        if self.qat:
+            self.qat.set_training(self.model, mode)
+        else:
+            self.train(mode)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        log_probs = self(images)
-        loss = F.nll_loss(log_probs, labels)  # forward already applied log_softmax
-        self.train_acc(log_probs, labels)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)  # log_softmax runs here, in float, after int8 has ended
+        self.train_loss.update(loss.detach(), weight=len(labels))
+        self.train_acc.update(logits, labels)
         return loss
+
+    def on_train_epoch_end(self):
+        self.log("train_loss", self.train_loss, prog_bar=True)
+        self.log("train_acc", self.train_acc)
 
     def validation_step(self, batch, batch_idx):
         images, labels = batch
-        log_probs = self(images)
-        self.log("valid_loss", F.nll_loss(log_probs, labels), prog_bar=True, sync_dist=True)
-        self.valid_acc.update(log_probs, labels)
+        logits = self(images)
+        self.log("valid_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
+        self.valid_acc.update(logits, labels)
 
     def on_validation_epoch_end(self):
         self.log("valid_acc", self.valid_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         images, labels = batch
-        log_probs = self(images)
-        self.log("test_loss", F.nll_loss(log_probs, labels), sync_dist=True)
-        self.test_acc.update(log_probs, labels)
+        logits = self(images)
+        self.log("test_loss", F.cross_entropy(logits, labels), sync_dist=True)
+        self.test_acc.update(logits, labels)
 
     def on_test_epoch_end(self):
         self.log("test_acc", self.test_acc)
 
     def configure_optimizers(self):
         # QAT fine-tunes a trained model: a tenth of the from-scratch learning rate by default.
+        # self.parameters() are the fake-quant network's once start_qat() has run.
         lr = self.hparams.qat_lr if self.qat else self.hparams.lr
         optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -190,175 +232,380 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            full = mnist_tensors(self.hparams.data_dir, train=True)
-            generator = torch.Generator().manual_seed(self.hparams.seed)  # same split every run
-            sizes = [len(full) - self.hparams.val_size, self.hparams.val_size]
-            self.train_set, self.valid_set = random_split(full, sizes, generator=generator)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.valid_set)
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset, shuffle=False):
+    def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            MNIST(data_dir, train=True, download=True)
-            MNIST(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
-
-
+# Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision."""
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
 
 
-# %% Quantization
-def fake_quant_network(net: QuantizableConvNet, backend: str) -> nn.Module:
-    """Fuse for QAT and insert fake-quantization: still float tensors, but rounded like int8."""
-    net.train()  # fuse_modules_qat keeps BN as a live part of the fused block (folded only at convert)
-    tq.fuse_modules_qat(net, QuantizableConvNet.FUSE_GROUPS, inplace=True)
-    net.qconfig = tq.get_default_qat_qconfig(backend)  # moving-average ranges, per-channel weights
-    return tq.prepare_qat(net, inplace=True)  # the same parameters, now inside QAT modules
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
-def int8_network(fake_quant_net: nn.Module, backend: str) -> nn.Module:
-    """Convert a copy of the QAT network: BN folded, weights and ranges frozen into int8 modules."""
-    torch.backends.quantized.engine = backend  # the int8 kernels that run; must match the qconfig
-    return tq.convert(copy.deepcopy(fake_quant_net).cpu().eval())
+# %% Eager QAT (torch.ao.quantization, deprecated)
+# Copied from quant_lightning_ptq.py
+EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
+                     "stops working then; --flow pt2e does the same with torchao")
+# Copied from quant_lightning_ptq.py
+FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"],
+               ["net.features.4", "net.features.5", "net.features.6"],
+               ["net.classifier.1", "net.classifier.2"]]
 
 
-# %% Main
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    out = Path(args.output_dir)
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, qat_lr=args.qat_lr,
-                            freeze_epoch=args.freeze_epoch, backend=args.backend, val_size=args.val_size,
-                            num_workers=args.num_workers, seed=args.seed)
-    if args.load_int8:  # read the model first: a bad file fails before any data is touched
-        model.model = load_int8(args.load_int8)
-        print(f"reloaded {args.load_int8}")
-    prepare_mnist(args.data_dir)
-    # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
-    tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
-    if args.load_int8:
-        test_int8(model, tester, args)
-        return 0
+# Copied from quant_lightning_ptq.py
+class QuantStubWrapper(nn.Module):
+    """The float network between a QuantStub and a DeQuantStub: where eager int8 starts and ends.
 
-    histories = []
-    if args.ckpt:
-        load_weights(model, args.ckpt)
-    else:
-        _, history = fit(model, args, out, args.epochs, keep_best=True)
-        histories.append(history.assign(phase="fp32"))
-    float_net = copy.deepcopy(model.model).cpu().eval()
+    While float, the stubs are identities; `convert` turns them into float -> uint8 and uint8 ->
+    float. Whatever runs after the DeQuantStub (the loss's log_softmax, which has no quantized CPU
+    kernel) runs in float.
+    """
 
-    model.prepare_qat()
-    trainer, history = fit(model, args, out, args.qat_epochs, keep_best=False)
-    histories.append(history.assign(phase="qat"))
-    # deterministic=True switched torch into deterministic mode for the whole process; int8 ops
-    # (which resize their quantized outputs) refuse to run in it, so switch it back off.
-    torch.use_deterministic_algorithms(False)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # exiting with it open can abort; rank 0 goes on alone
-    if not trainer.is_global_zero:
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.fast_dev_run:
-        history = pd.concat(histories, ignore_index=True).rename_axis("epoch")
-        print("\n" + history.to_string(float_format="{:.4f}".format))
-        history.to_csv(out / "history.csv")
-        plot_history(history, out)
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.net = net
+        self.dequant = tq.DeQuantStub()
 
-    int8_net = int8_network(model.model, args.backend)
-    model.model = float_net
-    fp32_acc = tester.test(model, verbose=False)[0]["test_acc"]
-    print(f"\nfp32 accuracy: {fp32_acc:.4f}")
-    model.model = int8_net
-    int8_acc = test_int8(model, tester, args)
-
-    torch.save(float_net.state_dict(), out / "mnist_fp32.pt")
-    torch.save({"state_dict": int8_net.state_dict(), "backend": args.backend,
-                "hidden_units": model.hparams.hidden_units}, out / "mnist_int8.pt")
-    fp32_kb, int8_kb = ((out / name).stat().st_size / 1024 for name in ("mnist_fp32.pt", "mnist_int8.pt"))
-    latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
-    row = dict(method="QAT eager", backend=args.backend, threads=args.threads, fp32_acc=fp32_acc,
-               int8_acc=int8_acc, fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency)
-    append_result(row, out / RESULTS_FILE)
-    print(f"\nOutputs in {out.resolve()}:")
-    for path in sorted(out.glob("*")):
-        print(f"  {path.name}{'/' if path.is_dir() else ''}")
-    return 0
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.net(self.quant(x)))
 
 
-def fit(model: MNISTClassifier, args, out: Path, epochs: int, keep_best: bool):
-    """One training phase; the float phase keeps its best epoch, QAT its last (the frozen one)."""
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                 monitor="valid_acc", mode="max", enable_version_counter=False)
-    csv_logger = CSVLogger(out, name="csv_logs")
-    try:
-        trainer = pl.Trainer(
+class EagerQAT:
+    """QAT with torch.ao.quantization's eager API: modules swapped for fake-quant modules."""
+
+    def __init__(self, backend: str):
+        self.backend = backend  # the quantized engine: its default QAT qconfig, later its int8 kernels
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        """Stubs around the network, conv+bn+relu and linear+relu fused, fake quantization inserted:
+        still float tensors, but rounded like int8 in every forward."""
+        model = QuantStubWrapper(net).train()  # train: fuse_modules_qat keeps BN live inside the fused block
+        tq.fuse_modules_qat(model, FUSE_GROUPS, inplace=True)
+        model.qconfig = tq.get_default_qat_qconfig(self.backend)  # moving-average ranges, per-channel weights
+        return tq.prepare_qat(model, inplace=True)  # the same parameters, now inside QAT modules
+
+    def set_training(self, model: nn.Module, mode: bool) -> None:
+        model.train(mode)  # fake-quant modules are modules: .train() / .eval() reach batch norm and dropout
+
+    def observe(self, model: nn.Module, enabled: bool) -> None:
+        model.apply(tq.enable_observer if enabled else tq.disable_observer)
+
+    def freeze_batch_norm(self, model: nn.Module) -> None:
+        model.apply(nniqat.freeze_bn_stats)  # running statistics from now on, no longer updated
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        """A converted copy: BN folded into the conv, weights and ranges frozen into int8 modules."""
+        torch.backends.quantized.engine = self.backend  # the int8 kernels that run; must match the qconfig
+        return tq.convert(copy.deepcopy(model).cpu().eval())
+
+
+# %% PT2E QAT (torch.export + torchao)
+class PT2EQAT:
+    """QAT through torch.export and torchao: the network becomes one graph, rewritten by the quantizer."""
+
+    def prepare(self, net: nn.Module) -> torch.fx.GraphModule:
+        """Export the float network in train mode (batch norm and dropout as in training) and insert
+        fake quantization where the x86 Inductor quantizer annotates the graph: it finds the
+        conv+bn+relu and linear+relu patterns itself, with nothing to list by hand."""
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+        graph = export_program(net.train()).module()
+        return prepare_qat_pt2e(graph, quantizer)  # the same parameters; BN stays live until convert
+
+    def set_training(self, graph: torch.fx.GraphModule, mode: bool) -> None:
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(graph)
+
+    def observe(self, graph: torch.fx.GraphModule, enabled: bool) -> None:
+        from torchao.quantization.pt2e import disable_observer, enable_observer
+        graph.apply(enable_observer if enabled else disable_observer)
+
+    def freeze_batch_norm(self, graph: torch.fx.GraphModule) -> None:
+        """What eager QAT's freeze_bn_stats does, in the graph: its batch_norm ops get training=False,
+        so they normalize with the running statistics and stop updating them. torchao has no function
+        for it; move_exported_model_to_train undoes it, so on_train_epoch_start does it every epoch."""
+        for node in graph.graph.nodes:
+            if node.target is torch.ops.aten.batch_norm.default:
+                node.args = (*node.args[:5], False, *node.args[6:])  # (input, weight, bias, mean, var, training, ...)
+        graph.recompile()
+
+    def convert(self, graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        """A converted copy: BN folded into the conv, int8 weights, quantize / dequantize ops around float
+        ops, which torch.compile lowers to int8 kernels."""
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+        graph = copy.deepcopy(graph)
+        move_exported_model_to_eval(graph)  # dropout off, batch norm from its running statistics
+        converted = convert_pt2e(graph)  # on a CPU about a minute: torchao traces 48 conv-bn patterns
+        # convert_pt2e adds int8 copies of the weights but keeps the float ones, and batch norm's
+        # statistics, folded into them; drop what the graph no longer reads.
+        used = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
+        for name, _ in [*converted.named_parameters(), *converted.named_buffers()]:
+            if name not in used:
+                owner, _, attribute = name.rpartition(".")
+                delattr(converted.get_submodule(owner), attribute)
+        return converted
+
+
+# Copied from quant_lightning_ptq.py
+def export_program(net: nn.Module) -> torch.export.ExportedProgram:
+    """torch.export for any batch size (an example batch of 2 keeps that dimension symbolic)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(net, (torch.zeros(2, 1, 28, 28),), dynamic_shapes={"x": {0: batch}})
+
+
+# Copied from quant_lightning_ptq.py
+def compile_for_inference(net: nn.Module) -> nn.Module:
+    """torch.compile with freezing: weights become constants, so Inductor can prepack them and fuse
+    the q/dq patterns of an int8 graph into int8 (oneDNN) kernels. Float networks compile the same way."""
+    torch._inductor.config.freezing = True
+    # dynamic=False: in torch 2.14 the int8 conv lowering fails on a symbolic batch size (a stride
+    # assertion), so each batch size gets its own compiled graph (a few seconds each).
+    return torch.compile(net, dynamic=False)
+
+
+# %% Training
+def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
+    """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
+    with exit_on_error("cannot build the Trainer from these flags"):
+        return pl.Trainer(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
             num_nodes=args.num_nodes, precision=args.precision, max_epochs=epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")],
-            callbacks=[checkpoint] if keep_best else [], enable_checkpointing=keep_best,
-            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, deterministic=True)
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
-    trainer.fit(model)
-    if keep_best and checkpoint.best_model_path:
-        load_weights(model, checkpoint.best_model_path)
-    history = pd.DataFrame() if args.fast_dev_run else epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
-    return trainer, history
+            logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
+            callbacks=callbacks, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+            deterministic=True)
 
 
-def load_int8(path: str) -> nn.Module:
-    """Rebuild the int8 architecture the way it was made, then load the saved int8 weights into it."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt written by this script")
-    if not isinstance(saved, dict) or "backend" not in saved:
-        die(f"{path} is not an int8 model saved by this script (no 'backend' entry)")
-    net = fake_quant_network(QuantizableConvNet(saved["hidden_units"]), saved["backend"])
+def leave_training(trainer: pl.Trainer) -> bool:
+    """Undo what training switched on for the whole process; True on the process that goes on."""
+    # deterministic=True switched torch into deterministic mode; int8 ops (which resize their
+    # quantized outputs) refuse to run in it.
+    torch.use_deterministic_algorithms(False)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Converting and the CPU tests run in rank 0 alone; a DDP process that exits with the
+        # process group open can abort, so close it here.
+        torch.distributed.destroy_process_group()
+    return trainer.is_global_zero
+
+
+# %% Saving and loading the int8 model
+# Copied from quant_lightning_ptq.py
+def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path) -> tuple:
+    """Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs.
+    Returns the float and the int8 file."""
+    if flow == "eager":
+        save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
+        save_atomically({"state_dict": int8_net.state_dict(), "backend": backend,
+                         "hidden_units": float_net.classifier[1].out_features}, out / "mnist_int8.pt")
+        return out / "mnist_fp32.pt", out / "mnist_int8.pt"
+    save_program(export_program(float_net), out / "mnist_fp32.pt2")
+    save_program(export_program(int8_net), out / "mnist_int8.pt2")
+    return out / "mnist_fp32.pt2", out / "mnist_int8.pt2"
+
+
+def load_int8_model(path: str, flow: str) -> nn.Module:
+    """An int8 model saved by save_int8: mnist_int8.pt (eager) or mnist_int8.pt2 (--flow pt2e)."""
+    if flow == "pt2e":
+        # torchao first: importing it registers the int8 operators the program calls, and the x86
+        # quantizer's module registers the passes that let torch.compile lower them to int8 kernels.
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        graph = load_program_safely(path).module()
+        check_int8_program(graph, path)
+        allow_exported_model_train_eval(graph)  # Trainer.test calls .eval(), which an exported graph refuses
+        return compile_for_inference(graph)
+    saved = read_eager_int8_file(path)
+    # Rebuild the int8 architecture the way QAT made it, then load the int8 weights into it. One dummy
+    # batch gives the observers a range so that convert runs; load_state_dict replaces every weight,
+    # scale and zero point. (torch.save of the whole module would pickle code, not just tensors.)
+    qat = EagerQAT(saved["backend"])
+    net = qat.prepare(MNISTConvBNNet(saved["hidden_units"]))
     with torch.no_grad():
-        net.eval()(torch.zeros(2, 1, 28, 28))  # observers need one batch before convert; values get replaced
-    net = int8_network(net, saved["backend"])
+        net.eval()(torch.zeros(2, 1, 28, 28))
+    net = qat.convert(net)
     try:
-        net.load_state_dict(saved["state_dict"])  # every int8 weight, scale and zero point
-    except (RuntimeError, KeyError) as error:
-        die(f"{path} does not hold an int8 QuantizableConvNet ({str(error).strip().splitlines()[0]})")
+        net.load_state_dict(saved["state_dict"])
+    except Exception as error:
+        die(f"{path} does not hold an int8 MNISTConvBNNet ({first_line(error)})")
     return net
 
 
+# Copied from quant_lightning_ptq.py
+def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    """torch.export.save through a hidden file renamed into place, as save_atomically does for torch.save."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as file:
+            torch.export.save(program, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+# Copied from quant_lightning_ptq.py
+def saved_flow(path: str) -> str:
+    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
+    eager for anything else (torch.save)."""
+    with contextlib.suppress(OSError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as archive:
+            return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
+    return "pt2e" if path.endswith(".pt2") else "eager"
+
+
+# Copied from quant_lightning_ptq.py
+def read_eager_int8_file(path: str) -> dict:
+    """The dict an eager flow saved as mnist_int8.pt, checked: its int8 state_dict, the quantized
+    engine it was made for, and the hidden layer's width."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt or mnist_int8.pt2 "
+            f"written by this script")
+    if not isinstance(saved, dict) or "backend" not in saved or not isinstance(saved.get("state_dict"), dict):
+        die(f"{path} is not an int8 model saved by this script (no 'backend' and 'state_dict' entries)")
+    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
+    if saved["backend"] not in engines:
+        die(f"{path} was made for the quantized engine {saved['backend']!r}, which this torch cannot run "
+            f"(it has {', '.join(engines)})")
+    hidden_units = saved.get("hidden_units")
+    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
+            f"from 1 to 65536")
+    return saved
+
+
+# Copied from quant_lightning_ptq.py
+PROGRAM_TEXT_MEMBERS = {"archive_format", "archive_version", "byteorder", "version", ".data/version",
+                        ".data/serialization_id"}
+# Copied from quant_lightning_ptq.py
+RAW_TENSOR_MEMBER = re.compile(r"data/(weights|constants)/(weight|tensor)_[0-9]+")
+
+
+# Copied from quant_lightning_ptq.py
+def load_program_safely(path: str) -> torch.export.ExportedProgram:
+    """torch.export.load, once nothing in the archive can run code while it loads.
+
+    torch.export.load unpickles some members with Python's full pickle (sample inputs, tensor
+    subclasses, custom objects) and loads a compiled AOTInductor library if the archive holds one:
+    either runs whatever the file's author wrote. So every member is first checked to be the plain
+    data it should be: text, JSON, raw tensor bytes, or a pickle that torch's weights_only unpickler
+    accepts (tensors, numbers, strings, containers). Anything else: one line, and nothing is loaded.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:  # names without the archive's top folder, as torch reads them
+            members = [(info.filename.split("/", 1)[-1], archive.read(info)) for info in archive.infolist()]
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        die(f"cannot read {path} as a .pt2 archive ({first_line(error)}); pass a mnist_int8.pt2 written by "
+            f"--flow pt2e")
+    names = [name for name, _ in members]
+    if len(set(names)) != len(names):
+        die(f"{path} holds two members of the same name; refusing to load it")
+    pickled = set()  # the tensor payloads that the weights and constants configs say torch unpickles
+    for name, data in members:
+        if re.fullmatch(r"data/(weights|constants)/[^/]*_config\.json", name):
+            try:
+                for entry in json.loads(data)["config"].values():
+                    if entry.get("use_pickle") or not entry["path_name"].startswith(("weight_", "tensor_")):
+                        pickled.add(f"{name.rsplit('/', 1)[0]}/{entry['path_name']}")
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                die(f"{path}: {name} is not a torch.export payload list ({first_line(error)})")
+    for name, data in members:
+        if name.startswith("data/aotinductor/"):
+            die(f"{path} holds compiled native code ({name}); refusing to load it")
+        plain = name in PROGRAM_TEXT_MEMBERS or name.endswith(".json") or RAW_TENSOR_MEMBER.fullmatch(name)
+        if name in pickled or not plain:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
+                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as error:
+                reason = str(error).partition("WeightsUnpickler error:")[2].strip() or type(error).__name__
+                die(f"{path}: member {name} is not plain data, and loading it could run code, so the program "
+                    f"is not loaded (weights_only unpickler: {reason.splitlines()[0].split('. ')[0]})")
+    try:
+        return torch.export.load(path)
+    except Exception as error:
+        die(f"cannot read {path} as a torch.export program ({error.__class__.__name__}: {first_line(error)})")
+
+
+# Copied from quant_lightning_ptq.py
+def check_int8_program(graph: nn.Module, path: str) -> None:
+    """A loaded program must classify 1x28x28 images into 10 classes, with int8 weights."""
+    try:
+        with torch.no_grad():
+            logits = graph(torch.zeros(2, 1, 28, 28))
+    except Exception as error:
+        die(f"{path} is a torch.export program, but not of an MNIST classifier ({first_line(error)})")
+    if not (isinstance(logits, torch.Tensor) and logits.shape == (2, 10)):
+        die(f"{path} is a torch.export program, but not of an MNIST classifier (10 logits per image)")
+    if not any(tensor.dtype == torch.int8 for tensor in graph.state_dict().values()):
+        die(f"{path} holds no int8 weights: a float program (mnist_fp32.pt2?); pass a mnist_int8.pt2")
+
+
+def load_weights(model: MNISTClassifier, path: str) -> None:
+    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
+            f"quantization scripts, or mnist_fp32.pt")
+    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.model.load_state_dict(saved)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
+
+
+# %% Testing and timing the int8 model
+# Copied from quant_lightning_ptq.py
 def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
-    """The int8 accuracy twice: a plain PyTorch loop, then Trainer.test on the same batches."""
+    """The int8 model's test accuracy by a plain PyTorch loop and by Trainer.test, on the same batches."""
     model.setup("test")
     loader = model.test_dataloader()
     limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
@@ -371,150 +618,521 @@ def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
     accuracy = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
-    print(f"test accuracy: {accuracy:.4f}")
     return accuracy
 
 
-def measure_latency(float_net, int8_net, images, threads: int, repeats: int) -> dict:
-    """Median milliseconds per forward at batch 1 and 256; the two models take turns, so a noisy
-    neighbour on the machine slows both alike, and the first (warm-up) calls are not counted."""
+# Copied from quant_lightning_ptq.py
+def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
+                    repeats: int) -> dict:
+    """Median milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled
+    as the PT2E int8 model is) and of the int8 model. The models take turns, so a noisy neighbour on
+    the machine slows all alike, and the first (warm-up, compiling) calls are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    nets = {"fp32": float_net, "fp32_compiled": compile_for_inference(float_net), "int8": int8_net}
     result = {}
     with torch.inference_mode():
         for batch in (1, 256):
             x = images[:batch]
-            times = {"fp32": [], "int8": []}
+            times = {name: [] for name in nets}
             for _ in range(3):
-                float_net(x), int8_net(x)
+                for net in nets.values():
+                    net(x)
             for _ in range(repeats):
-                for name, net in (("fp32", float_net), ("int8", int8_net)):
+                for name, net in nets.items():
                     start = time.perf_counter()
                     net(x)
                     times[name].append(1000 * (time.perf_counter() - start))
             for name in times:
                 result[f"{name}_ms_b{batch}"] = statistics.median(times[name])
             result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+            result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
     torch.set_num_threads(default_threads)
     return result
 
 
-def append_result(row: dict, path: Path) -> None:
-    table = pd.DataFrame([row], columns=RESULT_COLUMNS)
-    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
-    print(table.to_string(index=False, float_format="{:.4g}".format))
-    table.to_csv(path, mode="a", header=not path.exists(), index=False)
+# %% Main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    out = Path(args.output_dir)
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                            lr=args.lr, qat_lr=args.qat_lr, freeze_epoch=args.freeze_epoch, flow=args.flow,
+                            backend=args.backend, val_size=args.val_size, num_workers=args.num_workers,
+                            seed=args.seed)
+    if args.named_modules or args.named_parameters:
+        print_structure(model, args.named_modules, args.named_parameters)
+        return 0
+    if args.flow == "eager":
+        print(EAGER_DEPRECATION)
+    if args.load_int8:  # read the model first: a bad file fails before any data is touched
+        model.model = load_int8_model(args.load_int8, args.flow)
+        print(f"reloaded {args.load_int8}")
+    elif args.ckpt:
+        load_weights(model, args.ckpt)
+    train_images = prepare_mnist(args.data_dir)
+    # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
+    with exit_on_error("cannot build the test Trainer from these flags"):
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+    if args.load_int8:
+        test_int8(model, tester, args)
+        return 0
+    if args.val_size >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
 
+    histories = []
+    if not args.ckpt:  # phase 1: train the float network and keep its best epoch
+        checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
+                                     monitor="valid_acc", mode="max", enable_version_counter=False)
+        trainer = build_trainer(args, out, args.epochs, callbacks=[checkpoint])
+        with exit_if_interrupted(trainer):
+            trainer.fit(model)
+        if checkpoint.best_model_path:
+            load_weights(model, checkpoint.best_model_path)
+        histories.append(phase_history(trainer, "fp32"))
+    float_net = copy.deepcopy(model.model).cpu().eval()
 
-def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a Lightning .ckpt (or a .pt state_dict) of the float QuantizableConvNet into model.model."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        die(f"{path} does not hold float weights for QuantizableConvNet ({first_line})")
+    # Phase 2: QAT fine-tunes the fake-quant network; its last epoch (frozen) is what gets converted.
+    trainer = build_trainer(args, out, args.qat_epochs, callbacks=[])
+    model.start_qat()
+    with exit_if_interrupted(trainer):
+        trainer.fit(model)
+    histories.append(phase_history(trainer, "qat"))
+    if not leave_training(trainer):
+        return 0  # a DDP rank other than 0: rank 0 converts and reports
+    int8_net = model.qat.convert(model.model.cpu())
+    model.qat = None  # QAT is over; the module only tests from here on
+    out.mkdir(parents=True, exist_ok=True)
+    report_history(histories, out)
 
-
-def epoch_history(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
-    metrics = pd.read_csv(metrics_csv)
-    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
-    return metrics.groupby("epoch")[columns].last().dropna(how="all")
-
-
-def plot_history(history: pd.DataFrame, out: Path) -> None:
-    for kind in ("loss", "acc"):
-        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"MNIST {kind} per epoch")
-        ax.set_xlabel("epoch")
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
-
-
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    model.model = float_net
+    fp32_acc = tester.test(model, verbose=False)[0]["test_acc"]
+    print(f"\nfp32 accuracy: {fp32_acc:.4f}")
+    files = save_int8(int8_net, float_net, args.flow, args.backend, out)
+    # Test (and time) the int8 model as --load_int8 reloads it from its file, so that a reload in
+    # another process gives this accuracy exactly.
+    model.model = int8_net = load_int8_model(str(files[1]), args.flow)
+    int8_acc = test_int8(model, tester, args)
+    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
+    latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
+    method, backend = ("QAT eager", args.backend) if args.flow == "eager" else ("QAT PT2E", "x86 inductor")
+    append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
+                       fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency), out / RESULTS_FILE)
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        print(f"  {path.name}{'/' if path.is_dir() else ''}")
+    return 0
 
 
 # %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
     data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/quant_lightning_qat",
+    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/quant_lightning_qat",
                       help="where logs, models and quant_results.csv go")
-    data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    train.add_argument("--epochs", type=int, default=3, metavar="N", help="float epochs before QAT")
-    train.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the float phase (one-cycle)")
-    train.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
+    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=positive_int, default=3, metavar="N", help="float epochs before QAT")
+    train.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate of the float phase (one-cycle)")
+    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split and shuffling")
 
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--ckpt", metavar="PATH", help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) "
-                       "instead of training the float model first")
-    quant.add_argument("--qat_epochs", "--qat-epochs", type=int, default=2, metavar="N", help="fake-quant epochs")
-    quant.add_argument("--qat_lr", "--qat-lr", type=float, default=0.001, help="peak learning rate of the QAT phase")
-    quant.add_argument("--freeze_epoch", "--freeze-epoch", type=int, default=1, metavar="N",
+    quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
+                       help="eager: torch.ao.quantization (deprecated); pt2e: torch.export + torchao + torch.compile "
+                            "(default: eager, or with --load_int8 the kind of file given)")
+    quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
+                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training "
+                            "the float model first")
+    quant.add_argument("--qat_epochs", "--qat-epochs", type=positive_int, default=2, metavar="N", help="fake-quant epochs")
+    quant.add_argument("--qat_lr", "--qat-lr", type=positive_float, default=0.001, help="peak learning rate of the QAT phase")
+    quant.add_argument("--freeze_epoch", "--freeze-epoch", type=freeze_epoch_number, default=1, metavar="N",
                        help="QAT epoch (from 0) from which observers and batch-norm statistics are frozen")
     quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
                                                              if e != "none"],
-                       help="the quantized engine and its default QAT qconfig")
-    quant.add_argument("--load_int8", "--load-int8", metavar="PATH", help="test a saved mnist_int8.pt and exit")
-    quant.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the latency measurement")
-    quant.add_argument("--latency_repeats", "--latency-repeats", type=int, default=50, metavar="N",
+                       help="eager flow: the quantized engine and its default QAT qconfig")
+    quant.add_argument("--load_int8", "--load-int8", metavar="PATH", type=existing_file,
+                       help="test a saved int8 model (mnist_int8.pt, or mnist_int8.pt2 from --flow pt2e) and exit")
+    quant.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads for the latency measurement")
+    quant.add_argument("--latency_repeats", "--latency-repeats", type=non_negative_int, default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
 
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
 
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
+        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    args = parser.parse_args(argv)
 
-    for flag in ("epochs", "qat_epochs", "batch_size", "val_size", "num_nodes", "threads"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0 or args.qat_lr <= 0:
-        die(f"--lr and --qat_lr must be positive, got {args.lr} and {args.qat_lr}")
-    if args.num_workers < 0 or args.latency_repeats < 0 or args.freeze_epoch < 0:
-        die("--num_workers, --latency_repeats and --freeze_epoch cannot be negative")
-    for flag in ("ckpt", "load_int8"):
-        path = getattr(args, flag)
-        if path and not Path(path).is_file():
-            die(f"--{flag} {path}: no such file")
+    model = parser.add_argument_group("model inspection")
+    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: training always ends with a test now; to test a saved int8 model use --load_int8"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, note=(
+        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int, note=(
+        "no effect: metrics are logged once per epoch; the progress bar shows the running loss"))
+    original.add_argument("--save_model", "--save-model", action="store_true",
+                          help="no effect here: the float and the int8 model are always saved")
+    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
+                          help="the float weights to start QAT from instead of training: the same as --ckpt")
+    args = parser.parse_args(argv)
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    if args.save_model:
+        print("note: --save_model (from the original tutorial): no effect, this script always saves "
+              "mnist_fp32 and mnist_int8", file=sys.stderr)
+    if args.load_model:
+        if args.ckpt and args.ckpt != args.load_model:
+            die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
+        args.ckpt = args.load_model
+    if args.load_int8:
+        saved = saved_flow(args.load_int8)
+        if args.flow and args.flow != saved:
+            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
+                f"or leave --flow out")
+        args.flow = saved
+    args.flow = args.flow or "eager"
+    check_flow_is_installed(args.flow)
     return args
+
+
+def freeze_epoch_number(text: str) -> int:
+    """The QAT epoch that freezes the int8 ranges: not 0, since the observers must see one epoch first."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}: the observers need one QAT epoch "
+                                         f"to measure the int8 ranges before they are frozen")
+    return value
+
+
+def check_flow_is_installed(flow: str) -> None:
+    if flow == "eager" and tq is None:
+        die("--flow eager needs torch.ao.quantization, which this torch no longer has; use --flow pt2e")
+    if flow == "pt2e" and importlib.util.find_spec("torchao") is None:
+        die("--flow pt2e needs torchao: pip install torchao (pinned in requirements-dev.txt)")
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+# Copied from Basic_usage_of_lightning.py
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Helpers
+def phase_history(trainer: pl.Trainer, phase: str) -> pd.DataFrame:
+    """The phase's per-epoch table from its CSVLogger: on rank 0, which writes it, unless --fast_dev_run
+    turned logging off."""
+    if trainer.fast_dev_run or not trainer.is_global_zero:
+        return pd.DataFrame()
+    return epoch_history(Path(trainer.loggers[0].log_dir, "metrics.csv")).assign(phase=phase)
+
+
+def report_history(histories: list, out: Path) -> None:
+    """Both phases' per-epoch table: printed, saved as history.csv, drawn as loss.png and acc.png."""
+    history = pd.concat(histories, ignore_index=True).rename_axis("epoch")
+    if history.empty:
+        return
+    print("\n" + history.to_string(float_format="{:.4f}".format))
+    history.to_csv(out / "history.csv")
+    both = len(histories) == 2
+    plot_history(history, out, title="MNIST, float then QAT" if both else "MNIST, QAT",
+                 xlabel="epoch (float training, then QAT fine-tuning)" if both else "QAT fine-tuning epoch")
+
+
+# Copied from quant_lightning_ptq.py
+RESULTS_FILE = "quant_results.csv"
+# Copied from quant_lightning_ptq.py
+RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
+                  "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
+                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256"]
+
+
+# Copied from quant_lightning_ptq.py
+def append_result(row: dict, path: Path) -> None:
+    """Print the run's row and add it to the results CSV; earlier rows stay, whatever columns they have."""
+    table = pd.DataFrame([row], columns=RESULT_COLUMNS)
+    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
+    print(table.to_string(index=False, float_format="{:.4g}".format))
+    if path.exists():
+        try:
+            table = pd.concat([pd.read_csv(path), table], ignore_index=True)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
+                f"move it away and run again")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        table.to_csv(partial, index=False)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another --output_dir")
+
+
+# Copied from quant_lightning_ptq.py
+def first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
+    try:
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
+    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
+
+    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
+    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException)
+        if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
+            raise
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
+        sys.exit(143 if sigterm else 130)
+
+
+# Copied from Basic_usage_of_lightning.py
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_atomically(checkpoint, Path(path))
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def epoch_history(metrics_csv: Path) -> pd.DataFrame:
+    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
+    metrics = pd.read_csv(metrics_csv)
+    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
+    # last(): the end-of-epoch validation when --val_check_interval validates more often.
+    return metrics.groupby("epoch")[columns].last().dropna(how="all")
+
+
+# Copied from Basic_usage_of_lightning.py
+def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel: str = "epoch") -> None:
+    """loss.png and acc.png: train and valid curves per epoch."""
+    for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
+        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+# Copied from Basic_usage_of_lightning.py
+def die(message: str) -> None:
+    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

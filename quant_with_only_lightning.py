@@ -4,89 +4,111 @@ Description: Add a QuantizationAwareTraining callback to the Trainer and get an 
 
 What it teaches
     Lightning 1.x had a `QuantizationAwareTraining` callback; Lightning 2.0 removed it. This script
-    writes one (the Callbacks section, about 150 lines) with the constructor people know, and
-    uses it on a LightningModule that contains no quantization code at all: the user adds
-    `callbacks=[qcb]` and, when `fit` returns, the module is int8. The callback's docstring lists
-    which Lightning hook does what. The int8 module is then tested with a plain loop and with
-    `Trainer.test`, saved, reloaded by rebuilding it with the same callback, and timed on the CPU.
+    writes one (the Callbacks section) with the constructor people know, and uses it on a
+    LightningModule that contains no quantization code at all: the user adds `callbacks=[qcb]` and,
+    when `fit` returns, the module is int8. The callback has two modes, chosen by --flow:
+      --flow eager   torch.ao.quantization, deprecated by PyTorch: stubs around the module's forward,
+                     fused modules, `prepare_qat` in `setup`, `convert` in `on_fit_end`.
+      --flow pt2e    its successor: `setup` exports the module's network with `torch.export` and swaps
+                     in the graph from torchao's `prepare_qat_pt2e` (before the optimizer is built, so
+                     the optimizer trains the graph); `on_fit_end` runs `convert_pt2e`. Nothing in
+                     this mode touches torch.ao.quantization.
+    The callback's docstring lists which Lightning hook does what, and how a checkpoint saved
+    mid-QAT resumes. The int8 module is saved, reloaded from its file, tested with a plain loop and
+    with `Trainer.test`, and timed on the CPU.
 
 How to run
-    python quant_with_only_lightning.py                          # 3 float epochs, 2 QAT epochs, int8
-    python quant_with_only_lightning.py --data_dir ../shared/data
+    python quant_with_only_lightning.py                          # 3 float epochs, 2 QAT epochs, int8 (eager)
+    python quant_with_only_lightning.py --flow pt2e              # the callback's PT2E mode
+    python quant_with_only_lightning.py --data_dir /path/to/datasets   # MNIST already on disk, offline
     python quant_with_only_lightning.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
     python quant_with_only_lightning.py --observer_type histogram --qat_epochs 1
     python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt
+    python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt2
 
 What it writes (under --output_dir, default outputs/quant_with_only_lightning)
     csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
     checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
     history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
     mnist_fp32.pt, mnist_int8.pt              state_dicts of the float network and the int8 LightningModule
-    quant_results.csv                         one row appended per run: accuracy, size, latency
+    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
+    quant_results.csv                         one row added per run: accuracy, size, latency
+    --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
+    hostile file runs no code.
 """
 
 # %% Imports
 import argparse
 import contextlib
 import copy
+import dataclasses
+import importlib.util
 import io
+import json
+import math
 import os
+import re
 import statistics
+import struct
 import sys
 import time
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # draw into files; no display is needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-import torch.ao.quantization as tq
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
-from torchmetrics import Accuracy
+from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
+
+# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
+# the callback's eager mode uses it; without it (a future torch) the PT2E mode still runs. torchao,
+# which the PT2E mode uses, is imported where it is used: it takes seconds to import.
+try:
+    import torch.ao.quantization as tq
+except ImportError:
+    tq = None
 
 # The data are tensors in memory, so loader workers have nothing to speed up.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Eager quantization (torch.ao.quantization) is deprecated in favour of torchao (see the README), and torch
-# repeats its six-line message from every call site. Show it once. (A "once" filter is not enough:
-# pandas, matplotlib and Lightning change the warning filters as they run, and each change makes Python
-# forget which warnings it has shown.)
-AO_DEPRECATION = "torch.ao.quantization is deprecated"
-warnings.filterwarnings("default", AO_DEPRECATION)  # shown even where DeprecationWarnings are ignored
-_show_warning = warnings.showwarning
-_ao_deprecation_shown = []
-
-
-def show_warning(message, category, *args, **kwargs):
-    """warnings.showwarning, except that torch's deprecation of eager quantization shows only once."""
-    if str(message).startswith(AO_DEPRECATION):
-        if _ao_deprecation_shown:
-            return
-        _ao_deprecation_shown.append(message)
-    _show_warning(message, category, *args, **kwargs)
-
-
-warnings.showwarning = show_warning
+# torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
+warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
+# torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
+# once, in one line, by main (EAGER_DEPRECATION).
+warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+# Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
+for retired in ("reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
+                "TypedStorage is deprecated"):
+    warnings.filterwarnings("ignore", retired, UserWarning)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-RESULTS_FILE = "quant_results.csv"
-RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
-                  "fp32_ms_b1", "int8_ms_b1", "speedup_b1", "fp32_ms_b256", "int8_ms_b256", "speedup_b256"]
 
 
 # %% Model
-class MNISTConvNet(nn.Module):
-    """Two conv-BN-ReLU blocks and a linear-ReLU head: 1x28x28 image in, 10 class logits out."""
+# Copied from quant_lightning_ptq.py
+class MNISTConvBNNet(nn.Module):
+    """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
+
+    A plain float network: nothing in it is about quantization. Each flow adds what it needs when
+    it quantizes. Batch norm without a conv bias, because BN's shift replaces it (and folds into
+    the conv's int8 bias after quantization).
+    """
 
     def __init__(self, hidden_units: int = 256, dropout: float = 0.25):
         super().__init__()
@@ -101,6 +123,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
         return self.classifier(self.features(x))
 
 
@@ -108,11 +131,13 @@ class MNISTConvNet(nn.Module):
 class MNISTClassifier(pl.LightningModule):
     """A plain training recipe: nothing here knows about quantization."""
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, lr: float = 0.01, hidden_units: int = 256,
-                 dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
+                 num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
-        self.model = MNISTConvNet(hidden_units, dropout)
+        self.model = MNISTConvBNNet(hidden_units, dropout)
+        self.train_loss = MeanMetric()
         self.train_acc = Accuracy(task="multiclass", num_classes=10)
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
@@ -126,10 +151,13 @@ class MNISTClassifier(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.train_acc(logits, labels)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        self.train_loss.update(loss.detach(), weight=len(labels))
+        self.train_acc.update(logits, labels)
         return loss
+
+    def on_train_epoch_end(self):
+        self.log("train_loss", self.train_loss, prog_bar=True)
+        self.log("train_acc", self.train_acc)
 
     def validation_step(self, batch, batch_idx):
         images, labels = batch
@@ -150,6 +178,7 @@ class MNISTClassifier(pl.LightningModule):
         self.log("test_acc", self.test_acc)
 
     def configure_optimizers(self):
+        # Called after the callback's setup: self.parameters() are the fake-quant model's.
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
@@ -157,49 +186,45 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            full = mnist_tensors(self.hparams.data_dir, train=True)
-            generator = torch.Generator().manual_seed(self.hparams.seed)  # same split every run
-            sizes = [len(full) - self.hparams.val_size, self.hparams.val_size]
-            self.train_set, self.valid_set = random_split(full, sizes, generator=generator)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.valid_set)
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset, shuffle=False):
+    def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% Data
-def prepare_mnist(data_dir: str) -> None:
-    """Download MNIST into data_dir/MNIST/raw unless it is there; exit with a fix-it line if not."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            MNIST(data_dir, train=True, download=True)
-            MNIST(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as error:
-        raw = Path(data_dir, "MNIST", "raw")
-        reason = " ".join(str(error).split())  # torchvision's message spans lines; the error is one line
-        die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-            f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            f"t10k-labels-idx1-ubyte) there, or point --data_dir or PATH_DATASETS at a folder "
-            f"that holds MNIST/raw.")
-
-
+# Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision."""
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
+
+
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
 # %% Callbacks
@@ -207,39 +232,74 @@ class QuantizationAwareTraining(pl.Callback):
     """Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, model is int8.
 
     Args:
-        qconfig: a quantized engine name ("x86", "fbgemm", "onednn", "qnnpack"), whose default QAT
-            qconfig is used, or a ready `torch.ao.quantization.QConfig`.
+        qconfig: eager flow: a quantized engine name ("x86", "fbgemm", "onednn", "qnnpack"), whose
+            default QAT qconfig is used, or a ready `torch.ao.quantization.QConfig`. PT2E flow: "x86"
+            (torchao's X86InductorQuantizer with its QAT config) or a ready torchao `Quantizer`.
         observer_type: how activation ranges are measured with a named qconfig: "average" (moving
             average of min/max, the QAT default) or "histogram" (HistogramObserver: slower, ignores outliers).
-        modules_to_fuse: groups of module names relative to the LightningModule, e.g.
+        modules_to_fuse: eager flow: groups of module names relative to the LightningModule, e.g.
             [["model.features.0", "model.features.1", "model.features.2"]]; each group (conv+bn+relu,
             conv+relu, linear+relu, ...) is fused into one module, and after convert one int8 kernel.
-        input_compatible: True: the int8 module still takes and returns float tensors (the quantize and
-            dequantize steps stay in forward). False: forward takes and returns quantized tensors.
+            The PT2E quantizer finds these patterns in the exported graph itself.
+        input_compatible: eager flow. True: the int8 module still takes and returns float tensors (the
+            quantize and dequantize steps stay in forward). False: forward takes and returns quantized
+            tensors. A PT2E graph always takes and returns float tensors.
         quantize_on_fit_end: convert to int8 when fit ends. False leaves the fake-quant model (to train
             more, or to inspect); `qcb.convert(model)` converts it later.
         observer_enabled_stages: stages ("train", "validate", "test", "predict") in which observers
             update the int8 ranges; in the others they are switched off, and restored afterwards.
+        flow: "eager" (torch.ao.quantization, deprecated) or "pt2e" (torch.export + torchao).
+        network: PT2E flow: the LightningModule's attribute that holds the float network; it is exported
+            and replaced by the QAT graph, so forward and the steps use the graph unchanged.
 
     How it works, hook by hook:
-        setup(stage="fit")     runs before the Trainer creates the optimizer: adds `quant` (QuantStub) and
-                               `dequant` (DeQuantStub) to the module and wraps its forward between them,
-                               sets the qconfig, fuses `modules_to_fuse`, and calls `prepare_qat`, which
-                               swaps in fake-quant modules that keep the same parameters.
+        setup(stage="fit")     runs before the Trainer creates the optimizer, so the optimizer gets the
+                               parameters QAT trains. Eager: adds `quant` (QuantStub) and `dequant`
+                               (DeQuantStub) to the module and wraps its forward between them, sets the
+                               qconfig, fuses `modules_to_fuse`, and calls `prepare_qat`, which swaps in
+                               fake-quant modules that keep the same parameters. PT2E: exports the
+                               network in train mode, `prepare_qat_pt2e`, and sets the graph in its
+                               place; `allow_exported_model_train_eval` lets the graph follow Lightning's
+                               `.eval()` (through torchao's `move_exported_model_to_eval`).
         on_<stage>_start/_end  switch observers off for stages not in `observer_enabled_stages`, then
-                               restore them (validation inside fit included).
-        on_fit_end             `convert` on the CPU: BN folded, weights and ranges frozen into int8 modules.
+                               restore them (validation inside fit included). PT2E: after validation
+                               and at every training epoch's start, `move_exported_model_to_train` puts
+                               the graph's dropout and batch norm back in training mode (Lightning only
+                               restores each module's `training` flag, which a graph ignores).
+        on_fit_end             convert on the CPU: eager `convert`, PT2E `convert_pt2e`; BN folded,
+                               weights and ranges frozen into int8.
         state_dict             the settings, stored in Lightning checkpoints and in the saved int8 file.
+
+    Resuming: a checkpoint saved mid-QAT (by ModelCheckpoint or trainer.save_checkpoint) holds the
+    fake-quant weights and the observers' ranges. `trainer.fit(model, ckpt_path=...)` with a float model
+    and this callback resumes in both flows: setup prepares the same structure before Lightning loads
+    the checkpoint into it. Freezing observers and batch norm late in QAT is the QAT-in-the-module
+    lesson's (quant_lightning_qat.py); here the observers run in the stages named above.
     """
 
     STAGES = ("train", "validate", "test", "predict")
 
     def __init__(self, qconfig="x86", observer_type: str = "average", modules_to_fuse=None,
                  input_compatible: bool = True, quantize_on_fit_end: bool = True,
-                 observer_enabled_stages=("train",)):
-        engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
-        if not isinstance(qconfig, tq.QConfig) and qconfig not in engines:
-            raise ValueError(f"qconfig must be a QConfig or one of {engines}, got {qconfig!r}")
+                 observer_enabled_stages=("train",), flow: str = "eager", network: str = "model"):
+        if flow == "eager":
+            if tq is None:
+                raise ValueError("flow='eager' needs torch.ao.quantization, which this torch no longer has; "
+                                 "use flow='pt2e'")
+            engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+            if not isinstance(qconfig, tq.QConfig) and qconfig not in engines:
+                raise ValueError(f"qconfig must be a QConfig or one of {engines}, got {qconfig!r}")
+        elif flow == "pt2e":
+            if qconfig != "x86" and not hasattr(qconfig, "annotate"):
+                raise ValueError(f"with flow='pt2e', qconfig must be 'x86' or a torchao Quantizer, got {qconfig!r}")
+            if modules_to_fuse:
+                raise ValueError("modules_to_fuse is for flow='eager': the PT2E quantizer finds conv+bn+relu "
+                                 "and linear+relu in the exported graph itself")
+            if not input_compatible:
+                raise ValueError("input_compatible=False is for flow='eager': a PT2E graph always takes and "
+                                 "returns float tensors")
+        else:
+            raise ValueError(f"flow must be 'eager' or 'pt2e', got {flow!r}")
         if observer_type not in ("average", "histogram"):
             raise ValueError(f"observer_type must be 'average' or 'histogram', got {observer_type!r}")
         unknown = set(observer_enabled_stages) - set(self.STAGES)
@@ -251,13 +311,31 @@ class QuantizationAwareTraining(pl.Callback):
         self.input_compatible = input_compatible
         self.quantize_on_fit_end = quantize_on_fit_end
         self.observer_enabled_stages = tuple(observer_enabled_stages)
-        self._float_forward = None  # the module's own forward, before the quant/dequant wrapper; set once prepared
+        self.flow = flow
+        self.network = network
+        self._prepared = self._converted = False
+        self._float_forward = None  # eager: the module's own forward, before the quant/dequant wrapper
         self._observers_before = {}  # stage -> {fake-quant module: its observer switch before the stage}
 
     def prepare(self, pl_module: pl.LightningModule) -> None:
         """Make pl_module a fake-quant model in place (what setup("fit") calls)."""
-        if self._float_forward is not None:
+        if self._prepared:
             return  # fit again (e.g. more epochs): already prepared
+        if self.flow == "pt2e":
+            self._prepare_pt2e(pl_module)
+        else:
+            self._prepare_eager(pl_module)
+        self._prepared = True
+
+    def convert(self, pl_module: pl.LightningModule) -> None:
+        """Fake-quant to int8, in place, on the CPU (what on_fit_end calls)."""
+        if self.flow == "pt2e":
+            self._convert_pt2e(pl_module)
+        else:
+            self._convert_eager(pl_module)
+        self._converted = True
+
+    def _prepare_eager(self, pl_module: pl.LightningModule) -> None:
         submodules = dict(pl_module.named_modules())
         for name in (name for group in self.modules_to_fuse for name in group):
             if name not in submodules:
@@ -275,15 +353,42 @@ class QuantizationAwareTraining(pl.Callback):
             tq.fuse_modules_qat(pl_module, self.modules_to_fuse, inplace=True)
         tq.prepare_qat(pl_module, inplace=True)
 
-    def convert(self, pl_module: pl.LightningModule) -> None:
-        """Fake-quant to int8, in place, on the CPU (what on_fit_end calls)."""
+    def _prepare_pt2e(self, pl_module: pl.LightningModule) -> None:
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+        net = getattr(pl_module, self.network, None)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"network: {pl_module.__class__.__name__} has no submodule {self.network!r} to export")
+        # Train mode: batch norm and dropout are exported as they run in training.
+        graph = prepare_qat_pt2e(export_program(net.train()).module(), self._make_quantizer())
+        allow_exported_model_train_eval(graph)  # Lightning's .eval() then switches the graph through torchao
+        setattr(pl_module, self.network, graph)
+
+    def _convert_eager(self, pl_module: pl.LightningModule) -> None:
         if isinstance(self.qconfig, str):
             torch.backends.quantized.engine = self.qconfig  # the int8 kernels that run
         tq.convert(pl_module.cpu().eval(), inplace=True)
         if not self.input_compatible:
             pl_module.forward = self._float_forward  # quantized tensors in and out, no stubs
 
-    def _make_qconfig(self) -> tq.QConfig:
+    def _convert_pt2e(self, pl_module: pl.LightningModule) -> None:
+        from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+        graph = getattr(pl_module, self.network).cpu()
+        move_exported_model_to_eval(graph)  # dropout off, batch norm from its running statistics
+        converted = convert_pt2e(graph)  # on a CPU about a minute: torchao traces 48 conv-bn patterns
+        # convert_pt2e adds int8 copies of the weights but keeps the float ones, and batch norm's
+        # statistics, folded into them; drop what the graph no longer reads.
+        used = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
+        for name, _ in [*converted.named_parameters(), *converted.named_buffers()]:
+            if name not in used:
+                owner, _, attribute = name.rpartition(".")
+                delattr(converted.get_submodule(owner), attribute)
+        allow_exported_model_train_eval(converted)  # Trainer.test calls .eval()
+        setattr(pl_module, self.network, converted)
+        pl_module.cpu().eval()
+
+    def _make_qconfig(self):
         if isinstance(self.qconfig, tq.QConfig):
             return self.qconfig
         default = tq.get_default_qat_qconfig(self.qconfig)
@@ -295,10 +400,31 @@ class QuantizationAwareTraining(pl.Callback):
                                               reduce_range=self.qconfig in ("x86", "fbgemm"))
         return tq.QConfig(activation=histogram, weight=default.weight)
 
+    def _make_quantizer(self):
+        if not isinstance(self.qconfig, str):
+            return self.qconfig
+        from torchao.quantization.pt2e import FakeQuantize, HistogramObserver
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+        config = get_default_x86_inductor_quantization_config(is_qat=True)
+        if self.observer_type == "histogram":
+            # The same fake quantization of activations, its range from a histogram.
+            histogram = FakeQuantize.with_args(observer=HistogramObserver, eps=2**-12)
+            activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=histogram)
+            config = dataclasses.replace(config, input_activation=activation, output_activation=activation)
+        return X86InductorQuantizer().set_global(config)
+
+    def _fake_quants(self, pl_module: pl.LightningModule) -> list:
+        if self.flow == "pt2e":
+            from torchao.quantization.pt2e import FakeQuantizeBase
+        else:
+            FakeQuantizeBase = tq.FakeQuantizeBase
+        return [m for m in pl_module.modules() if isinstance(m, FakeQuantizeBase)]
+
     def _observers_off(self, pl_module, stage: str) -> None:
         if stage in self.observer_enabled_stages:
             return
-        fake_quants = [m for m in pl_module.modules() if isinstance(m, tq.FakeQuantizeBase)]
+        fake_quants = self._fake_quants(pl_module)
         self._observers_before[stage] = {m: bool(m.observer_enabled[0]) for m in fake_quants}
         for module in fake_quants:
             module.disable_observer()
@@ -306,6 +432,11 @@ class QuantizationAwareTraining(pl.Callback):
     def _observers_restore(self, stage: str) -> None:
         for module, enabled in self._observers_before.pop(stage, {}).items():
             module.enable_observer(enabled)
+
+    def _graph_to_train_mode(self, pl_module) -> None:
+        if self.flow == "pt2e" and self._prepared and not self._converted:
+            from torchao.quantization.pt2e import move_exported_model_to_train
+            move_exported_model_to_train(getattr(pl_module, self.network))
 
     def setup(self, trainer, pl_module, stage):
         if stage == "fit":
@@ -318,6 +449,9 @@ class QuantizationAwareTraining(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         self._observers_off(pl_module, "train")
 
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._graph_to_train_mode(pl_module)
+
     def on_train_end(self, trainer, pl_module):
         self._observers_restore("train")
 
@@ -326,6 +460,8 @@ class QuantizationAwareTraining(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         self._observers_restore("validate")
+        if trainer.state.fn == "fit":  # training goes on after this validation
+            self._graph_to_train_mode(pl_module)
 
     def on_test_start(self, trainer, pl_module):
         self._observers_off(pl_module, "test")
@@ -341,9 +477,9 @@ class QuantizationAwareTraining(pl.Callback):
 
     def state_dict(self) -> dict:
         settings = ("observer_type", "modules_to_fuse", "input_compatible", "quantize_on_fit_end",
-                    "observer_enabled_stages")
+                    "observer_enabled_stages", "flow", "network")
         state = {name: getattr(self, name) for name in settings}
-        if isinstance(self.qconfig, str):  # a QConfig object holds classes, not data
+        if isinstance(self.qconfig, str):  # a QConfig or Quantizer object holds classes, not data
             state["qconfig"] = self.qconfig
         return state
 
@@ -351,175 +487,226 @@ class QuantizationAwareTraining(pl.Callback):
         self.__dict__.update(state_dict)
 
 
-# %% Main
-# Conv+BN+ReLU and Linear+ReLU, named from the LightningModule: each becomes one int8 kernel.
-FUSE_GROUPS = [["model.features.0", "model.features.1", "model.features.2"],
-               ["model.features.4", "model.features.5", "model.features.6"],
-               ["model.classifier.1", "model.classifier.2"]]
+# Conv+BN+ReLU and Linear+ReLU, named from the LightningModule: each becomes one int8 kernel (eager flow).
+MODULES_TO_FUSE = [["model.features.0", "model.features.1", "model.features.2"],
+                   ["model.features.4", "model.features.5", "model.features.6"],
+                   ["model.classifier.1", "model.classifier.2"]]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    out = Path(args.output_dir)
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
-    if args.load_int8:  # read the model first: a bad file fails before any data is touched
-        load_int8(model, args.load_int8)
-        print(f"reloaded {args.load_int8}")
-    prepare_mnist(args.data_dir)
-    # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
-    tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
-    if args.load_int8:
-        test_int8(model, tester, args)
-        return 0
-
-    histories = []
-    if args.ckpt:
-        load_weights(model, args.ckpt)
-    else:
-        _, history = fit(model, args, out, args.epochs, callbacks=[])
-        histories.append(history.assign(phase="fp32"))
-    float_model = copy.deepcopy(model).cpu().eval()  # before the callback changes model
-
-    qcb = QuantizationAwareTraining(qconfig=args.backend, observer_type=args.observer_type,
-                                    modules_to_fuse=FUSE_GROUPS, input_compatible=True,
-                                    quantize_on_fit_end=True, observer_enabled_stages=("train",))
-    model.hparams.lr = args.qat_lr  # fine-tuning a trained model: a smaller learning rate
-    trainer, history = fit(model, args, out, args.qat_epochs, callbacks=[qcb])  # model is int8 after this
-    histories.append(history.assign(phase="qat"))
-    # deterministic=True switched torch into deterministic mode for the whole process; int8 ops
-    # (which resize their quantized outputs) refuse to run in it, so switch it back off.
-    torch.use_deterministic_algorithms(False)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # exiting with it open can abort; rank 0 goes on alone
-    if not trainer.is_global_zero:
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.fast_dev_run:
-        history = pd.concat(histories, ignore_index=True).rename_axis("epoch")
-        print("\n" + history.to_string(float_format="{:.4f}".format))
-        history.to_csv(out / "history.csv")
-        plot_history(history, out)
-
-    fp32_acc = tester.test(float_model, verbose=False)[0]["test_acc"]
-    print(f"\nfp32 accuracy: {fp32_acc:.4f}")
-    int8_acc = test_int8(model, tester, args)
-
-    torch.save(float_model.model.state_dict(), out / "mnist_fp32.pt")
-    torch.save({"state_dict": model.state_dict(), "callback": qcb.state_dict(),
-                "hidden_units": model.hparams.hidden_units}, out / "mnist_int8.pt")
-    fp32_kb, int8_kb = ((out / name).stat().st_size / 1024 for name in ("mnist_fp32.pt", "mnist_int8.pt"))
-    latency = measure_latency(float_model.model, model, model.test_set.tensors[0], args.threads,
-                              args.latency_repeats)
-    row = dict(method="QAT callback", backend=args.backend, threads=args.threads, fp32_acc=fp32_acc,
-               int8_acc=int8_acc, fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency)
-    append_result(row, out / RESULTS_FILE)
-    print(f"\nOutputs in {out.resolve()}:")
-    for path in sorted(out.glob("*")):
-        print(f"  {path.name}{'/' if path.is_dir() else ''}")
-    return 0
+# Copied from quant_lightning_ptq.py
+def export_program(net: nn.Module) -> torch.export.ExportedProgram:
+    """torch.export for any batch size (an example batch of 2 keeps that dimension symbolic)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(net, (torch.zeros(2, 1, 28, 28),), dynamic_shapes={"x": {0: batch}})
 
 
-def fit(model: MNISTClassifier, args, out: Path, epochs: int, callbacks: list):
-    """One training phase; the float phase (no callbacks) keeps its best epoch, QAT its last."""
-    keep_best = not callbacks
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                 monitor="valid_acc", mode="max", enable_version_counter=False)
-    csv_logger = CSVLogger(out, name="csv_logs")
-    try:
-        trainer = pl.Trainer(
+# Copied from quant_lightning_ptq.py
+def compile_for_inference(net: nn.Module) -> nn.Module:
+    """torch.compile with freezing: weights become constants, so Inductor can prepack them and fuse
+    the q/dq patterns of an int8 graph into int8 (oneDNN) kernels. Float networks compile the same way."""
+    torch._inductor.config.freezing = True
+    # dynamic=False: in torch 2.14 the int8 conv lowering fails on a symbolic batch size (a stride
+    # assertion), so each batch size gets its own compiled graph (a few seconds each).
+    return torch.compile(net, dynamic=False)
+
+
+# %% Training
+# Copied from quant_lightning_qat.py
+def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
+    """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
+    with exit_on_error("cannot build the Trainer from these flags"):
+        return pl.Trainer(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
             num_nodes=args.num_nodes, precision=args.precision, max_epochs=epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")],
-            callbacks=[checkpoint] if keep_best else callbacks, enable_checkpointing=keep_best,
-            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, deterministic=True)
-    except (ValueError, RuntimeError) as error:  # e.g. --accelerator gpu on a machine without one
-        die(f"cannot build the Trainer: {error}")
-    trainer.fit(model)
-    if keep_best and checkpoint.best_model_path:
-        load_weights(model, checkpoint.best_model_path)
-    history = pd.DataFrame() if args.fast_dev_run else epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
-    return trainer, history
+            logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
+            callbacks=callbacks, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+            deterministic=True)
 
 
-def load_int8(model: MNISTClassifier, path: str) -> None:
-    """Rebuild the int8 module with the callback's own settings, then load the saved int8 weights."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt written by this script")
-    if not isinstance(saved, dict) or "callback" not in saved:
+# Copied from quant_lightning_qat.py
+def leave_training(trainer: pl.Trainer) -> bool:
+    """Undo what training switched on for the whole process; True on the process that goes on."""
+    # deterministic=True switched torch into deterministic mode; int8 ops (which resize their
+    # quantized outputs) refuse to run in it.
+    torch.use_deterministic_algorithms(False)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Converting and the CPU tests run in rank 0 alone; a DDP process that exits with the
+        # process group open can abort, so close it here.
+        torch.distributed.destroy_process_group()
+    return trainer.is_global_zero
+
+
+# %% Saving and loading the int8 module
+def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: QuantizationAwareTraining,
+                     out: Path) -> tuple:
+    """Eager: state_dicts (the int8 one with the callback's settings, to rebuild it); PT2E: the exported
+    programs. Returns the float and the int8 file."""
+    if qcb.flow == "eager":
+        save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
+        save_atomically({"state_dict": int8_model.state_dict(), "callback": qcb.state_dict(), "backend": qcb.qconfig,
+                         "hidden_units": int8_model.hparams.hidden_units}, out / "mnist_int8.pt")
+        return out / "mnist_fp32.pt", out / "mnist_int8.pt"
+    save_program(export_program(float_net), out / "mnist_fp32.pt2")
+    save_program(export_program(getattr(int8_model, qcb.network)), out / "mnist_int8.pt2")
+    return out / "mnist_fp32.pt2", out / "mnist_int8.pt2"
+
+
+def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
+    """Make a float MNISTClassifier the int8 module saved by save_int8_module."""
+    if flow == "pt2e":
+        # torchao first: importing it registers the int8 operators the program calls, and the x86
+        # quantizer's module registers the passes that let torch.compile lower them to int8 kernels.
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        graph = load_program_safely(path).module()
+        check_int8_program(graph, path)
+        allow_exported_model_train_eval(graph)  # Trainer.test calls .eval(), which an exported graph refuses
+        model.model = compile_for_inference(graph)
+        return
+    saved = read_eager_int8_file(path)
+    if not isinstance(saved.get("callback"), dict):
         die(f"{path} is not an int8 model saved by this script (no 'callback' entry)")
     if saved["hidden_units"] != model.hparams.hidden_units:
-        model.model = MNISTConvNet(saved["hidden_units"])
-    qcb = QuantizationAwareTraining(**saved["callback"])
-    qcb.prepare(model)
+        model.model = MNISTConvBNNet(saved["hidden_units"])
+    try:  # rebuild the int8 module with the callback's own settings
+        qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"]})
+        qcb.prepare(model)
+    except (TypeError, ValueError) as error:
+        die(f"{path} holds callback settings this script cannot use ({first_line(error)})")
     with torch.no_grad():
         model.eval()(torch.zeros(2, 1, 28, 28))  # observers need one batch before convert; values get replaced
     qcb.convert(model)
     try:
         model.load_state_dict(saved["state_dict"])  # every int8 weight, scale and zero point
-    except (RuntimeError, KeyError) as error:
-        die(f"{path} does not hold an int8 MNISTClassifier ({str(error).strip().splitlines()[0]})")
+    except Exception as error:
+        die(f"{path} does not hold an int8 MNISTClassifier ({first_line(error)})")
 
 
-def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
-    """The int8 accuracy twice: a plain PyTorch loop, then Trainer.test on the same batches."""
-    model.setup("test")
-    loader = model.test_dataloader()
-    limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
-    count = min(limit, len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
-    correct = seen = 0
-    with torch.inference_mode():
-        for (images, labels), _ in zip(loader, range(count)):
-            correct += (model(images).argmax(dim=1) == labels).sum().item()
-            seen += len(labels)
-    print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
-    accuracy = tester.test(model, verbose=False)[0]["test_acc"]
-    print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
-    print(f"test accuracy: {accuracy:.4f}")
-    return accuracy
+# Copied from quant_lightning_ptq.py
+def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    """torch.export.save through a hidden file renamed into place, as save_atomically does for torch.save."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as file:
+            torch.export.save(program, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
-def measure_latency(float_net, int8_net, images, threads: int, repeats: int) -> dict:
-    """Median milliseconds per forward at batch 1 and 256; the two models take turns, so a noisy
-    neighbour on the machine slows both alike, and the first (warm-up) calls are not counted."""
-    if repeats == 0:
-        return {}
-    default_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    result = {}
-    with torch.inference_mode():
-        for batch in (1, 256):
-            x = images[:batch]
-            times = {"fp32": [], "int8": []}
-            for _ in range(3):
-                float_net(x), int8_net(x)
-            for _ in range(repeats):
-                for name, net in (("fp32", float_net), ("int8", int8_net)):
-                    start = time.perf_counter()
-                    net(x)
-                    times[name].append(1000 * (time.perf_counter() - start))
-            for name in times:
-                result[f"{name}_ms_b{batch}"] = statistics.median(times[name])
-            result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
-    torch.set_num_threads(default_threads)
-    return result
+# Copied from quant_lightning_ptq.py
+def saved_flow(path: str) -> str:
+    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
+    eager for anything else (torch.save)."""
+    with contextlib.suppress(OSError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as archive:
+            return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
+    return "pt2e" if path.endswith(".pt2") else "eager"
 
 
-def append_result(row: dict, path: Path) -> None:
-    table = pd.DataFrame([row], columns=RESULT_COLUMNS)
-    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
-    print(table.to_string(index=False, float_format="{:.4g}".format))
-    table.to_csv(path, mode="a", header=not path.exists(), index=False)
+# Copied from quant_lightning_ptq.py
+def read_eager_int8_file(path: str) -> dict:
+    """The dict an eager flow saved as mnist_int8.pt, checked: its int8 state_dict, the quantized
+    engine it was made for, and the hidden layer's width."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt or mnist_int8.pt2 "
+            f"written by this script")
+    if not isinstance(saved, dict) or "backend" not in saved or not isinstance(saved.get("state_dict"), dict):
+        die(f"{path} is not an int8 model saved by this script (no 'backend' and 'state_dict' entries)")
+    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
+    if saved["backend"] not in engines:
+        die(f"{path} was made for the quantized engine {saved['backend']!r}, which this torch cannot run "
+            f"(it has {', '.join(engines)})")
+    hidden_units = saved.get("hidden_units")
+    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
+            f"from 1 to 65536")
+    return saved
+
+
+# Copied from quant_lightning_ptq.py
+PROGRAM_TEXT_MEMBERS = {"archive_format", "archive_version", "byteorder", "version", ".data/version",
+                        ".data/serialization_id"}
+# Copied from quant_lightning_ptq.py
+RAW_TENSOR_MEMBER = re.compile(r"data/(weights|constants)/(weight|tensor)_[0-9]+")
+
+
+# Copied from quant_lightning_ptq.py
+def load_program_safely(path: str) -> torch.export.ExportedProgram:
+    """torch.export.load, once nothing in the archive can run code while it loads.
+
+    torch.export.load unpickles some members with Python's full pickle (sample inputs, tensor
+    subclasses, custom objects) and loads a compiled AOTInductor library if the archive holds one:
+    either runs whatever the file's author wrote. So every member is first checked to be the plain
+    data it should be: text, JSON, raw tensor bytes, or a pickle that torch's weights_only unpickler
+    accepts (tensors, numbers, strings, containers). Anything else: one line, and nothing is loaded.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:  # names without the archive's top folder, as torch reads them
+            members = [(info.filename.split("/", 1)[-1], archive.read(info)) for info in archive.infolist()]
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        die(f"cannot read {path} as a .pt2 archive ({first_line(error)}); pass a mnist_int8.pt2 written by "
+            f"--flow pt2e")
+    names = [name for name, _ in members]
+    if len(set(names)) != len(names):
+        die(f"{path} holds two members of the same name; refusing to load it")
+    pickled = set()  # the tensor payloads that the weights and constants configs say torch unpickles
+    for name, data in members:
+        if re.fullmatch(r"data/(weights|constants)/[^/]*_config\.json", name):
+            try:
+                for entry in json.loads(data)["config"].values():
+                    if entry.get("use_pickle") or not entry["path_name"].startswith(("weight_", "tensor_")):
+                        pickled.add(f"{name.rsplit('/', 1)[0]}/{entry['path_name']}")
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                die(f"{path}: {name} is not a torch.export payload list ({first_line(error)})")
+    for name, data in members:
+        if name.startswith("data/aotinductor/"):
+            die(f"{path} holds compiled native code ({name}); refusing to load it")
+        plain = name in PROGRAM_TEXT_MEMBERS or name.endswith(".json") or RAW_TENSOR_MEMBER.fullmatch(name)
+        if name in pickled or not plain:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
+                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as error:
+                reason = str(error).partition("WeightsUnpickler error:")[2].strip() or type(error).__name__
+                die(f"{path}: member {name} is not plain data, and loading it could run code, so the program "
+                    f"is not loaded (weights_only unpickler: {reason.splitlines()[0].split('. ')[0]})")
+    try:
+        return torch.export.load(path)
+    except Exception as error:
+        die(f"cannot read {path} as a torch.export program ({error.__class__.__name__}: {first_line(error)})")
+
+
+# Copied from quant_lightning_ptq.py
+def check_int8_program(graph: nn.Module, path: str) -> None:
+    """A loaded program must classify 1x28x28 images into 10 classes, with int8 weights."""
+    try:
+        with torch.no_grad():
+            logits = graph(torch.zeros(2, 1, 28, 28))
+    except Exception as error:
+        die(f"{path} is a torch.export program, but not of an MNIST classifier ({first_line(error)})")
+    if not (isinstance(logits, torch.Tensor) and logits.shape == (2, 10)):
+        die(f"{path} is a torch.export program, but not of an MNIST classifier (10 logits per image)")
+    if not any(tensor.dtype == torch.int8 for tensor in graph.state_dict().values()):
+        die(f"{path} holds no int8 weights: a float program (mnist_fp32.pt2?); pass a mnist_int8.pt2")
 
 
 def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvNet into model.model."""
+    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -530,101 +717,544 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     try:
         model.model.load_state_dict(saved)
     except (RuntimeError, TypeError, AttributeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        die(f"{path} does not hold float weights for MNISTConvNet ({first_line})")
+        die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
 
 
-def epoch_history(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
-    metrics = pd.read_csv(metrics_csv)
-    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
-    return metrics.groupby("epoch")[columns].last().dropna(how="all")
+# %% Testing and timing the int8 module
+def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
+    """The int8 module's test accuracy by a plain PyTorch loop and by Trainer.test, on the same batches."""
+    model.setup("test")
+    loader = model.test_dataloader()
+    limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
+    count = min(limit, len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
+    correct = seen = 0
+    with torch.inference_mode():
+        for (images, labels), _ in zip(loader, range(count)):
+            correct += (model(images).argmax(dim=1) == labels).sum().item()  # the module: its stubs included
+            seen += len(labels)
+    print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
+    accuracy = tester.test(model, verbose=False)[0]["test_acc"]
+    print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
+    return accuracy
 
 
-def plot_history(history: pd.DataFrame, out: Path) -> None:
-    for kind in ("loss", "acc"):
-        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"MNIST {kind} per epoch")
-        ax.set_xlabel("epoch")
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
+# Copied from quant_lightning_ptq.py
+def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
+                    repeats: int) -> dict:
+    """Median milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled
+    as the PT2E int8 model is) and of the int8 model. The models take turns, so a noisy neighbour on
+    the machine slows all alike, and the first (warm-up, compiling) calls are not counted."""
+    if repeats == 0:
+        return {}
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    nets = {"fp32": float_net, "fp32_compiled": compile_for_inference(float_net), "int8": int8_net}
+    result = {}
+    with torch.inference_mode():
+        for batch in (1, 256):
+            x = images[:batch]
+            times = {name: [] for name in nets}
+            for _ in range(3):
+                for net in nets.values():
+                    net(x)
+            for _ in range(repeats):
+                for name, net in nets.items():
+                    start = time.perf_counter()
+                    net(x)
+                    times[name].append(1000 * (time.perf_counter() - start))
+            for name in times:
+                result[f"{name}_ms_b{batch}"] = statistics.median(times[name])
+            result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+            result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+    torch.set_num_threads(default_threads)
+    return result
 
 
-def die(message: str) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+# %% Main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    out = Path(args.output_dir)
+    model = new_module(args)
+    if args.named_modules or args.named_parameters:
+        print_structure(model, args.named_modules, args.named_parameters)
+        return 0
+    if args.flow == "eager":
+        print(EAGER_DEPRECATION)
+    if args.load_int8:  # read the model first: a bad file fails before any data is touched
+        load_int8_into(model, args.load_int8, args.flow)
+        print(f"reloaded {args.load_int8}")
+    elif args.ckpt:
+        load_weights(model, args.ckpt)
+    train_images = prepare_mnist(args.data_dir)
+    # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
+    with exit_on_error("cannot build the test Trainer from these flags"):
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+    if args.load_int8:
+        test_int8_module(model, tester, args)
+        return 0
+    if args.val_size >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+
+    histories = []
+    if not args.ckpt:  # phase 1: train the float network and keep its best epoch
+        checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
+                                     monitor="valid_acc", mode="max", enable_version_counter=False)
+        trainer = build_trainer(args, out, args.epochs, callbacks=[checkpoint])
+        with exit_if_interrupted(trainer):
+            trainer.fit(model)
+        if checkpoint.best_model_path:
+            load_weights(model, checkpoint.best_model_path)
+        histories.append(phase_history(trainer, "fp32"))
+    float_net = copy.deepcopy(model.model).cpu().eval()  # before the callback changes model
+
+    # Phase 2: the same module, fit again with the callback; it is int8 when fit returns.
+    eager = args.flow == "eager"
+    qcb = QuantizationAwareTraining(qconfig=args.backend if eager else "x86", observer_type=args.observer_type,
+                                    modules_to_fuse=MODULES_TO_FUSE if eager else None, input_compatible=True,
+                                    quantize_on_fit_end=True, observer_enabled_stages=("train",), flow=args.flow)
+    model.hparams.lr = args.qat_lr  # fine-tuning a trained model: a smaller learning rate
+    trainer = build_trainer(args, out, args.qat_epochs, callbacks=[qcb])
+    with exit_if_interrupted(trainer):
+        trainer.fit(model)
+    histories.append(phase_history(trainer, "qat"))
+    if not leave_training(trainer):
+        return 0  # a DDP rank other than 0: rank 0 reports
+    out.mkdir(parents=True, exist_ok=True)
+    report_history(histories, out)
+
+    float_model = new_module(args)
+    float_model.model = float_net
+    fp32_acc = tester.test(float_model, verbose=False)[0]["test_acc"]
+    print(f"\nfp32 accuracy: {fp32_acc:.4f}")
+    files = save_int8_module(model, float_net, qcb, out)
+    # Test (and time) the int8 module as --load_int8 reloads it from its file, so that a reload in
+    # another process gives this accuracy exactly.
+    int8_model = new_module(args)
+    load_int8_into(int8_model, str(files[1]), args.flow)
+    int8_acc = test_int8_module(int8_model, tester, args)
+    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
+    latency = measure_latency(float_net, int8_model, int8_model.test_set.tensors[0], args.threads,
+                              args.latency_repeats)
+    method, backend = ("QAT callback", args.backend) if eager else ("QAT callback PT2E", "x86 inductor")
+    append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
+                       fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency), out / RESULTS_FILE)
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        print(f"  {path.name}{'/' if path.is_dir() else ''}")
+    return 0
 
 
 # %% Flags
-def number(text: str):
-    """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def devices(text: str):
-    return int(text) if text.isdigit() else text  # "auto", 2, or a list such as "0,1"
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
     data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", default="outputs/quant_with_only_lightning",
+    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/quant_with_only_lightning",
                       help="where logs, models and quant_results.csv go")
-    data.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=int, default=128, metavar="N")
-    train.add_argument("--epochs", type=int, default=3, metavar="N", help="float epochs before QAT")
-    train.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the float phase (one-cycle)")
-    train.add_argument("--seed", type=int, default=42, help="seeds weights, split and shuffling")
+    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=positive_int, default=3, metavar="N", help="float epochs before QAT")
+    train.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate of the float phase (one-cycle)")
+    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split and shuffling")
 
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--ckpt", metavar="PATH", help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) "
-                       "instead of training the float model first")
-    quant.add_argument("--qat_epochs", "--qat-epochs", type=int, default=2, metavar="N", help="fake-quant epochs")
-    quant.add_argument("--qat_lr", "--qat-lr", type=float, default=0.001, help="peak learning rate of the QAT phase")
+    quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
+                       help="the callback's mode: eager (torch.ao.quantization, deprecated) or pt2e (torch.export + "
+                            "torchao + torch.compile); default: eager, or with --load_int8 the kind of file given")
+    quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
+                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training "
+                            "the float model first")
+    quant.add_argument("--qat_epochs", "--qat-epochs", type=positive_int, default=2, metavar="N", help="fake-quant epochs")
+    quant.add_argument("--qat_lr", "--qat-lr", type=positive_float, default=0.001, help="peak learning rate of the QAT phase")
     quant.add_argument("--observer_type", "--observer-type", choices=["average", "histogram"], default="average",
                        help="how the callback measures activation ranges")
     quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
                                                              if e != "none"],
-                       help="the callback's qconfig: a quantized engine, with its default QAT qconfig")
-    quant.add_argument("--load_int8", "--load-int8", metavar="PATH", help="test a saved mnist_int8.pt and exit")
-    quant.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the latency measurement")
-    quant.add_argument("--latency_repeats", "--latency-repeats", type=int, default=50, metavar="N",
+                       help="eager flow: the callback's qconfig, a quantized engine with its default QAT qconfig")
+    quant.add_argument("--load_int8", "--load-int8", metavar="PATH", type=existing_file,
+                       help="test a saved int8 module (mnist_int8.pt, or mnist_int8.pt2 from --flow pt2e) and exit")
+    quant.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads for the latency measurement")
+    quant.add_argument("--latency_repeats", "--latency-repeats", type=non_negative_int, default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
 
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines for multi-node DDP")
+    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
 
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=int, const=1, default=0, metavar="N",
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=number, default=1.0,
+        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    args = parser.parse_args(argv)
 
-    for flag in ("epochs", "qat_epochs", "batch_size", "val_size", "num_nodes", "threads"):
-        if getattr(args, flag) < 1:
-            die(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0 or args.qat_lr <= 0:
-        die(f"--lr and --qat_lr must be positive, got {args.lr} and {args.qat_lr}")
-    if args.num_workers < 0 or args.latency_repeats < 0:
-        die("--num_workers and --latency_repeats cannot be negative")
-    for flag in ("ckpt", "load_int8"):
-        path = getattr(args, flag)
-        if path and not Path(path).is_file():
-            die(f"--{flag} {path}: no such file")
+    model = parser.add_argument_group("model inspection")
+    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                       help="print every parameter's name and shape and exit")
+
+    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
+    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
+                          const="cpu", note="it is --accelerator cpu now")
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
+        "no effect: training always ends with a test now; to test a saved int8 module use --load_int8"))
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, note=(
+        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int, note=(
+        "no effect: metrics are logged once per epoch; the progress bar shows the running loss"))
+    original.add_argument("--save_model", "--save-model", action="store_true",
+                          help="no effect here: the float and the int8 model are always saved")
+    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
+                          help="the float weights to start QAT from instead of training: the same as --ckpt")
+    args = parser.parse_args(argv)
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    if args.save_model:
+        print("note: --save_model (from the original tutorial): no effect, this script always saves "
+              "mnist_fp32 and mnist_int8", file=sys.stderr)
+    if args.load_model:
+        if args.ckpt and args.ckpt != args.load_model:
+            die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
+        args.ckpt = args.load_model
+    if args.load_int8:
+        saved = saved_flow(args.load_int8)
+        if args.flow and args.flow != saved:
+            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
+                f"or leave --flow out")
+        args.flow = saved
+    args.flow = args.flow or "eager"
+    check_flow_is_installed(args.flow)
     return args
+
+
+# Copied from quant_lightning_qat.py
+def check_flow_is_installed(flow: str) -> None:
+    if flow == "eager" and tq is None:
+        die("--flow eager needs torch.ao.quantization, which this torch no longer has; use --flow pt2e")
+    if flow == "pt2e" and importlib.util.find_spec("torchao") is None:
+        die("--flow pt2e needs torchao: pip install torchao (pinned in requirements-dev.txt)")
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def batch_count(text: str):
+    """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
+    if not any(c in text for c in ".eE"):
+        return positive_int(text)
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
+    return value
+
+
+# Copied from Basic_usage_of_lightning.py
+def devices(text: str):
+    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
+    if text == "auto" or "," in text:
+        return text
+    return positive_int(text)
+
+
+# Copied from Basic_usage_of_lightning.py
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+def output_folder(text: str) -> str:
+    """A folder the run can write to: not a file, and under a writable folder when new."""
+    path = Path(text)
+    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
+    if not os.access(existing if existing.exists() else ".", os.W_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable; pick another --output_dir")
+    return text
+
+
+# Copied from Basic_usage_of_lightning.py
+class OriginalTutorialFlag(argparse.Action):
+    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
+    value where its successor keeps it (dest with const; successor for a flag that takes a
+    value), or nowhere."""
+
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.note, self.successor = note, successor
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        if kwargs.get("nargs") != 0:
+            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
+        if self.successor:
+            setattr(namespace, self.successor, values)
+        elif self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const)
+
+
+# %% Helpers
+def new_module(args) -> MNISTClassifier:
+    """A float MNISTClassifier from the flags: the one that trains, and fresh ones to test with."""
+    return MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                           lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
+
+
+# Copied from quant_lightning_qat.py
+def phase_history(trainer: pl.Trainer, phase: str) -> pd.DataFrame:
+    """The phase's per-epoch table from its CSVLogger: on rank 0, which writes it, unless --fast_dev_run
+    turned logging off."""
+    if trainer.fast_dev_run or not trainer.is_global_zero:
+        return pd.DataFrame()
+    return epoch_history(Path(trainer.loggers[0].log_dir, "metrics.csv")).assign(phase=phase)
+
+
+# Copied from quant_lightning_qat.py
+def report_history(histories: list, out: Path) -> None:
+    """Both phases' per-epoch table: printed, saved as history.csv, drawn as loss.png and acc.png."""
+    history = pd.concat(histories, ignore_index=True).rename_axis("epoch")
+    if history.empty:
+        return
+    print("\n" + history.to_string(float_format="{:.4f}".format))
+    history.to_csv(out / "history.csv")
+    both = len(histories) == 2
+    plot_history(history, out, title="MNIST, float then QAT" if both else "MNIST, QAT",
+                 xlabel="epoch (float training, then QAT fine-tuning)" if both else "QAT fine-tuning epoch")
+
+
+# Copied from quant_lightning_ptq.py
+EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
+                     "stops working then; --flow pt2e does the same with torchao")
+# Copied from quant_lightning_ptq.py
+RESULTS_FILE = "quant_results.csv"
+# Copied from quant_lightning_ptq.py
+RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
+                  "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
+                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256"]
+
+
+# Copied from quant_lightning_ptq.py
+def append_result(row: dict, path: Path) -> None:
+    """Print the run's row and add it to the results CSV; earlier rows stay, whatever columns they have."""
+    table = pd.DataFrame([row], columns=RESULT_COLUMNS)
+    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
+    print(table.to_string(index=False, float_format="{:.4g}".format))
+    if path.exists():
+        try:
+            table = pd.concat([pd.read_csv(path), table], ignore_index=True)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
+                f"move it away and run again")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        table.to_csv(partial, index=False)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another --output_dir")
+
+
+# Copied from quant_lightning_ptq.py
+def first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
+    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_on_error(what: str):
+    """An error from a library that our flags caused: one line, exit 2, not a traceback."""
+    try:
+        yield
+    except Exception as error:
+        die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
+    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
+
+    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
+    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
+    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException)
+        if not trainer.interrupted or not (sigterm or stop.code == 1):  # die() mid-fit said why itself
+            raise
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
+              f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
+        sys.exit(143 if sigterm else 130)
+
+
+# Copied from Basic_usage_of_lightning.py
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_atomically(checkpoint, Path(path))
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a hidden file beside path, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
+    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
+    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def epoch_history(metrics_csv: Path) -> pd.DataFrame:
+    """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
+    metrics = pd.read_csv(metrics_csv)
+    columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
+    # last(): the end-of-epoch validation when --val_check_interval validates more often.
+    return metrics.groupby("epoch")[columns].last().dropna(how="all")
+
+
+# Copied from Basic_usage_of_lightning.py
+def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel: str = "epoch") -> None:
+    """loss.png and acc.png: train and valid curves per epoch."""
+    for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
+        columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
+    if modules:
+        for name, module in model.named_modules():
+            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    if parameters:
+        for name, parameter in model.named_parameters():
+            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
+        print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+# Copied from Basic_usage_of_lightning.py
+def die(message: str) -> None:
+    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,10 @@ def run_method(name: str, args, out: Path) -> dict:
     script, flags = METHODS[name]
     mode = QUICK if args.quick else FULL
     flags = [*flags, *(mode["train"] if name == "ptq" else ["--ckpt", out / "ptq" / "checkpoints" / "best.ckpt"])]
-    if script != PTQ:
-        flags += mode["qat"]
+    # PTQ calibrates on a few batches; QAT fine-tunes instead.
+    flags += ["--calibration_batches", mode["calibration_batches"]] if script == PTQ else mode["qat"]
     run(name, [script, "--output_dir", out / name, "--data_dir", args.data_dir, "--val_size", args.val_size,
-               "--threads", args.threads, "--latency_repeats", args.latency_repeats,
-               "--calibration_batches", mode["calibration_batches"], *flags], out)
+               "--threads", args.threads, "--latency_repeats", args.latency_repeats, *flags], out)
     row = pd.read_csv(out / name / "quant_results.csv").iloc[-1].to_dict()  # the row this run added
     int8_file = out / name / ("mnist_int8.pt2" if "--flow" in flags else "mnist_int8.pt")
     reloaded = run(f"{name}_reload", [script, "--load_int8", int8_file, "--data_dir", args.data_dir], out)
