@@ -6,6 +6,7 @@ MNIST/raw), so the scripts are tested exactly as they run on the real data, offl
 import importlib.util
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -138,3 +139,42 @@ def assert_clean_error(result, *phrases: str) -> None:
     assert len(error_lines) == 1, result.stderr[-2000:]
     for phrase in phrases:
         assert phrase.lower() in error_lines[0].lower(), error_lines[0]
+
+
+def broken_data(mnist_dir: Path, folder: Path, damage: str) -> Path:
+    """A copy of the synthetic MNIST in folder with one raw file damaged: "labels" (one label
+    short), "truncated" (a cut image file) or "empty" (no MNIST at all, and offline)."""
+    folder.mkdir()
+    if damage == "empty":
+        return folder
+    shutil.copytree(mnist_dir / "MNIST", folder / "MNIST")
+    raw = folder / "MNIST" / "raw"
+    if damage == "labels":
+        labels = raw / "train-labels-idx1-ubyte"
+        write_idx(labels, np.frombuffer(labels.read_bytes()[8:], dtype=np.uint8)[:-1])
+    else:
+        images = raw / "t10k-images-idx3-ubyte"
+        images.write_bytes(images.read_bytes()[:-100])
+    return folder
+
+
+@pytest.fixture
+def one_thread():
+    """In-process fits share the machine with the other pytest worker."""
+    import torch  # here, not at the top: most test files need no torch in the pytest process
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_determinism():
+    """A Trainer(deterministic=True) built in this process turns torch's deterministic mode on for
+    good; int8 kernels have no deterministic version, so a later in-process test would fail."""
+    import torch
+
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

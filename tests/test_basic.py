@@ -1,7 +1,6 @@
 """Basic_usage_of_lightning.py end to end, driven only through its flags."""
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import (QUICK, ROOT, assert_clean_error, exit_of, load_script, printed_accuracy, run_in,
-                      script_env, write_idx)
+from conftest import (QUICK, ROOT, assert_clean_error, broken_data, exit_of, load_script, printed_accuracy,
+                      run_in, script_env)
 
 SCRIPT = "Basic_usage_of_lightning.py"
 
@@ -132,6 +131,7 @@ def test_rehearsal_with_its_port_in_use_fails_at_once(mnist_dir, tmp_path):
     assert_clean_error(result, "cannot host the rendezvous", "pick another MASTER_PORT")
 
 
+@pytest.mark.slow
 def test_sigterm_during_training_exits_143_and_tests_nothing(mnist_dir, tmp_path):
     """A scheduler's stop: not a success (0), no test of a half-trained model, the best file loads."""
     out = tmp_path / "outputs" / "Basic_usage_of_lightning"
@@ -236,18 +236,10 @@ def test_an_output_dir_that_is_a_file_is_refused(mnist_dir, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("damage, phrases", [
     ("labels", ["3000 train images but 2999 train labels", "copy the four raw"]),
-    ("truncate", ["t10k-images-idx3-ubyte", "damaged or cut short"]),
+    ("truncated", ["t10k-images-idx3-ubyte", "damaged or cut short"]),
 ])
 def test_broken_mnist_files_are_named(mnist_dir, tmp_path, monkeypatch, capsys, damage, phrases):
-    broken = tmp_path / "data"
-    shutil.copytree(mnist_dir, broken)
-    raw = broken / "MNIST" / "raw"
-    if damage == "labels":
-        labels = raw / "train-labels-idx1-ubyte"
-        write_idx(labels, np.frombuffer(labels.read_bytes()[8:], dtype=np.uint8)[:-1])
-    else:
-        images = raw / "t10k-images-idx3-ubyte"
-        images.write_bytes(images.read_bytes()[:-100])
+    broken = broken_data(mnist_dir, tmp_path / "data", damage)
     monkeypatch.chdir(tmp_path)
     assert_clean_error(exit_of(load_script(SCRIPT).main, ["--data_dir", broken], capsys), *phrases)
 

@@ -179,6 +179,7 @@ def quantization(mnist_dir, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_quantization_gathers_every_path_from_one_float_model(quantization):
     out, result = quantization
     rows = read_csv(out / "quantization.csv")
@@ -193,6 +194,7 @@ def test_quantization_gathers_every_path_from_one_float_model(quantization):
     assert (out / "runs" / "ptq_pt2e" / "mnist_int8.pt2").is_file() and (out / "runs" / "ptq_reload.log").is_file()
 
 
+@pytest.mark.slow
 def test_quantization_report_says_what_was_measured_and_where(quantization):
     out, result = quantization
     report = (out / "quantization.md").read_text()

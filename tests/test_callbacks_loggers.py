@@ -443,6 +443,7 @@ def read_until(process: subprocess.Popen, pattern: str, seconds: float = 300) ->
     # Ctrl-C while the progress bar shows the first training epoch.
     ("loggers_lightning.py", signal.SIGINT, 130, "interrupted by Ctrl-C", r"Epoch 0: +\d+%.*[1-9]/"),
 ])
+@pytest.mark.slow
 def test_an_interrupted_demo_says_so_and_does_not_succeed(script, signal_number, code, said, trigger, mnist_dir,
                                                           tmp_path):
     flags = ["--callbacks", "hooks,checkpoint"] if script == "callbacks_lightning.py" else ["--loggers", "csv"]

@@ -295,6 +295,7 @@ def test_an_interrupted_save_leaves_the_previous_file(scripts, tmp_path):
     assert torch.load(target, weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_with_a_resume_command_that_finishes_the_run(reference, tmp_path, mnist_dir):
     """A scheduler's stop during an --overwrite run, once its first checkpoint is saved: exit 143
     (not success), the exact --resume command, only whole checkpoints left, and that command ends

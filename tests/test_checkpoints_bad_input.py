@@ -7,13 +7,11 @@ main() runs in this process (no fresh Python per case); only the full-disk test 
 """
 import errno
 import os
-import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_error, exit_of, load_script, write_idx
+from conftest import assert_clean_error, broken_data, exit_of, load_script
 from test_checkpoints import snapshot, write
 
 # Cheap flags that pass every check: anything a case adds is what makes it fail.
@@ -42,23 +40,6 @@ def earlier_run(out):
     write(out / "history.csv", b"epoch,valid_acc\n0,0.8\n1,0.9\n")
     write(out / "csv_logs" / "version_0" / "metrics.csv", b"epoch,valid_acc\n0,0.8\n1,0.9\n")
     return out
-
-
-def broken_data(mnist_dir, folder, damage):
-    """A copy of the synthetic MNIST with one raw file damaged: "labels" (one label short),
-    "truncated" (a cut image file) or "empty" (no MNIST at all, and offline)."""
-    folder.mkdir()
-    if damage == "empty":
-        return folder
-    shutil.copytree(mnist_dir / "MNIST", folder / "MNIST")
-    raw = folder / "MNIST" / "raw"
-    if damage == "labels":
-        labels = raw / "train-labels-idx1-ubyte"
-        write_idx(labels, np.frombuffer(labels.read_bytes()[8:], dtype=np.uint8)[:-1])
-    else:
-        images = raw / "t10k-images-idx3-ubyte"
-        images.write_bytes(images.read_bytes()[:-100])
-    return folder
 
 
 # (flags, phrases the error line must hold); each runs in both scripts unless it names one.

@@ -84,15 +84,6 @@ def runs(request):
     return RunsByScript(request)
 
 
-@pytest.fixture
-def one_thread():
-    """In-process fits share the machine with another pytest worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Every path: trained, converted, tested twice, saved, reloaded, timed.
 @pytest.mark.parametrize("script", [PTQ, QAT, CALLBACK])
 def test_int8_accuracy_is_the_same_by_plain_loop_and_trainer_test(runs, script):
@@ -561,6 +552,7 @@ def test_ptq_accepts_the_original_tutorials_flags(bad_files, capsys):
     assert "MNISTConvBNNet" in structure and "model.features.0.weight" in structure
 
 
+@pytest.mark.slow
 def test_ptq_sigterm_during_training_exits_143_and_quantizes_nothing(mnist_dir, tmp_path):
     """A scheduler's stop: not a success (0), nothing quantized from a half-trained model, the best file loads."""
     out = tmp_path / "ptq"

@@ -89,16 +89,8 @@ def runs(qat_pt2e, callback_pt2e):
     return {QAT: qat_pt2e, CALLBACK: callback_pt2e}
 
 
-@pytest.fixture
-def one_thread():
-    """In-process fits share the machine with other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # The PT2E routes, end to end, with the eager API gone.
+@pytest.mark.slow
 @pytest.mark.parametrize("script, method", [(QAT, "QAT PT2E"), (CALLBACK, "QAT callback PT2E")])
 def test_pt2e_flow_runs_without_eager_quantization(runs, script, method):
     out, output = runs[script]
@@ -115,6 +107,7 @@ def test_pt2e_flow_runs_without_eager_quantization(runs, script, method):
     assert not list(out.glob("*.pt"))  # the eager files are not written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [QAT, CALLBACK])
 def test_pt2e_program_holds_int8_weights_and_no_float_copies(runs, script):
     import torchao.quantization.pt2e  # noqa: F401  (registers the operators the program calls)
@@ -125,6 +118,7 @@ def test_pt2e_program_holds_int8_weights_and_no_float_copies(runs, script):
     assert not any(name.endswith(("running_mean", "running_var")) for name in program.state_dict)  # BN folded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [QAT, CALLBACK])
 def test_pt2e_reload_in_a_fresh_process_gives_the_same_accuracy(runs, script, mnist_dir, tmp_path):
     out, output = runs[script]
@@ -136,6 +130,7 @@ def test_pt2e_reload_in_a_fresh_process_gives_the_same_accuracy(runs, script, mn
     assert not list(tmp_path.iterdir())  # testing a saved model writes nothing
 
 
+@pytest.mark.slow
 def test_qat_pt2e_history_has_both_phases(qat_pt2e):
     out, _ = qat_pt2e
     history = pd.read_csv(out / "history.csv")
@@ -385,6 +380,7 @@ def test_a_missing_flow_library_is_one_line_that_says_what_to_do(script, monkeyp
     assert_clean_error(exit_of(module.parse_args, [], capsys), "torch.ao.quantization", "--flow pt2e")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [QAT, CALLBACK])
 def test_sigterm_during_qat_exits_143_and_overwrites_nothing(script, mnist_dir, tmp_path):
     """A scheduler's stop mid-QAT: not a success, and no int8 model from a half-trained one."""
