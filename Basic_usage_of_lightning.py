@@ -1,33 +1,40 @@
-"""
-Title: Basic usage of PyTorch Lightning
-Description: Train, validate, test and export an MNIST CNN with the Lightning 2.x Trainer.
+# %% [markdown]
+# # Basic usage of PyTorch Lightning
+# Train, validate, test and export an MNIST CNN with the Lightning 2.x Trainer.
+#
+# ## What it teaches
+# A plain `nn.Module` (the network) wrapped by a `LightningModule` (the training recipe):
+# `forward` for inference, one `*_step` hook per stage, epoch-level work in
+# `on_validation_epoch_end` / `on_test_epoch_end`, an optimizer with an LR scheduler,
+# data loading inside the module (`setup` + `*_dataloader`) or in a `LightningDataModule`,
+# and the `Trainer` flags for devices, nodes, precision, debugging and profiling.
+#
+# ## How to run
+# ```bash
+# python Basic_usage_of_lightning.py                                 # 3 epochs, about 99.1% test accuracy
+# python Basic_usage_of_lightning.py --data_dir /path/to/datasets    # MNIST already on disk (MNIST/raw), offline
+# PATH_DATASETS=/path/to/datasets python Basic_usage_of_lightning.py # the same, as the Lightning tutorials do
+# python Basic_usage_of_lightning.py --epochs 15                     # the classic 15-epoch table
+# python Basic_usage_of_lightning.py --datamodule                    # data from a LightningDataModule
+# python Basic_usage_of_lightning.py --fast_dev_run                  # one batch per stage, a smoke test
+# python Basic_usage_of_lightning.py --accelerator cpu --devices 2 --strategy ddp
+# python Basic_usage_of_lightning.py --save_model --export onnx
+# python Basic_usage_of_lightning.py --load_model outputs/Basic_usage_of_lightning/mnist_classifier.pt
+# ```
+#
+# ## What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
+# ```text
+# csv_logs/version_N/metrics.csv   every logged value (CSVLogger)
+# tb_logs/version_N/               the same for TensorBoard: tensorboard --logdir outputs/Basic_usage_of_lightning/tb_logs
+# checkpoints/best.ckpt            the epoch with the best valid_acc, used for the test
+# history.csv, loss.png, acc.png   the per-epoch table and its curves
+# mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
+# mnist_classifier.onnx / .pt2     with --export onnx / --export pt2
+# ```
 
-What it teaches
-    A plain `nn.Module` (the network) wrapped by a `LightningModule` (the training recipe):
-    `forward` for inference, one `*_step` hook per stage, epoch-level work in
-    `on_validation_epoch_end` / `on_test_epoch_end`, an optimizer with an LR scheduler,
-    data loading inside the module (`setup` + `*_dataloader`) or in a `LightningDataModule`,
-    and the `Trainer` flags for devices, nodes, precision, debugging and profiling.
-
-How to run
-    python Basic_usage_of_lightning.py                                 # 3 epochs, about 99.1% test accuracy
-    python Basic_usage_of_lightning.py --data_dir /path/to/datasets    # MNIST already on disk (MNIST/raw), offline
-    PATH_DATASETS=/path/to/datasets python Basic_usage_of_lightning.py # the same, as the Lightning tutorials do
-    python Basic_usage_of_lightning.py --epochs 15                     # the classic 15-epoch table
-    python Basic_usage_of_lightning.py --datamodule                    # data from a LightningDataModule
-    python Basic_usage_of_lightning.py --fast_dev_run                  # one batch per stage, a smoke test
-    python Basic_usage_of_lightning.py --accelerator cpu --devices 2 --strategy ddp
-    python Basic_usage_of_lightning.py --save_model --export onnx
-    python Basic_usage_of_lightning.py --load_model outputs/Basic_usage_of_lightning/mnist_classifier.pt
-
-What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
-    csv_logs/version_N/metrics.csv   every logged value (CSVLogger)
-    tb_logs/version_N/               the same for TensorBoard: tensorboard --logdir outputs/Basic_usage_of_lightning/tb_logs
-    checkpoints/best.ckpt            the epoch with the best valid_acc, used for the test
-    history.csv, loss.png, acc.png   the per-epoch table and its curves
-    mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
-    mnist_classifier.onnx / .pt2     with --export onnx / --export pt2
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -43,7 +50,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
@@ -388,7 +397,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Train, validate, test and export an MNIST CNN with the Lightning 2.x Trainer.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
@@ -676,6 +685,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
         plt.close(ax.figure)
 
 
@@ -703,4 +714,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

@@ -1,33 +1,40 @@
-"""
-Title: Lightning callbacks: a catalogue and a demo
-Description: Read what every built-in callback does, then train MNIST with a chosen set of them.
+# %% [markdown]
+# # Lightning callbacks: a catalogue and a demo
+# Read what every built-in callback does, then train MNIST with a chosen set of them.
+#
+# ## What it teaches
+# Callbacks add behaviour to the Trainer without touching the LightningModule. Run without
+# flags, the script writes a catalogue of every callback Lightning ships (signature, docstring,
+# the hooks it implements), offline. --demo trains with EarlyStopping, LearningRateMonitor,
+# ModelSummary, Timer, GradientAccumulationScheduler, EMAWeightAveraging, LambdaCallback,
+# ModelCheckpoint, LearningRateFinder and a custom Callback that prints each 2.x hook as it runs,
+# then reports what each one did. The 1.x hooks that no longer exist are listed in REMOVED_HOOKS.
+#
+# ## How to run
+# ```bash
+# python callbacks_lightning.py                                          # the catalogue: callbacks_info/
+# python callbacks_lightning.py --list                                   # the catalogue as a table
+# python callbacks_lightning.py --demo --data_dir /path/to/datasets      # the demo, 3 epochs
+# PATH_DATASETS=/path/to/datasets python callbacks_lightning.py --demo   # the same
+# python callbacks_lightning.py --demo --stop_at_acc 0.985               # EarlyStopping ends the run early
+# python callbacks_lightning.py --demo --callbacks hooks,lr_finder,checkpoint   # choose the callbacks
+# python callbacks_lightning.py --demo --callbacks hooks --raise_at_step 5      # watch on_exception run
+# ```
+#
+# ## What it writes (under --output_dir, default outputs/callbacks_lightning)
+# ```text
+# callbacks_info/AVAILABLE.txt     every callback and a one-line summary (without --demo, or with --info)
+# callbacks_info/<Name>.txt        signature, summary and hooks of each callback
+# csv_logs/version_N/metrics.csv   with --demo: every logged value, the learning rate (lr-AdamW) included
+# tb_logs/version_N/               the same for TensorBoard
+# checkpoints/best.ckpt            ModelCheckpoint: the epoch with the best valid_acc
+# history.csv, loss.png, acc.png   the per-epoch table and its curves
+# mnist_classifier.pt              with --save_model: the tested weights of the plain nn.Module
+# ```
 
-What it teaches
-    Callbacks add behaviour to the Trainer without touching the LightningModule. Run without
-    flags, the script writes a catalogue of every callback Lightning ships (signature, docstring,
-    the hooks it implements), offline. --demo trains with EarlyStopping, LearningRateMonitor,
-    ModelSummary, Timer, GradientAccumulationScheduler, EMAWeightAveraging, LambdaCallback,
-    ModelCheckpoint, LearningRateFinder and a custom Callback that prints each 2.x hook as it runs,
-    then reports what each one did. The 1.x hooks that no longer exist are listed in REMOVED_HOOKS.
-
-How to run
-    python callbacks_lightning.py                                          # the catalogue: callbacks_info/
-    python callbacks_lightning.py --list                                   # the catalogue as a table
-    python callbacks_lightning.py --demo --data_dir /path/to/datasets      # the demo, 3 epochs
-    PATH_DATASETS=/path/to/datasets python callbacks_lightning.py --demo   # the same
-    python callbacks_lightning.py --demo --stop_at_acc 0.985               # EarlyStopping ends the run early
-    python callbacks_lightning.py --demo --callbacks hooks,lr_finder,checkpoint   # choose the callbacks
-    python callbacks_lightning.py --demo --callbacks hooks --raise_at_step 5      # watch on_exception run
-
-What it writes (under --output_dir, default outputs/callbacks_lightning)
-    callbacks_info/AVAILABLE.txt     every callback and a one-line summary (without --demo, or with --info)
-    callbacks_info/<Name>.txt        signature, summary and hooks of each callback
-    csv_logs/version_N/metrics.csv   with --demo: every logged value, the learning rate (lr-AdamW) included
-    tb_logs/version_N/               the same for TensorBoard
-    checkpoints/best.ckpt            ModelCheckpoint: the epoch with the best valid_acc
-    history.csv, loss.png, acc.png   the per-epoch table and its curves
-    mnist_classifier.pt              with --save_model: the tested weights of the plain nn.Module
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -49,7 +56,10 @@ from typing import Callable
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
@@ -482,7 +492,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Read what every built-in callback does, then train MNIST with a chosen set of them.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
@@ -945,6 +955,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
         plt.close(ax.figure)
 
 
@@ -967,4 +979,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

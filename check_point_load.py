@@ -1,28 +1,35 @@
-"""
-Title: Load, inspect and test a Lightning checkpoint
-Description: Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST.
+# %% [markdown]
+# # Load, inspect and test a Lightning checkpoint
+# Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST.
+#
+# ## What it teaches
+# `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that
+# returns a new model (called on an instance it raises); what a `.ckpt` holds (epoch,
+# global_step, hyper_parameters, weights, optimizer, scheduler, callback and loop states);
+# loading the weights into a plain `nn.Module` with `torch.load(weights_only=True)`, no
+# Lightning needed; why `weights_only=True` is the safe default; and refusing bad files
+# (missing, empty, truncated, not a checkpoint, another model) with one clear line.
+#
+# ## How to run
+# ```bash
+# python check_point_save.py && python check_point_load.py     # the best-accuracy checkpoint
+# python check_point_load.py --pick best_loss                  # or last: --pick last
+# python check_point_load.py --ckpt_dir outputs/check_point_save/checkpoints --pick best_acc
+# python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
+# python check_point_load.py --ckpt outputs/check_point_load/mnist_classifier.pt  # a plain state_dict
+# python check_point_load.py --data_dir /path/to/datasets --eval_batch_size 1000  # overrides at load time
+# ```
+#
+# ## What it writes (under --output_dir, default outputs/check_point_load)
+# ```text
+# predictions.png             a grid of test digits with their true and predicted labels
+# csv_logs/version_N/         the test metrics (CSVLogger)
+# mnist_classifier.pt         with --save_model: the plain nn.Module's state_dict
+# ```
 
-What it teaches
-    `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that
-    returns a new model (called on an instance it raises); what a `.ckpt` holds (epoch,
-    global_step, hyper_parameters, weights, optimizer, scheduler, callback and loop states);
-    loading the weights into a plain `nn.Module` with `torch.load(weights_only=True)`, no
-    Lightning needed; why `weights_only=True` is the safe default; and refusing bad files
-    (missing, empty, truncated, not a checkpoint, another model) with one clear line.
-
-How to run
-    python check_point_save.py && python check_point_load.py     # the best-accuracy checkpoint
-    python check_point_load.py --pick best_loss                  # or last: --pick last
-    python check_point_load.py --ckpt_dir outputs/check_point_save/checkpoints --pick best_acc
-    python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
-    python check_point_load.py --ckpt outputs/check_point_load/mnist_classifier.pt  # a plain state_dict
-    python check_point_load.py --data_dir /path/to/datasets --eval_batch_size 1000  # overrides at load time
-
-What it writes (under --output_dir, default outputs/check_point_load)
-    predictions.png             a grid of test digits with their true and predicted labels
-    csv_logs/version_N/         the test metrics (CSVLogger)
-    mnist_classifier.pt         with --save_model: the plain nn.Module's state_dict
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -39,7 +46,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
@@ -262,7 +272,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     ckpt = parser.add_argument_group("which checkpoint")
@@ -518,6 +528,8 @@ def plot_predictions(images, labels, predicted, path: Path) -> None:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)  # with --fast_dev_run no logger has made it
     figure.savefig(path, dpi=100)
+    if IN_NOTEBOOK:
+        plt.show()  # inline under the cell as well
     plt.close(figure)
 
 
@@ -621,4 +633,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

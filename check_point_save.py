@@ -1,37 +1,44 @@
-"""
-Title: Save checkpoints with ModelCheckpoint and resume a killed run
-Description: Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.
+# %% [markdown]
+# # Save checkpoints with ModelCheckpoint and resume a killed run
+# Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.
+#
+# ## What it teaches
+# `ModelCheckpoint` in depth: several callbacks at once (lowest valid_loss, highest valid_acc,
+# one file every N epochs), `dirpath`, a `filename` template with the epoch and the metric,
+# `save_top_k`, `save_last`, `save_weights_only`, `every_n_epochs`; `trainer.save_checkpoint`
+# for a manual save; `trainer.fit(ckpt_path="last")` to resume; what an exact resume needs
+# beyond Lightning's own state (the random number generators that dropout and shuffling draw
+# from); and writing each file atomically, so that a kill or a full disk never leaves half a
+# checkpoint where a whole one was.
+#
+# ## How to run
+# ```bash
+# python check_point_save.py                              # 3 epochs: best 2 by loss, best 2 by accuracy, every 2 epochs, last
+# python check_point_save.py --data_dir /path/to/datasets # MNIST already on disk (MNIST/raw), offline
+# python check_point_save.py --resume                     # after a crash or kill: continue from checkpoints/last.ckpt
+# python check_point_save.py --overwrite --save_top_k 3 --every_n_epochs 1
+# python check_point_save.py --overwrite --save_weights_only  # smaller files, but none of them can resume
+# python check_point_load.py --pick best_acc              # then load, inspect and test one of them
+# ```
+#
+# SIGTERM or Ctrl-C stops a run between two steps: it exits with 143 or 130 and prints the exact
+# --resume command. --overwrite keeps the earlier run's checkpoints until this run has saved its
+# own, and puts them back if it stops before that.
+#
+# ## What it writes (under --output_dir, default outputs/check_point_save)
+# ```text
+# checkpoints/epoch=NN-valid_loss=X.ckpt   the --save_top_k epochs with the lowest valid_loss
+# checkpoints/epoch=NN-valid_acc=X.ckpt    the --save_top_k epochs with the highest valid_acc
+# checkpoints/epoch=NN.ckpt                one every --every_n_epochs epochs, all kept
+# checkpoints/last.ckpt                    the latest epoch, what --resume continues from
+# checkpoints/manual.ckpt                  trainer.save_checkpoint after training
+# csv_logs/version_N/metrics.csv, tb_logs/version_N/   the loggers (a resumed run adds a version)
+# history.csv, loss.png, acc.png           the per-epoch table of the whole run, across --resume
+# ```
 
-What it teaches
-    `ModelCheckpoint` in depth: several callbacks at once (lowest valid_loss, highest valid_acc,
-    one file every N epochs), `dirpath`, a `filename` template with the epoch and the metric,
-    `save_top_k`, `save_last`, `save_weights_only`, `every_n_epochs`; `trainer.save_checkpoint`
-    for a manual save; `trainer.fit(ckpt_path="last")` to resume; what an exact resume needs
-    beyond Lightning's own state (the random number generators that dropout and shuffling draw
-    from); and writing each file atomically, so that a kill or a full disk never leaves half a
-    checkpoint where a whole one was.
-
-How to run
-    python check_point_save.py                              # 3 epochs: best 2 by loss, best 2 by accuracy, every 2 epochs, last
-    python check_point_save.py --data_dir /path/to/datasets # MNIST already on disk (MNIST/raw), offline
-    python check_point_save.py --resume                     # after a crash or kill: continue from checkpoints/last.ckpt
-    python check_point_save.py --overwrite --save_top_k 3 --every_n_epochs 1
-    python check_point_save.py --overwrite --save_weights_only  # smaller files, but none of them can resume
-    python check_point_load.py --pick best_acc              # then load, inspect and test one of them
-
-    SIGTERM or Ctrl-C stops a run between two steps: it exits with 143 or 130 and prints the exact
-    --resume command. --overwrite keeps the earlier run's checkpoints until this run has saved its
-    own, and puts them back if it stops before that.
-
-What it writes (under --output_dir, default outputs/check_point_save)
-    checkpoints/epoch=NN-valid_loss=X.ckpt   the --save_top_k epochs with the lowest valid_loss
-    checkpoints/epoch=NN-valid_acc=X.ckpt    the --save_top_k epochs with the highest valid_acc
-    checkpoints/epoch=NN.ckpt                one every --every_n_epochs epochs, all kept
-    checkpoints/last.ckpt                    the latest epoch, what --resume continues from
-    checkpoints/manual.ckpt                  trainer.save_checkpoint after training
-    csv_logs/version_N/metrics.csv, tb_logs/version_N/   the loggers (a resumed run adds a version)
-    history.csv, loss.png, acc.png           the per-epoch table of the whole run, across --resume
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -49,7 +56,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
@@ -365,7 +375,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
@@ -607,7 +617,7 @@ def settle_earlier_run(ckpt_dir: Path) -> None:
 def resume_hint(argv, last: ModelCheckpoint):
     """For exit_if_interrupted: the command that goes on with this run, once it has stopped."""
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
-    script = sys.argv[0] if Path(sys.argv[0]).name == Path(__file__).name else Path(__file__).name
+    script = sys.argv[0] if Path(sys.argv[0]).name == "check_point_save.py" else "check_point_save.py"  # no __file__ in a notebook
 
     def hint() -> str:
         if not last.last_model_path:  # no last.ckpt of this run (an --overwrite got the earlier one back)
@@ -762,6 +772,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
         plt.close(ax.figure)
 
 
@@ -784,4 +796,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

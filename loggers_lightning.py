@@ -1,32 +1,39 @@
-"""
-Title: Lightning loggers: a catalogue and several loggers at once
-Description: Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.
+# %% [markdown]
+# # Lightning loggers: a catalogue and several loggers at once
+# Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.
+#
+# ## What it teaches
+# `self.log` sends every value to every logger in `Trainer(logger=[...])`. Run without flags, the
+# script writes a catalogue of every logger Lightning ships and whether its backend is installed
+# here, offline. --demo logs hyperparameters, scalars per step and per epoch, and a grid of test
+# digits (with each logger's own image API) to CSVLogger, TensorBoardLogger and, when mlflow is
+# installed, MLFlowLogger with a local file store; loggers whose package is missing are reported
+# with the pip command that enables them. Then it reads metrics.csv, where step rows and epoch
+# rows interleave, into a per-epoch table.
+#
+# ## How to run
+# ```bash
+# python loggers_lightning.py                                          # the catalogue: loggers_info/
+# python loggers_lightning.py --demo --data_dir /path/to/datasets      # the demo, 2 epochs
+# PATH_DATASETS=/path/to/datasets python loggers_lightning.py --demo   # the same
+# python loggers_lightning.py --demo --loggers mlflow --epochs 1       # only the optional logger(s) named
+# tensorboard --logdir outputs/loggers_lightning/tb_logs               # then open http://localhost:6006
+# ```
+#
+# ## What it writes (under --output_dir, default outputs/loggers_lightning)
+# ```text
+# loggers_info/AVAILABLE.txt       every logger, its backend package, installed or not (without --demo, or with --info)
+# loggers_info/<Name>.txt          signature, summary and methods of each logger
+# csv_logs/version_N/              with --demo: metrics.csv (every logged value) and hparams.yaml
+# tb_logs/version_N/               TensorBoard events: scalars, hyperparameters, the digit grid
+# mlruns/                          MLflow file store: params, metrics, artifacts/test_digits.png
+# history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
+# mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
+# ```
 
-What it teaches
-    `self.log` sends every value to every logger in `Trainer(logger=[...])`. Run without flags, the
-    script writes a catalogue of every logger Lightning ships and whether its backend is installed
-    here, offline. --demo logs hyperparameters, scalars per step and per epoch, and a grid of test
-    digits (with each logger's own image API) to CSVLogger, TensorBoardLogger and, when mlflow is
-    installed, MLFlowLogger with a local file store; loggers whose package is missing are reported
-    with the pip command that enables them. Then it reads metrics.csv, where step rows and epoch
-    rows interleave, into a per-epoch table.
-
-How to run
-    python loggers_lightning.py                                          # the catalogue: loggers_info/
-    python loggers_lightning.py --demo --data_dir /path/to/datasets      # the demo, 2 epochs
-    PATH_DATASETS=/path/to/datasets python loggers_lightning.py --demo   # the same
-    python loggers_lightning.py --demo --loggers mlflow --epochs 1       # only the optional logger(s) named
-    tensorboard --logdir outputs/loggers_lightning/tb_logs               # then open http://localhost:6006
-
-What it writes (under --output_dir, default outputs/loggers_lightning)
-    loggers_info/AVAILABLE.txt       every logger, its backend package, installed or not (without --demo, or with --info)
-    loggers_info/<Name>.txt          signature, summary and methods of each logger
-    csv_logs/version_N/              with --demo: metrics.csv (every logged value) and hparams.yaml
-    tb_logs/version_N/               TensorBoard events: scalars, hyperparameters, the digit grid
-    mlruns/                          MLflow file store: params, metrics, artifacts/test_digits.png
-    history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
-    mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -49,7 +56,10 @@ from typing import Callable
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import numpy as np
@@ -395,7 +405,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
@@ -804,12 +814,16 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
     ax.figure.savefig(out / "loss.png", dpi=100, bbox_inches="tight")
+    if IN_NOTEBOOK:
+        plt.show()  # inline under the cell as well
     plt.close(ax.figure)
     ax = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.figure.savefig(out / "acc.png", dpi=100, bbox_inches="tight")
+    if IN_NOTEBOOK:
+        plt.show()  # inline under the cell as well
     plt.close(ax.figure)
 
 
@@ -832,4 +846,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

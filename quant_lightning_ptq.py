@@ -1,41 +1,50 @@
-"""
-Title: Post-training int8 quantization of a Lightning model
-Description: Train an MNIST CNN with Lightning, calibrate it on a few batches and convert it to int8.
+# %% [markdown]
+# # Post-training int8 quantization of a Lightning model
+# Train an MNIST CNN with Lightning, calibrate it on a few batches and convert it to int8.
+#
+# ## What it teaches
+# Post-training static quantization (PTQ) of a plain float network that the Lightning Trainer
+# trained, by two routes that read side by side:
+# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
+#   DeQuantStub around the network (where int8 starts and ends), conv+bn+relu and
+#   linear+relu are fused, observers from the x86 qconfig record activation ranges
+#   on --calibration_batches training batches, and `convert` swaps in int8 modules.
+# - `--flow pt2e`: its successor: `torch.export` the same network, annotate it with torchao's
+#   `X86InductorQuantizer`, calibrate after `prepare_pt2e`, `convert_pt2e`, then
+#   `torch.compile` turns the graph into int8 kernels. Nothing in this route
+#   touches torch.ao.quantization, so it keeps working once torch removes it.
+#
+# The int8 model is then tested with a plain PyTorch loop and with `Trainer.test` (same accuracy),
+# saved (a state_dict, or a `.pt2` program), reloaded by --load_int8 in a fresh process, and timed
+# against the float model, eager and compiled, on the CPU.
+#
+# ## How to run
+# ```bash
+# python quant_lightning_ptq.py                                    # train 3 epochs, quantize (eager), compare
+# python quant_lightning_ptq.py --data_dir /path/to/datasets       # MNIST already on disk (MNIST/raw), offline
+# python quant_lightning_ptq.py --flow pt2e                        # the same through torch.export + torchao
+# python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # no training
+# python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt --flow pt2e
+# python quant_lightning_ptq.py --calibration_batches 8 --backend onednn
+# python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt   # reload, test
+# python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt2  # the same, PT2E
+# ```
+#
+# ## What it writes (under --output_dir, default outputs/quant_lightning_ptq)
+# ```text
+# csv_logs/, tb_logs/, checkpoints/best.ckpt   when it trains (best valid_acc), as the basic script
+# history.csv, loss.png, acc.png               the per-epoch table and its curves, when it trains
+# mnist_fp32.pt, mnist_int8.pt                 state_dicts of the float and the int8 network (eager)
+# mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e)
+# quant_results.csv                            one row added per run: accuracy, size, latency
+# ```
+#
+# --load_int8 only tests the file and writes nothing. A .pt2 is checked before it is loaded: any
+# member that is not plain data (tensors, numbers, text) is refused, so a hostile file runs no code.
 
-What it teaches
-    Post-training static quantization (PTQ) of a plain float network that the Lightning Trainer
-    trained, by two routes that read side by side:
-      --flow eager   torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
-                     DeQuantStub around the network (where int8 starts and ends), conv+bn+relu and
-                     linear+relu are fused, observers from the x86 qconfig record activation ranges
-                     on --calibration_batches training batches, and `convert` swaps in int8 modules.
-      --flow pt2e    its successor: `torch.export` the same network, annotate it with torchao's
-                     `X86InductorQuantizer`, calibrate after `prepare_pt2e`, `convert_pt2e`, then
-                     `torch.compile` turns the graph into int8 kernels. Nothing in this route
-                     touches torch.ao.quantization, so it keeps working once torch removes it.
-    The int8 model is then tested with a plain PyTorch loop and with `Trainer.test` (same accuracy),
-    saved (a state_dict, or a `.pt2` program), reloaded by --load_int8 in a fresh process, and timed
-    against the float model, eager and compiled, on the CPU.
-
-How to run
-    python quant_lightning_ptq.py                                    # train 3 epochs, quantize (eager), compare
-    python quant_lightning_ptq.py --data_dir /path/to/datasets       # MNIST already on disk (MNIST/raw), offline
-    python quant_lightning_ptq.py --flow pt2e                        # the same through torch.export + torchao
-    python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # no training
-    python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt --flow pt2e
-    python quant_lightning_ptq.py --calibration_batches 8 --backend onednn
-    python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt   # reload, test
-    python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt2  # the same, PT2E
-
-What it writes (under --output_dir, default outputs/quant_lightning_ptq)
-    csv_logs/, tb_logs/, checkpoints/best.ckpt   when it trains (best valid_acc), as the basic script
-    history.csv, loss.png, acc.png               the per-epoch table and its curves, when it trains
-    mnist_fp32.pt, mnist_int8.pt                 state_dicts of the float and the int8 network (eager)
-    mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e)
-    quant_results.csv                            one row added per run: accuracy, size, latency
-    --load_int8 only tests the file and writes nothing. A .pt2 is checked before it is loaded: any
-    member that is not plain data (tensors, numbers, text) is refused, so a hostile file runs no code.
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -57,7 +66,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
@@ -629,7 +641,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Train an MNIST CNN with Lightning, calibrate it on a few batches and convert it to int8.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
@@ -976,6 +988,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
         plt.close(ax.figure)
 
 
@@ -998,4 +1012,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

@@ -1,44 +1,53 @@
-"""
-Title: Quantization-aware training inside a LightningModule
-Description: Fine-tune an MNIST CNN with fake int8 quantization under the Trainer, then convert it.
+# %% [markdown]
+# # Quantization-aware training inside a LightningModule
+# Fine-tune an MNIST CNN with fake int8 quantization under the Trainer, then convert it.
+#
+# ## What it teaches
+# Quantization-aware training (QAT) of a plain float network, run by the Trainer from inside a
+# LightningModule, by two routes that read side by side (EagerQAT and PT2EQAT, same methods):
+# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
+#   DeQuantStub around the network, `fuse_modules_qat` merges conv+bn+relu and
+#   linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes them int8.
+# - `--flow pt2e`: its successor: `torch.export` the network, `prepare_qat_pt2e` with torchao's x86
+#   Inductor quantizer (its QAT config), fine-tune the exported graph as `self.model`,
+#   `convert_pt2e`, then `torch.compile` for int8 kernels. Nothing in this route
+#   touches torch.ao.quantization, so it keeps working once torch removes it.
+#
+# Fake quantization rounds weights and activations to int8 in the forward pass and lets gradients
+# through unchanged, so training finds weights that survive the rounding. From --freeze_epoch on,
+# the observers stop moving the int8 ranges and batch norm uses its running statistics, so the
+# last epochs train the arithmetic the int8 model will run. An exported graph cannot follow
+# .train() / .eval(): the module's mode hooks switch it with torchao's move_exported_model_to_train
+# / move_exported_model_to_eval instead. The int8 model is saved, reloaded from its file, tested
+# with a plain loop and with `Trainer.test`, and timed against the float model on the CPU.
+#
+# ## How to run
+# ```bash
+# python quant_lightning_qat.py                                # 3 float epochs, 2 QAT epochs, convert (eager)
+# python quant_lightning_qat.py --flow pt2e                    # the same through torch.export + torchao
+# python quant_lightning_qat.py --data_dir /path/to/datasets   # MNIST already on disk (MNIST/raw), offline
+# python quant_lightning_qat.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # QAT only
+# python quant_lightning_qat.py --qat_epochs 3 --freeze_epoch 2 --qat_lr 0.0005
+# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt    # reload, test
+# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt2   # the same, PT2E
+# ```
+#
+# ## What it writes (under --output_dir, default outputs/quant_lightning_qat)
+# ```text
+# csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
+# checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
+# history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
+# mnist_fp32.pt, mnist_int8.pt              state_dicts of the float and the int8 network (eager)
+# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
+# quant_results.csv                         one row added per run: accuracy, size, latency
+# ```
+#
+# --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
+# hostile file runs no code.
 
-What it teaches
-    Quantization-aware training (QAT) of a plain float network, run by the Trainer from inside a
-    LightningModule, by two routes that read side by side (EagerQAT and PT2EQAT, same methods):
-      --flow eager   torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
-                     DeQuantStub around the network, `fuse_modules_qat` merges conv+bn+relu and
-                     linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes them int8.
-      --flow pt2e    its successor: `torch.export` the network, `prepare_qat_pt2e` with torchao's x86
-                     Inductor quantizer (its QAT config), fine-tune the exported graph as `self.model`,
-                     `convert_pt2e`, then `torch.compile` for int8 kernels. Nothing in this route
-                     touches torch.ao.quantization, so it keeps working once torch removes it.
-    Fake quantization rounds weights and activations to int8 in the forward pass and lets gradients
-    through unchanged, so training finds weights that survive the rounding. From --freeze_epoch on,
-    the observers stop moving the int8 ranges and batch norm uses its running statistics, so the
-    last epochs train the arithmetic the int8 model will run. An exported graph cannot follow
-    .train() / .eval(): the module's mode hooks switch it with torchao's move_exported_model_to_train
-    / move_exported_model_to_eval instead. The int8 model is saved, reloaded from its file, tested
-    with a plain loop and with `Trainer.test`, and timed against the float model on the CPU.
-
-How to run
-    python quant_lightning_qat.py                                # 3 float epochs, 2 QAT epochs, convert (eager)
-    python quant_lightning_qat.py --flow pt2e                    # the same through torch.export + torchao
-    python quant_lightning_qat.py --data_dir /path/to/datasets   # MNIST already on disk (MNIST/raw), offline
-    python quant_lightning_qat.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # QAT only
-    python quant_lightning_qat.py --qat_epochs 3 --freeze_epoch 2 --qat_lr 0.0005
-    python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt    # reload, test
-    python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt2   # the same, PT2E
-
-What it writes (under --output_dir, default outputs/quant_lightning_qat)
-    csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
-    checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
-    history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
-    mnist_fp32.pt, mnist_int8.pt              state_dicts of the float and the int8 network (eager)
-    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
-    quant_results.csv                         one row added per run: accuracy, size, latency
-    --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
-    hostile file runs no code.
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -61,7 +70,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
@@ -731,7 +743,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Fine-tune an MNIST CNN with fake int8 quantization under the Trainer, then convert it.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
@@ -1114,6 +1126,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
         plt.close(ax.figure)
 
 
@@ -1136,4 +1150,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

@@ -1,41 +1,50 @@
-"""
-Title: Quantization-aware training with only a Lightning callback
-Description: Add a QuantizationAwareTraining callback to the Trainer and get an int8 MNIST CNN after fit.
+# %% [markdown]
+# # Quantization-aware training with only a Lightning callback
+# Add a QuantizationAwareTraining callback to the Trainer and get an int8 MNIST CNN after fit.
+#
+# ## What it teaches
+# Lightning 1.x had a `QuantizationAwareTraining` callback; Lightning 2.0 removed it. This script
+# writes one (the Callbacks section) with the constructor people know, and uses it on a
+# LightningModule that contains no quantization code at all: the user adds `callbacks=[qcb]` and,
+# when `fit` returns, the module is int8. The callback has two modes, chosen by --flow:
+# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: stubs around the module's forward,
+#   fused modules, `prepare_qat` in `setup`, `convert` in `on_fit_end`.
+# - `--flow pt2e`: its successor: `setup` exports the module's network with `torch.export` and swaps
+#   in the graph from torchao's `prepare_qat_pt2e` (before the optimizer is built, so
+#   the optimizer trains the graph); `on_fit_end` runs `convert_pt2e`. Nothing in
+#   this mode touches torch.ao.quantization.
+#
+# The callback's docstring lists which Lightning hook does what, and how a checkpoint saved
+# mid-QAT resumes. The int8 module is saved, reloaded from its file, tested with a plain loop and
+# with `Trainer.test`, and timed on the CPU.
+#
+# ## How to run
+# ```bash
+# python quant_with_only_lightning.py                          # 3 float epochs, 2 QAT epochs, int8 (eager)
+# python quant_with_only_lightning.py --flow pt2e              # the callback's PT2E mode
+# python quant_with_only_lightning.py --data_dir /path/to/datasets   # MNIST already on disk, offline
+# python quant_with_only_lightning.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
+# python quant_with_only_lightning.py --observer_type histogram --qat_epochs 1
+# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt
+# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt2
+# ```
+#
+# ## What it writes (under --output_dir, default outputs/quant_with_only_lightning)
+# ```text
+# csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
+# checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
+# history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
+# mnist_fp32.pt, mnist_int8.pt              state_dicts of the float network and the int8 LightningModule
+# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
+# quant_results.csv                         one row added per run: accuracy, size, latency
+# ```
+#
+# --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
+# hostile file runs no code.
 
-What it teaches
-    Lightning 1.x had a `QuantizationAwareTraining` callback; Lightning 2.0 removed it. This script
-    writes one (the Callbacks section) with the constructor people know, and uses it on a
-    LightningModule that contains no quantization code at all: the user adds `callbacks=[qcb]` and,
-    when `fit` returns, the module is int8. The callback has two modes, chosen by --flow:
-      --flow eager   torch.ao.quantization, deprecated by PyTorch: stubs around the module's forward,
-                     fused modules, `prepare_qat` in `setup`, `convert` in `on_fit_end`.
-      --flow pt2e    its successor: `setup` exports the module's network with `torch.export` and swaps
-                     in the graph from torchao's `prepare_qat_pt2e` (before the optimizer is built, so
-                     the optimizer trains the graph); `on_fit_end` runs `convert_pt2e`. Nothing in
-                     this mode touches torch.ao.quantization.
-    The callback's docstring lists which Lightning hook does what, and how a checkpoint saved
-    mid-QAT resumes. The int8 module is saved, reloaded from its file, tested with a plain loop and
-    with `Trainer.test`, and timed on the CPU.
-
-How to run
-    python quant_with_only_lightning.py                          # 3 float epochs, 2 QAT epochs, int8 (eager)
-    python quant_with_only_lightning.py --flow pt2e              # the callback's PT2E mode
-    python quant_with_only_lightning.py --data_dir /path/to/datasets   # MNIST already on disk, offline
-    python quant_with_only_lightning.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
-    python quant_with_only_lightning.py --observer_type histogram --qat_epochs 1
-    python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt
-    python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt2
-
-What it writes (under --output_dir, default outputs/quant_with_only_lightning)
-    csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
-    checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
-    history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
-    mnist_fp32.pt, mnist_int8.pt              state_dicts of the float network and the int8 LightningModule
-    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
-    quant_results.csv                         one row added per run: accuracy, size, latency
-    --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
-    hostile file runs no code.
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
+ARGS = []
 
 # %% Imports
 import argparse
@@ -59,7 +68,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no display is needed
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
@@ -850,7 +862,7 @@ def main(argv=None) -> int:
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[1],
+    parser = argparse.ArgumentParser(description="Add a QuantizationAwareTraining callback to the Trainer and get an int8 MNIST CNN after fit.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     data = parser.add_argument_group("data and outputs")
@@ -1236,6 +1248,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
         plt.close(ax.figure)
 
 
@@ -1258,4 +1272,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())
