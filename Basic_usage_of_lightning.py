@@ -78,6 +78,11 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
+# logits out.
+
 # %% Model
 class MNISTConvNet(nn.Module):
     """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
@@ -98,6 +103,12 @@ class MNISTConvNet(nn.Module):
         # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# The training recipe around `MNISTConvNet`: `forward` for inference, one `*_step` hook per stage,
+# epoch-level work in `on_*_epoch_end`, an optimizer with an LR scheduler, and the data (`setup` +
+# `*_dataloader`).
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -206,6 +217,11 @@ class MNISTClassifier(pl.LightningModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## DataModule
+# The same data as `MNISTClassifier`'s own hooks, as a `LightningDataModule` (`--datamodule`): the
+# standard home for data once several models or scripts share it.
+
 # %% DataModule
 class MNISTDataModule(pl.LightningDataModule):
     """The same data as MNISTClassifier's own hooks, as a LightningDataModule (--datamodule).
@@ -251,6 +267,11 @@ class MNISTDataModule(pl.LightningDataModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
+
 # %% Data
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
     """The whole split as normalized float tensors, decoded once by torchvision.
@@ -270,6 +291,11 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
+
+# %% [markdown]
+# ## Saving and exporting
+# Weights in and out: a plain `state_dict` of the network or a Lightning `.ckpt` loaded into it, and
+# the trained model exported with `torch.export` (`.pt2`) or to ONNX.
 
 # %% Saving and exporting
 def load_weights(model: MNISTClassifier, path: str) -> None:
@@ -326,6 +352,11 @@ def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
           f"max logit difference {max_diff:.2e}")
 
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

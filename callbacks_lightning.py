@@ -90,6 +90,11 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
+# logits out.
+
 # %% Model
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
@@ -111,6 +116,10 @@ class MNISTConvNet(nn.Module):
         # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# The training recipe around `MNISTConvNet`. It knows nothing about the callbacks around it.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -184,6 +193,12 @@ class MNISTClassifier(pl.LightningModule):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
+
+# %% [markdown]
+# ## Callbacks
+# Callbacks add behaviour to the Trainer without touching the LightningModule: the 1.x hooks that
+# 2.x no longer calls, a custom `Callback` that prints each 2.x hook as it runs, and the built-in
+# callbacks of the demo with what each one reports.
 
 # %% Callbacks
 # Lightning 1.x hooks that 2.x no longer calls, and where their code goes now. A method with one of
@@ -393,6 +408,11 @@ DEMO_CALLBACKS = {
 DEFAULT_CALLBACKS = [name for name in DEMO_CALLBACKS if name != "lr_finder"]
 
 
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
+
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -413,6 +433,11 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

@@ -70,6 +70,11 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
+# logits out.
+
 # %% Model
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
@@ -91,6 +96,11 @@ class MNISTConvNet(nn.Module):
         # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# The module `check_point_save.py` trains, reduced to what testing needs: a checkpoint stores the
+# `__init__` arguments and the weights under attribute names, not the code.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -129,6 +139,11 @@ class MNISTClassifier(pl.LightningModule):
         return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size,
                           num_workers=workers, persistent_workers=workers > 0)
 
+
+# %% [markdown]
+# ## Loading a checkpoint
+# `MNISTClassifier.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that
+# returns a new model, or the weights alone into a plain `nn.Module` with `torch.load(weights_only=True)`.
 
 # %% Loading a checkpoint
 def load_model(path: Path, checkpoint: dict, weights: dict, overrides: dict, trust: bool) -> MNISTClassifier:
@@ -191,6 +206,11 @@ def show_classmethod_pitfall(path: Path) -> None:
               f"  Right: model = MNISTClassifier.load_from_checkpoint(path)")
 
 
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
+
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -203,6 +223,11 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

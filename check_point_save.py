@@ -90,6 +90,11 @@ HISTORY_COLUMNS = ("train_loss", "valid_loss", "train_acc", "valid_acc")
 RUN_SETTINGS = ("epochs", "batch_size", "lr", "seed", "val_size", "limit_train_batches")
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
+# logits out.
+
 # %% Model
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
@@ -111,6 +116,10 @@ class MNISTConvNet(nn.Module):
         # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# The training recipe around `MNISTConvNet`: steps, metrics, optimizer and data.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -192,6 +201,11 @@ class MNISTClassifier(pl.LightningModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
+
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -212,6 +226,11 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
+
+# %% [markdown]
+# ## Checkpointing
+# Three `ModelCheckpoint` callbacks side by side, each with its own rule for what to keep; `last.ckpt`
+# records what the other two kept, so a killed run resumes with the same files ranked the same way.
 
 # %% Checkpointing
 def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
@@ -303,6 +322,11 @@ class ResumableState(pl.Callback):
         if state_dict["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state_dict["cuda_rng"])
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

@@ -87,6 +87,11 @@ MODEL_FILE = "mnist_classifier"
 IMAGE_NAME = "test_digits"
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
+# logits out.
+
 # %% Model
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
@@ -108,6 +113,10 @@ class MNISTConvNet(nn.Module):
         # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# The training recipe. Everything it logs with `self.log` goes to every logger of the Trainer.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -188,6 +197,11 @@ class MNISTClassifier(pl.LightningModule):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
 
+
+# %% [markdown]
+# ## Loggers
+# The loggers of the demo: each one's Lightning class, the package its backend needs, how to build
+# it under the output folder, and how it takes a picture with its own image API.
 
 # %% Loggers
 @dataclass(frozen=True)
@@ -300,6 +314,11 @@ def log_image(logger, name: str, picture: np.ndarray, step: int) -> str:
     return demo.image_shows_in
 
 
+# %% [markdown]
+# ## Reading the logs back
+# CSVLogger's `metrics.csv`, where step rows and epoch rows interleave, read back into one row per
+# epoch.
+
 # %% Reading the logs back
 def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
     """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at.
@@ -319,6 +338,11 @@ def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
     return table.rename(columns=lambda c: c.removesuffix("_epoch"))
 
 
+
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -340,6 +364,11 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

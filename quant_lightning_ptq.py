@@ -109,6 +109,11 @@ warnings.filterwarnings("ignore", "TypedStorage is deprecated")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
+# 10 class logits out.
+
 # %% Model
 class MNISTConvBNNet(nn.Module):
     """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
@@ -134,6 +139,10 @@ class MNISTConvBNNet(nn.Module):
         # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# The training recipe around `MNISTConvBNNet`; to test the int8 model, `self.model` is swapped for it.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -211,6 +220,11 @@ class MNISTClassifier(pl.LightningModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
+
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -231,6 +245,10 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
+
+# %% [markdown]
+# ## Training the float model
+# Fit the float model with the Trainer and load its best epoch: the model to quantize.
 
 # %% Training the float model
 def train_float_model(model: MNISTClassifier, args, out: Path) -> bool:
@@ -271,6 +289,12 @@ def calibration_batches(model: MNISTClassifier, count: int) -> list:
     batches = iter(loader)
     return [next(batches)[0] for _ in range(min(count, len(loader)))]
 
+
+# %% [markdown]
+# ## Eager quantization (torch.ao.quantization, deprecated)
+# `--flow eager`: a wrapper puts QuantStub / DeQuantStub around the network, conv+bn+relu and
+# linear+relu are fused, observers record activation ranges on a few training batches, and `convert`
+# swaps in int8 modules.
 
 # %% Eager quantization (torch.ao.quantization, deprecated)
 EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
@@ -315,6 +339,11 @@ def quantize_eager(float_net: MNISTConvBNNet, backend: str, calibration: list) -
             net(images)
     return tq.convert(net, inplace=True)
 
+
+# %% [markdown]
+# ## PT2E quantization (torch.export + torchao)
+# `--flow pt2e`, its successor: `torch.export` the same network, annotate it with torchao's
+# `X86InductorQuantizer`, calibrate after `prepare_pt2e`, `convert_pt2e`, then `torch.compile`.
 
 # %% PT2E quantization (torch.export + torchao)
 def pt2e_api() -> tuple:
@@ -366,6 +395,11 @@ def compile_for_inference(net: nn.Module) -> nn.Module:
     # assertion), so each batch size gets its own compiled graph (a few seconds each).
     return torch.compile(net, dynamic=False)
 
+
+# %% [markdown]
+# ## Saving and loading the int8 model
+# Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs,
+# checked before they are loaded.
 
 # %% Saving and loading the int8 model
 def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path) -> tuple:
@@ -532,6 +566,11 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
 
 
 
+# %% [markdown]
+# ## Testing and timing the int8 model
+# The int8 model's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same batches,
+# and its latency against the float model on the CPU.
+
 # %% Testing and timing the int8 model
 def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     """The int8 model's test accuracy by a plain PyTorch loop and by Trainer.test, on the same batches."""
@@ -581,6 +620,11 @@ def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Ten
     return result
 
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

@@ -115,6 +115,11 @@ for retired in ("reduce_range will be deprecated", "torch.quantize_per_tensor, t
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
+# 10 class logits out.
+
 # %% Model
 # Copied from quant_lightning_ptq.py
 class MNISTConvBNNet(nn.Module):
@@ -141,6 +146,10 @@ class MNISTConvBNNet(nn.Module):
         # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# The training recipe around `MNISTConvBNNet`; `start_qat()` swaps `self.model` for its fake-quant twin.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -264,6 +273,11 @@ class MNISTClassifier(pl.LightningModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
+
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -284,6 +298,12 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
+
+# %% [markdown]
+# ## Eager QAT (torch.ao.quantization, deprecated)
+# `--flow eager`: a wrapper puts QuantStub / DeQuantStub around the network, `fuse_modules_qat`
+# merges conv+bn+relu and linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes
+# them int8.
 
 # %% Eager QAT (torch.ao.quantization, deprecated)
 # Copied from quant_lightning_ptq.py
@@ -342,6 +362,11 @@ class EagerQAT:
         torch.backends.quantized.engine = self.backend  # the int8 kernels that run; must match the qconfig
         return tq.convert(copy.deepcopy(model).cpu().eval())
 
+
+# %% [markdown]
+# ## PT2E QAT (torch.export + torchao)
+# `--flow pt2e`, its successor: the network becomes one graph, rewritten by torchao's quantizer
+# (`prepare_qat_pt2e`), fine-tuned as `self.model`, then `convert_pt2e`.
 
 # %% PT2E QAT (torch.export + torchao)
 class PT2EQAT:
@@ -410,6 +435,10 @@ def compile_for_inference(net: nn.Module) -> nn.Module:
     return torch.compile(net, dynamic=False)
 
 
+# %% [markdown]
+# ## Training
+# The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version.
+
 # %% Training
 def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
     """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
@@ -435,6 +464,11 @@ def leave_training(trainer: pl.Trainer) -> bool:
         torch.distributed.destroy_process_group()
     return trainer.is_global_zero
 
+
+# %% [markdown]
+# ## Saving and loading the int8 model
+# Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs,
+# checked before they are loaded.
 
 # %% Saving and loading the int8 model
 # Copied from quant_lightning_ptq.py
@@ -614,6 +648,11 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
         die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
 
 
+# %% [markdown]
+# ## Testing and timing the int8 model
+# The int8 model's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same batches,
+# and its latency against the float model on the CPU.
+
 # %% Testing and timing the int8 model
 # Copied from quant_lightning_ptq.py
 def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
@@ -664,6 +703,11 @@ def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Ten
     torch.set_num_threads(default_threads)
     return result
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

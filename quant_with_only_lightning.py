@@ -112,6 +112,11 @@ for retired in ("reduce_range will be deprecated", "torch.quantize_per_tensor, t
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
+# %% [markdown]
+# ## Model
+# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
+# 10 class logits out.
+
 # %% Model
 # Copied from quant_lightning_ptq.py
 class MNISTConvBNNet(nn.Module):
@@ -138,6 +143,10 @@ class MNISTConvBNNet(nn.Module):
         # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# A plain training recipe: nothing here knows about quantization.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -218,6 +227,11 @@ class MNISTClassifier(pl.LightningModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## Data
+# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
+# split, the same for the same seed in every run and every process.
+
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -238,6 +252,11 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
+
+# %% [markdown]
+# ## Callbacks
+# Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, the model
+# is int8. Its docstring lists which Lightning hook does what.
 
 # %% Callbacks
 class QuantizationAwareTraining(pl.Callback):
@@ -522,6 +541,10 @@ def compile_for_inference(net: nn.Module) -> nn.Module:
     return torch.compile(net, dynamic=False)
 
 
+# %% [markdown]
+# ## Training
+# The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version.
+
 # %% Training
 # Copied from quant_lightning_qat.py
 def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
@@ -549,6 +572,11 @@ def leave_training(trainer: pl.Trainer) -> bool:
         torch.distributed.destroy_process_group()
     return trainer.is_global_zero
 
+
+# %% [markdown]
+# ## Saving and loading the int8 module
+# Eager: state_dicts (the int8 one with the callback's settings, to rebuild it); PT2E: the exported
+# programs, checked before they are loaded.
 
 # %% Saving and loading the int8 module
 def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: QuantizationAwareTraining,
@@ -732,6 +760,11 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
         die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
 
 
+# %% [markdown]
+# ## Testing and timing the int8 module
+# The int8 module's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same
+# batches, and its latency on the CPU.
+
 # %% Testing and timing the int8 module
 def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     """The int8 module's test accuracy by a plain PyTorch loop and by Trainer.test, on the same batches."""
@@ -781,6 +814,11 @@ def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Ten
     torch.set_num_threads(default_threads)
     return result
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
+# Below it: the flags, checks, reporting and helpers.
 
 # %% Main
 def main(argv=None) -> int:

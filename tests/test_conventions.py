@@ -64,26 +64,49 @@ def parser_of(script: str, monkeypatch) -> argparse.ArgumentParser:
     return caught.value.parser
 
 
+def header_of(script: str) -> list:
+    """The lines of the script's first cell, a markdown cell (what a notebook shows first), uncommented."""
+    source = (ROOT / script).read_text()
+    assert source.startswith("# %% [markdown]\n"), f"{script} does not open with a markdown cell"
+    cell = source.split("\n\n", 1)[0].splitlines()[1:]
+    assert all(line == "#" or line.startswith("# ") for line in cell), script
+    return [line[2:] for line in cell]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_header_docstring_has_the_fixed_fields(script):
-    docstring = ast.get_docstring(ast.parse((ROOT / script).read_text()))
-    assert docstring, f"{script} has no header docstring"
-    lines = docstring.splitlines()
-    assert lines[0].startswith("Title: ") and len(lines[0]) > len("Title: ") + 3
-    assert lines[1].startswith("Description: ")
-    description = lines[1].removeprefix("Description: ")
+def test_header_cell_has_the_fixed_fields(script, monkeypatch):
+    lines = header_of(script)
+    assert lines[0].startswith("# ") and len(lines[0]) > len("# ") + 3  # the title
+    description = lines[1]
     assert len(description) < 100 and description.endswith("."), description
+    assert parser_of(script, monkeypatch).description == description, "--help shows the header's description"
+    header = "\n".join(lines)
     for paragraph in ("What it teaches", "How to run", "What it writes"):
-        assert re.search(rf"^{paragraph}", docstring, re.M), f"{script}: no '{paragraph}' paragraph"
-    assert f"python {script}" in docstring, "How to run shows no command for the script itself"
+        assert re.search(rf"^## {paragraph}", header, re.M), f"{script}: no '## {paragraph}' paragraph"
+    assert f"python {script}" in header, "How to run shows no command for the script itself"
+    assert header.count("```") % 2 == 0, f"{script}: a code fence in the header is not closed"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_sections_come_in_the_same_order(script):
+    """The named cells, each lesson section under a markdown cell that names it; a parameters cell
+    before the imports; and a last cell that runs main() from a shell or a notebook."""
     source = (ROOT / script).read_text()
     found = [name for name in re.findall(r"^# %% (.+)$", source, re.M) if name in SECTIONS]
     assert found == SECTIONS, f"{script}: sections {found}"
-    assert re.search(r'^if __name__ == "__main__":\n    sys.exit\(main\(\)\)', source, re.M)
+    lesson = source[:source.index("\n# %% Main\n")]
+    for name in re.findall(r"^# %% ([^\[\n]+)$", lesson, re.M):
+        if name not in ("Imports", 'Parameters tags=["parameters"]'):
+            assert f"# %% [markdown]\n# ## {name}\n" in source, f"{script}: no markdown cell opens '{name}'"
+    assert source.count('\n# %% Parameters tags=["parameters"]\n') == 1
+    assert source.index('# %% Parameters tags=["parameters"]') < source.index("# %% Imports")
+    assert source.endswith(
+        'if __name__ == "__main__":\n'
+        '    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on\n'
+        '        with contextlib.suppress(SystemExit):\n'
+        '            main(ARGS)\n'
+        '    else:\n'
+        '        sys.exit(main())\n')
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -158,7 +181,7 @@ def test_a_name_shared_with_another_script_is_a_marked_copy(script):
 
 
 # Top-level names every script defines for itself, with its own content: main, its flags, its recipe.
-LOCAL_ON_PURPOSE = {"main", "parse_args", "MNISTClassifier", "MODEL_FILE", "load_weights", "report_test"}
+LOCAL_ON_PURPOSE = {"ARGS", "main", "parse_args", "MNISTClassifier", "MODEL_FILE", "load_weights", "report_test"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
