@@ -124,12 +124,13 @@ def test_python_blocks_are_found():
 
 @pytest.mark.parametrize("page", PYTHON_PAGES)
 def test_every_python_block_runs(page, mnist_dir, tmp_path):
-    """The ```python blocks of one page, in order, in one fresh interpreter, on synthetic MNIST.
+    """The ```python blocks of one page, in order, in one fresh interpreter, on synthetic MNIST; the
+    scripts import as modules (PYTHONPATH), as in a notebook beside them.
     (The Japanese twin holds the same blocks, which the twin test checks.)"""
     blocks = code_blocks(page, "python")
     program = "\n\n".join(f"print('--- block {i}', flush=True)\n{block}" for i, block in enumerate(blocks))
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
-                            env=script_env(PATH_DATASETS=str(mnist_dir)), timeout=600)
+                            env=script_env(PATH_DATASETS=str(mnist_dir), PYTHONPATH=str(ROOT)), timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert result.stdout.count("--- block") == len(blocks)
 
