@@ -141,11 +141,38 @@ def test_quantization_notebooks(script, args, mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["callbacks_lightning.py", "loggers_lightning.py"])
-def test_callbacks_and_loggers_demo_notebooks(script, mnist_dir, tmp_path):
-    nb = execute(notebook(script, ["--demo", "--data_dir", mnist_dir, "--output_dir", "out", *SHORT]), tmp_path)
+@pytest.mark.parametrize("script, args, report", [  # the flags of their command-line tests' demo runs
+    ("callbacks_lightning.py", ("--epochs", "3", "--stop_at_acc", "0.8", "--ema_decay", "0.9", "--save_model"),
+     "What each callback did"),
+    ("loggers_lightning.py", ("--epochs", "2", "--save_model"), "Open TensorBoard on this run:  tensorboard --logdir"),
+])
+def test_callbacks_and_loggers_demo_notebooks(script, args, report, mnist_dir, tmp_path):
+    nb = execute(notebook(script, ["--demo", "--data_dir", mnist_dir, "--output_dir", "out", *SHORT, *args]),
+                 tmp_path)
     assert_ran_cleanly(nb)
-    assert printed_accuracy(streams(nb, "stdout")) > 0.3
-    for name in ("history.csv", "loss.png", "acc.png", "csv_logs/version_0/metrics.csv"):
+    out = streams(nb, "stdout")
+    assert printed_accuracy(out) > 0.5 and report in out
+    for name in ("history.csv", "loss.png", "acc.png", "csv_logs/version_0/metrics.csv", "mnist_classifier.pt"):
         assert (tmp_path / "out" / name).is_file(), name
     assert images(nb) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [
+    "check_point_save.py", "check_point_load.py", "quant_lightning_ptq.py", "quant_lightning_qat.py",
+    "quant_with_only_lightning.py", "callbacks_lightning.py", "loggers_lightning.py"])
+def test_every_scripts_lesson_cells_stand_alone(script, mnist_dir, tmp_path):
+    """As for the basic script: the cells above Main, then a user's Trainer on the module they define
+    (check_point_load.py's module only tests: it loads weights that another script trained)."""
+    users_cell = f"""
+model = MNISTClassifier(data_dir={str(mnist_dir)!r}, batch_size=64, val_size=500)
+trainer = pl.Trainer(max_epochs=1, limit_train_batches=20, limit_val_batches=2, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False)
+if "training_step" in vars(MNISTClassifier):
+    trainer.fit(model)
+print("user test accuracy:", trainer.test(model, verbose=False)[0]["test_acc"])
+"""
+    nb = execute(notebook(script, lesson_only=True, then=[users_cell]), tmp_path)
+    assert_ran_cleanly(nb)
+    accuracy = printed_accuracy(streams(nb, "stdout"), "user test accuracy")
+    assert accuracy > (0.02 if script == "check_point_load.py" else 0.3)  # untrained: about chance
