@@ -296,18 +296,18 @@ COMMON_BAD_INPUT = [
     (["--epochs", "two"], ["--epochs", "invalid"]),
     (["--batch_size", "0"], ["--batch_size", "at least 1"]),
     (["--test-batch-size", "0"], ["--test-batch-size", "at least 1"]),  # the old spelling, the same error
-    (["--lr", "nan"], ["--lr", "positive"]),
+    (["--lr", "nan"], ["--lr", "above 0"]),
     (["--seed", "-1"], ["--seed", "between 0 and"]),
-    (["--num_workers", "-1"], ["--num_workers", "negative"]),
+    (["--num_workers", "-1"], ["--num_workers", "at least 0"]),
     (["--val_size", "0"], ["--val_size", "at least 1"]),
     (["--val_size", "3000"], ["--val_size", "no training images"]),  # the synthetic set has 3000
     (["--limit_val_batches", "0"], ["--limit_val_batches", "at least 1"]),  # EarlyStopping / the table had no metric
     (["--limit_train_batches", "0"], ["--limit_train_batches", "at least 1"]),
     (["--limit_test_batches", "0"], ["--limit_test_batches", "at least 1"]),
-    (["--limit_val_batches", "1.5"], ["--limit_val_batches", "(0, 1]"]),
-    (["--fast_dev_run", "-1"], ["--fast_dev_run", "negative"]),
-    (["--devices", "0"], ["--devices", "at least 1"]),
-    (["--devices", "abc"], ["--devices", "invalid"]),
+    (["--limit_val_batches", "1.5"], ["--limit_val_batches", "above 0 and at most 1"]),
+    (["--fast_dev_run", "-1"], ["--fast_dev_run", "at least 0"]),
+    (["--devices", "0"], ["cannot build the Trainer", "devices"]),
+    (["--devices", "abc"], ["cannot build the Trainer", "devices"]),
     (["--num_nodes", "0"], ["--num_nodes", "at least 1"]),
     (["--num_nodes", "2"], ["MASTER_ADDR", "NODE_RANK"]),
     (["--accelerator", "tpu"], ["cannot build the Trainer from these flags"]),
@@ -322,10 +322,10 @@ COMMON_BAD_INPUT = [
 CALLBACKS_BAD_INPUT = [
     (["--callbacks", "hooks,nope"], ["unknown callback", "nope", "valid names"]),
     (["--callbacks", ","], ["unknown callback", "valid names"]),
-    (["--patience", "-1"], ["--patience", "negative"]),
-    (["--stop_at_acc", "1.5"], ["--stop_at_acc", "(0, 1]"]),
+    (["--patience", "-1"], ["--patience", "at least 0"]),
+    (["--stop_at_acc", "1.5"], ["--stop_at_acc", "above 0 and at most 1"]),
     (["--stop_at_acc", "0.9", "--callbacks", "hooks"], ["--stop_at_acc", "early_stopping"]),
-    (["--ema_decay", "1"], ["--ema_decay", "between 0 and 1"]),
+    (["--ema_decay", "1"], ["--ema_decay", "above 0 and below 1"]),
     (["--time_limit", "0"], ["--time_limit", "at least 1"]),
     (["--raise_at_step", "0"], ["--raise_at_step", "at least 1"]),
 ]

@@ -143,7 +143,7 @@ def test_copies_exist():
     found = copies()
     for script in SCRIPTS[1:]:
         names = {name for copy_script, name, _ in found if copy_script == script}
-        assert {"die", "prepare_mnist", "mnist_tensors", "positive_int"} <= names, f"{script}: {sorted(names)}"
+        assert {"die", "prepare_mnist", "mnist_tensors", "number"} <= names, f"{script}: {sorted(names)}"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -177,7 +177,7 @@ def flag_table(script: str, monkeypatch) -> dict:
     """option string -> what it means: where it goes, how its value is read, what values it takes."""
     table = {}
     for action in parser_of(script, monkeypatch)._actions:
-        kind = getattr(action.type, "__name__", None)
+        kind = (getattr(action.type, "__name__", None), getattr(action.type, "allowed", None))
         meaning = (action.dest, kind, tuple(action.choices or ()), action.nargs, action.const, type(action).__name__)
         for option in action.option_strings:
             table[option] = (meaning, action.default)
