@@ -238,13 +238,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path, save=torch.save) -> None:
-    """save(obj, file) to a hidden file beside path, then rename it into place: the old file or the new, never half."""
+def save_atomically(obj, path: Path, save=None) -> None:
+    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
         with open(partial, "wb") as file:
-            save(obj, file)
+            (save or torch.save)(obj, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)

@@ -7,17 +7,13 @@ import errno
 import importlib.util
 import os
 import re
-import select
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import QUICK, ROOT, assert_clean_error, exit_of, load_script, printed_accuracy, run_in, script_env
+from conftest import QUICK, assert_clean_error, exit_of, interrupt, load_script, printed_accuracy, run_in
 
 SHORT = (*QUICK, "--limit_train_batches", "20")  # 20 batches of 64 per epoch: enough to learn the synthetic set
 # One xdist group per script: each module-scoped run happens once, and the two scripts' tests run in parallel.
@@ -420,23 +416,6 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_good_one(mnist_dir, tmp_path,
     assert "interrupted" not in result.out  # not mistaken for Ctrl-C
 
 
-def start(script: str, cwd: Path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-u", str(ROOT / script), *map(str, args)], cwd=cwd, env=script_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def read_until(process: subprocess.Popen, pattern: str, seconds: float = 300) -> str:
-    """What the process printed up to and including the first match of pattern."""
-    output, deadline = b"", time.monotonic() + seconds
-    while not re.search(pattern, output.decode(errors="replace")) and time.monotonic() < deadline:
-        if select.select([process.stdout], [], [], 1)[0]:
-            chunk = os.read(process.stdout.fileno(), 65536)
-            assert chunk, f"the run ended before {pattern!r}:\n{output.decode()[-3000:]}"
-            output += chunk
-    assert re.search(pattern, output.decode(errors="replace")), output.decode()[-3000:]
-    return output.decode(errors="replace")
-
-
 @pytest.mark.parametrize("script, signal_number, code, said, trigger", [
     # SIGTERM (a scheduler's stop) in epoch 1, after epoch 0's checkpoint was written.
     ("callbacks_lightning.py", signal.SIGTERM, 143, "interrupted by SIGTERM", r"on_train_epoch_start\s+epoch 1"),
@@ -447,15 +426,10 @@ def read_until(process: subprocess.Popen, pattern: str, seconds: float = 300) ->
 def test_an_interrupted_demo_says_so_and_does_not_succeed(script, signal_number, code, said, trigger, mnist_dir,
                                                           tmp_path):
     flags = ["--callbacks", "hooks,checkpoint"] if script == "callbacks_lightning.py" else ["--loggers", "csv"]
-    process = start(script, tmp_path, "--demo", "--data_dir", mnist_dir, *QUICK, "--epochs", "50",
-                    "--limit_train_batches", "20", *flags)
-    try:
-        printed = read_until(process, trigger)
-        process.send_signal(signal_number)
-        output = printed + process.communicate(timeout=120)[0].decode(errors="replace")
-    finally:
-        process.kill()
-    assert process.returncode == code, output[-3000:]
+    result = interrupt(tmp_path, script, "--demo", "--data_dir", mnist_dir, *QUICK, "--epochs", "50",
+                       "--limit_train_batches", "20", *flags, when=trigger, signal_number=signal_number)
+    output = result.out
+    assert result.returncode == code, output[-3000:]
     assert output.count(said) == 1 and "nothing was tested" in output
     assert "Traceback" not in output and "test accuracy" not in output
     out = tmp_path / "outputs" / script.removesuffix(".py")

@@ -8,10 +8,8 @@ runs happen in processes where torch.ao.quantization's eager entry points raise 
 import contextlib
 import io
 import json
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import pandas as pd
@@ -23,7 +21,7 @@ import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
 
-from conftest import QUICK, ROOT, assert_clean_error, exit_of, load_script, printed_accuracy, run_in, script_env
+from conftest import QUICK, ROOT, assert_clean_error, exit_of, interrupt, load_script, printed_accuracy, run_in, script_env
 
 PTQ, QAT, CALLBACK = "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py"
 # One epoch on the synthetic set, one thread, a few timing repeats: seconds per run.
@@ -556,15 +554,10 @@ def test_ptq_accepts_the_original_tutorials_flags(bad_files, capsys):
 def test_ptq_sigterm_during_training_exits_143_and_quantizes_nothing(mnist_dir, tmp_path):
     """A scheduler's stop: not a success (0), nothing quantized from a half-trained model, the best file loads."""
     out = tmp_path / "ptq"
-    process = subprocess.Popen([sys.executable, str(ROOT / PTQ), "--data_dir", str(mnist_dir), "--output_dir", str(out),
-                                "--epochs", "50", "--batch_size", "64", "--val_size", "500"], cwd=tmp_path,
-                               env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoints" / "best.ckpt").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 143, output[-2000:]
+    result = interrupt(tmp_path, PTQ, "--data_dir", mnist_dir, "--output_dir", out, "--epochs", "50", "--batch_size", "64",
+                       "--val_size", "500", when=(out / "checkpoints" / "best.ckpt").exists)
+    output = result.out
+    assert result.returncode == 143, output[-2000:]
     assert "interrupted by SIGTERM" in output and "Traceback" not in output
     assert "fp32 accuracy" not in output and not list(out.glob("mnist_*"))
     assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] < 49
