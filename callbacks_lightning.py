@@ -740,11 +740,7 @@ def indented(text: str) -> str:
 
 
 def write_text_files(folder: Path, files: dict) -> Path:
-    """Write {name: text} into folder and remove its other *.txt files: a rerun gives the same folder.
-
-    Each file goes to a hidden name first and is then renamed into place, so a full disk or a kill
-    leaves every file whole, the earlier version or the new one.
-    """
+    """Write {name: text} into folder, each through a hidden file renamed into place, and drop its other *.txt."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

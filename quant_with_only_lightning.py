@@ -1029,8 +1029,7 @@ def new_module(args) -> MNISTClassifier:
 
 # Copied from quant_lightning_qat.py
 def phase_history(trainer: pl.Trainer, phase: str) -> pd.DataFrame:
-    """The phase's per-epoch table from its CSVLogger: on rank 0, which writes it, unless --fast_dev_run
-    turned logging off."""
+    """The phase's per-epoch table from its CSVLogger (empty off rank 0 and under --fast_dev_run)."""
     if trainer.fast_dev_run or not trainer.is_global_zero:
         return pd.DataFrame()
     return epoch_history(Path(trainer.loggers[0].log_dir, "metrics.csv")).assign(phase=phase)
