@@ -229,34 +229,6 @@ def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
     }
 
 
-# Copied from Basic_usage_of_lightning.py
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        save_atomically(checkpoint, Path(path))
-
-
-# Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path, save=None) -> None:
-    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
-    try:
-        with open(partial, "wb") as file:
-            (save or torch.save)(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
-            f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 class ResumableState(pl.Callback):
     """What an exact resume needs that Lightning leaves out of a checkpoint.
 
@@ -718,6 +690,34 @@ def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
         print(f"\ninterrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} in epoch {trainer.current_epoch} "
               f"(0-based) of {trainer.max_epochs}: nothing was tested{hint}", file=sys.stderr)
         sys.exit(143 if sigterm else 130)
+
+
+# Copied from Basic_usage_of_lightning.py
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through save_atomically (a full disk: one line, old file kept)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_atomically(checkpoint, Path(path))
+
+
+# Copied from Basic_usage_of_lightning.py
+def save_atomically(obj, path: Path, save=None) -> None:
+    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
+    try:
+        with open(partial, "wb") as file:
+            (save or torch.save)(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+            f"--output_dir (any earlier {path.name} is untouched)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 # Copied from Basic_usage_of_lightning.py

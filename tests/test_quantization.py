@@ -576,6 +576,23 @@ def test_results_file_keeps_earlier_rows_with_other_columns(tmp_path, capsys):
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_results_file_survives_a_full_disk(tmp_path, capsys, monkeypatch):
+    """The results table goes through save_atomically: a full disk is one line and the earlier table stays."""
+    results = tmp_path / "quant_results.csv"
+    results.write_text("method,int8_acc\nPTQ eager,0.98\n")
+
+    def fills_up(table, file, **kwargs):  # half a table, then the disk is full
+        file.write(b"method,int8_acc\nPTQ")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fills_up)
+    result = exit_of(lambda argv: load_script(PTQ).append_result({"method": "PTQ PT2E", "threads": 1}, results),
+                     [], capsys)
+    assert_clean_error(result, "cannot write", "quant_results.csv", "No space left on device", "untouched")
+    assert results.read_text() == "method,int8_acc\nPTQ eager,0.98\n"
+    assert not list(tmp_path.glob(".*partial"))
+
+
 # Bad input: one clean line, exit 2.
 def test_errors_are_one_clean_line(ptq, run_script, tmp_path):
     out, _ = ptq
