@@ -221,9 +221,9 @@ NOT_MOVED_YET = {(script, name) for script in ("quant_lightning_ptq.py", "quant_
 # Each script's length cap: its length after issue 17 plus a small margin. Lower a cap when a script
 # shrinks; raising one needs a reason (find lines to remove first).
 MAX_LINES = {
-    "Basic_usage_of_lightning.py": 0, "check_point_save.py": 0, "check_point_load.py": 0,
-    "quant_lightning_ptq.py": 0, "quant_lightning_qat.py": 0, "quant_with_only_lightning.py": 0,
-    "callbacks_lightning.py": 0, "loggers_lightning.py": 0,
+    "Basic_usage_of_lightning.py": 687, "check_point_save.py": 765, "check_point_load.py": 615,
+    "quant_lightning_ptq.py": 973, "quant_lightning_qat.py": 1102, "quant_with_only_lightning.py": 1232,
+    "callbacks_lightning.py": 930, "loggers_lightning.py": 809,
 }
 
 
@@ -264,3 +264,14 @@ def test_scripts_do_not_grow(script):
     length = len((ROOT / script).read_text().splitlines())
     assert length <= MAX_LINES[script], (
         f"{script} has {length} lines, more than its cap of {MAX_LINES[script]}: find lines to remove")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_explains_every_flag_and_shows_one_default(script, monkeypatch):
+    parser = parser_of(script, monkeypatch)
+    for action in parser._actions:
+        assert action.help, f"{script}: {action.option_strings[0]} has no help text"
+    text = " ".join(parser.format_help().split())  # unwrapped
+    assert "(default: None)" not in text and "(default: False)" not in text, script
+    assert not re.search(r"\(default: [^)]*\) \(default:", text), f"{script}: a flag shows two defaults"
+    assert "(default: 128)" in text  # the defaults that exist are still shown
