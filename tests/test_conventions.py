@@ -2,9 +2,11 @@
 import argparse
 import ast
 import re
+import sys
 
 import pytest
 
+import check_copies
 from check_copies import SCRIPTS, copies, top_level_blocks
 from conftest import ROOT, load_script
 
@@ -253,8 +255,8 @@ def test_the_plumbing_check_can_fail(inserted, complaint, tmp_path, monkeypatch)
     main = lines.index("# %% Main")
     lines[main:main] = [*inserted, "", ""]
     (tmp_path / "Basic_usage_of_lightning.py").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(__import__("check_copies"), "ROOT", tmp_path)
-    monkeypatch.setattr(__import__("sys").modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(check_copies, "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     with pytest.raises(AssertionError, match=complaint):
         test_no_plumbing_above_main("Basic_usage_of_lightning.py")
 
