@@ -435,7 +435,7 @@ def main(argv=None) -> int:
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
     catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
     catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/loggers_lightning",
@@ -447,35 +447,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
     data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--val_size", "--val-size", type=positive_int, default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
 
     train = parser.add_argument_group("the training demo: training")
-    train.add_argument("--batch_size", "--batch-size", type=positive_int, default=128, metavar="N")
+    train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
     train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                       type=positive_int, metavar="N", help="validation and test batch size (default: --batch_size)")
-    train.add_argument("--epochs", type=positive_int, default=2, metavar="N")
-    train.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=seed_value, default=42, help="seeds weights, split and shuffling")
+                       type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
+    train.add_argument("--epochs", type=number(int, min=1), default=2, metavar="N", help="training epochs")
+    train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
     train.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
 
     logging = parser.add_argument_group("the training demo: loggers")
     logging.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
                          help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
                               f"(the table and the TensorBoard check read them)")
-    logging.add_argument("--log_every_n_steps", "--log-every-n-steps", type=positive_int, default=10, metavar="N",
+    logging.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
                          help="how often the *_step values are written")
 
     hardware = parser.add_argument_group("the training demo: hardware (passed to pl.Trainer)")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", type=devices, default="auto", help="how many devices, or which: 2, 0,1, auto")
+    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1,
+    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
                           help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
 
     debug = parser.add_argument_group("the training demo: debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=non_negative_int, const=1, default=0, metavar="N",
+    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
         debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
@@ -494,7 +494,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(Basic_usage_of_lightning.py --load_model does)"))
     original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
         "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
-    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=positive_int, metavar="N",
+    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
                           successor="log_every_n_steps", note="it is --log_every_n_steps now")
     original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
                           help="refused with a pointer: this script tests no saved weights")
@@ -524,54 +524,27 @@ def logger_names(text: str) -> list:
 
 
 # Copied from Basic_usage_of_lightning.py
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def number(kind: type, min=None, max=None, above=None, below=None):
+    """A flag type: the text as kind (int or float) in the given range, else one line."""
+    low = f"at least {min}" if min is not None else f"above {above}" if above is not None else ""
+    high = f"at most {max}" if max is not None else f"below {below}" if below is not None else ""
+    allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(filter(None, (low, high)))
 
+    def parse(text: str):
+        value = kind(text)
+        if not (math.isfinite(value) and (min is None or value >= min) and (max is None or value <= max)
+                and (above is None or value > above) and (below is None or value < below)):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
 
-# Copied from Basic_usage_of_lightning.py
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
-    return value
-
-
-# Copied from Basic_usage_of_lightning.py
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-# Copied from Basic_usage_of_lightning.py
-def seed_value(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**32:  # numpy's seed range
-        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
-    return value
+    parse.__name__, parse.allowed = kind.__name__, allowed  # argparse says "invalid int value"
+    return parse
 
 
 # Copied from Basic_usage_of_lightning.py
 def batch_count(text: str):
     """A count of batches (an int, at least 1) or a fraction of them (a float in (0, 1])."""
-    if not any(c in text for c in ".eE"):
-        return positive_int(text)
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction must be in (0, 1], got {text}")
-    return value
-
-
-# Copied from Basic_usage_of_lightning.py
-def devices(text: str):
-    """How many devices (at least 1), which ones ("0,1"), or "auto"."""
-    if text == "auto" or "," in text:
-        return text
-    return positive_int(text)
+    return number(float, above=0, max=1)(text) if any(c in text for c in ".eE") else number(int, min=1)(text)
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -595,14 +568,20 @@ def output_folder(text: str) -> str:
 
 
 # Copied from Basic_usage_of_lightning.py
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help adds each flag's default, except a missing one (None) or a switch's (False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
+# Copied from Basic_usage_of_lightning.py
 class OriginalTutorialFlag(argparse.Action):
-    """A flag of the original 1.x tutorial: says in one line what it does now, and stores its
-    value where its successor keeps it (dest with const; successor for a flag that takes a
-    value), or nowhere."""
+    """A flag of the 1.x tutorial: prints what it does now; its value goes to dest (const), successor, or nowhere."""
 
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
         self.note, self.successor = note, successor
-        kwargs.setdefault("default", argparse.SUPPRESS)
+        kwargs.update(default=argparse.SUPPRESS, help=note)
         if kwargs.get("nargs") != 0:
             kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
@@ -692,11 +671,7 @@ def indented(text: str) -> str:
 
 # Copied from callbacks_lightning.py
 def write_text_files(folder: Path, files: dict) -> Path:
-    """Write {name: text} into folder and remove its other *.txt files: a rerun gives the same folder.
-
-    Each file goes to a hidden name first and is then renamed into place, so a full disk or a kill
-    leaves every file whole, the earlier version or the new one.
-    """
+    """Write {name: text} into folder, each through a hidden file renamed into place, and drop its other *.txt."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
@@ -721,8 +696,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 # Copied from Basic_usage_of_lightning.py
 def prepare_mnist(data_dir: str) -> int:
-    """Download MNIST into data_dir/MNIST/raw unless it is there, check the four files, and
-    return the number of training images (60000 for the real MNIST). Any problem: one line."""
+    """MNIST in data_dir/MNIST/raw (downloaded if missing), checked; returns the training image count."""
     raw = Path(data_dir, "MNIST", "raw")
     if not all((raw / name).is_file() for name in MNIST_FILES):
         new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
@@ -791,12 +765,7 @@ def exit_on_error(what: str):
 # Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
 def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
-    """Ctrl-C or SIGTERM during fit: Lightning stops between two steps; say so, exit 130 / 143.
-
-    Lightning turns SIGTERM into SIGTERMException and Ctrl-C into sys.exit(1); both are
-    SystemExit, and without this a scheduler would see a run that never finished succeed (0).
-    resume_hint ends the line: a text, or a function that returns it once the run has stopped.
-    """
+    """Ctrl-C or SIGTERM during fit: one line ending in resume_hint (text or function), exit 130 / 143."""
     try:
         yield
     except SystemExit as stop:
@@ -810,18 +779,13 @@ def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
 
 
 # Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path) -> None:
-    """torch.save to a hidden file beside path, then rename it into place.
-
-    Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
-    mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
-    temp folder, which a full /tmp or a copy across filesystems can still cut short.
-    """
+def save_atomically(obj, path: Path, save=None) -> None:
+    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            (save or torch.save)(obj, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)

@@ -29,6 +29,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 # %% Errors and flags
+# Copied from Basic_usage_of_lightning.py
 def die(message: str) -> None:
     """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
     print(f"error: {message}", file=sys.stderr)
@@ -38,6 +39,14 @@ def die(message: str) -> None:
 def number(text: str):
     """An int (a count of batches) or a float (a fraction of them), as the Trainer accepts."""
     return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def positive_int(text: str) -> int:
+    """A flag type: a whole number, at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
@@ -170,16 +179,17 @@ def batch_count(available: int, limit) -> int:
 
 
 # %% Model
+# The script's network, layer for layer (the same seed gives the same weights; parity.py's matching losses
+# prove it). A copy, not an import, because importing the script would load Lightning, pandas and matplotlib.
+# Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
-    """A copy of MNISTConvNet in Basic_usage_of_lightning.py (same layers in the same order, so
-    the same seed gives the same weights; parity.py's matching losses prove it). A copy, not an
-    import, because importing the script would load Lightning, pandas and matplotlib."""
+    """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
 
     def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
+            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -188,6 +198,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
 

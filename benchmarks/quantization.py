@@ -46,7 +46,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import base_parser, check_val_size, die, environment_line, markdown_table, prepare_mnist, write_csv
+from common import (base_parser, check_val_size, die, environment_line, markdown_table, positive_int, prepare_mnist,
+                    write_csv)
 
 ROOT = Path(__file__).resolve().parent.parent
 PTQ, QAT, CALLBACK = "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py"
@@ -205,13 +206,6 @@ def methods(text: str) -> list:
     if names[0] != "ptq":
         raise argparse.ArgumentTypeError("must start with ptq: it trains the float model every other path starts from")
     return list(dict.fromkeys(names))
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def csv_file(text: str) -> str:

@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["Basic_usage_of_lightning.py", "check_point_save.py", "check_point_load.py",
            "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py",
            "callbacks_lightning.py", "loggers_lightning.py"]
+# Not scripts, but they hold marked copies too: the benchmarks' network must be the script's.
+ALSO_CHECKED = ["benchmarks/common.py"]
 COPY_MARK = re.compile(r"^# Copied from (\S+\.py)$")
 
 
@@ -40,7 +42,7 @@ def top_level_blocks(script: str) -> dict:
 
 def copies() -> list:
     """(script, name, source script) of every marked copy."""
-    return [(script, name, block[3]) for script in SCRIPTS
+    return [(script, name, block[3]) for script in SCRIPTS + ALSO_CHECKED
             for name, block in top_level_blocks(script).items() if block[3]]
 
 
@@ -64,7 +66,7 @@ def fix(script: str) -> list:
 
 
 if __name__ == "__main__":
-    found = {script: (fix(script) if "--fix" in sys.argv else [n for n, _ in stale(script)]) for script in SCRIPTS}
+    found = {script: (fix(script) if "--fix" in sys.argv else [n for n, _ in stale(script)]) for script in SCRIPTS + ALSO_CHECKED}
     for script, names in found.items():
         if names:
             print(f"{script}: {'rewrote' if '--fix' in sys.argv else 'differs'}: {', '.join(names)}")

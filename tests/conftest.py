@@ -6,10 +6,13 @@ MNIST/raw), so the scripts are tested exactly as they run on the real data, offl
 import importlib.util
 import os
 import re
+import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,6 +88,25 @@ def run_in(cwd: Path, script: str, *args, timeout: int = 600, env: dict = None, 
     if check:
         assert result.returncode == 0, result.out[-3000:]
     return result
+
+
+def interrupt(cwd: Path, script: str, *args, when, signal_number=signal.SIGTERM, seconds: float = 300):
+    """Start a script, send it signal_number once when() is true (or, when `when` is a pattern, once
+    its output matches), and return its exit code and its whole output as .returncode and .out."""
+    process = subprocess.Popen([sys.executable, "-u", str(ROOT / script), *map(str, args)], cwd=cwd, env=script_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, deadline = b"", time.monotonic() + seconds
+    ready = when if callable(when) else lambda: re.search(when, output.decode(errors="replace"))
+    try:
+        while process.poll() is None and not ready() and time.monotonic() < deadline:
+            if select.select([process.stdout], [], [], 0.05)[0]:  # keep reading: a full pipe would stall it
+                output += os.read(process.stdout.fileno(), 65536)
+        assert process.poll() is None and ready(), f"ended or timed out before {when}:\n{output.decode()[-3000:]}"
+        process.send_signal(signal_number)
+        output += process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    return SimpleNamespace(returncode=process.returncode, out=output.decode(errors="replace"))
 
 
 @pytest.fixture

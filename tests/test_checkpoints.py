@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, exit_of, load_script, printed_accuracy, run_in, script_env
+from conftest import ROOT, assert_clean_error, exit_of, interrupt, load_script, printed_accuracy, run_in, script_env
 
 # 4 short epochs: 10 of the 40 synthetic training batches each, all 8 validation batches. With
 # seed 2 the best valid_acc came at epoch 2 of 0-3 (torch 2.14 CPU): the resumed run's final test
@@ -304,20 +304,14 @@ def test_sigterm_exits_143_with_a_resume_command_that_finishes_the_run(reference
     shutil.copytree(reference.out, out)
     folder, earlier = out / "checkpoints", {hashlib.sha1(path.read_bytes()).hexdigest()
                                             for path in (out / "checkpoints").glob("*.ckpt")}
-    process = subprocess.Popen([sys.executable, str(ROOT / "check_point_save.py"), *TRAIN, "--data_dir", str(mnist_dir),
-                                "--output_dir", str(out), "--overwrite"], cwd=tmp_path, env=script_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    # The reference's files are weights only; this run's last.ckpt holds the optimizer too.
-    while process.poll() is None and time.monotonic() < deadline:
-        last = folder / "last.ckpt"
+    def this_run_saved():  # the reference's files are weights only; this run's last.ckpt holds the optimizer too
         with contextlib.suppress(FileNotFoundError):  # moved aside, or not written yet
-            if "optimizer_states" in torch.load(last, weights_only=True):
-                break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 143, output[-2000:]
+            return "optimizer_states" in torch.load(folder / "last.ckpt", weights_only=True)
+
+    result = interrupt(tmp_path, "check_point_save.py", *TRAIN, "--data_dir", mnist_dir, "--output_dir", out,
+                       "--overwrite", when=this_run_saved)
+    output = result.out
+    assert result.returncode == 143, output[-2000:]
     assert "interrupted by SIGTERM" in output and "test accuracy" not in output and "Traceback" not in output
     command = shlex.split(re.search(r"resume with: (.+)$", output, re.M).group(1))
     assert command[:2] == ["python", str(ROOT / "check_point_save.py")] and command[-1] == "--resume"

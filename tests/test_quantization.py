@@ -8,10 +8,8 @@ runs happen in processes where torch.ao.quantization's eager entry points raise 
 import contextlib
 import io
 import json
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import pandas as pd
@@ -23,7 +21,7 @@ import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
 
-from conftest import QUICK, ROOT, assert_clean_error, exit_of, load_script, printed_accuracy, run_in, script_env
+from conftest import QUICK, ROOT, assert_clean_error, exit_of, interrupt, load_script, printed_accuracy, run_in, script_env
 
 PTQ, QAT, CALLBACK = "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py"
 # One epoch on the synthetic set, one thread, a few timing repeats: seconds per run.
@@ -499,8 +497,8 @@ PTQ_BAD_INPUT = [  # flags, then what the error line must name; {name} is a file
     (["--latency_repeats", "-1"], "--latency_repeats"),
     (["--num_workers", "-1"], "--num_workers"),
     (["--fast_dev_run", "-1"], "--fast_dev_run"),
-    (["--devices", "0"], "--devices"),
-    (["--devices", "abc"], "--devices"),
+    (["--devices", "0"], "devices"),
+    (["--devices", "abc"], "devices"),
     (["--limit_train_batches", "0"], "--limit_train_batches"),
     (["--limit_val_batches", "0"], "--limit_val_batches"),
     (["--limit_test_batches", "0"], "--limit_test_batches"),
@@ -556,15 +554,10 @@ def test_ptq_accepts_the_original_tutorials_flags(bad_files, capsys):
 def test_ptq_sigterm_during_training_exits_143_and_quantizes_nothing(mnist_dir, tmp_path):
     """A scheduler's stop: not a success (0), nothing quantized from a half-trained model, the best file loads."""
     out = tmp_path / "ptq"
-    process = subprocess.Popen([sys.executable, str(ROOT / PTQ), "--data_dir", str(mnist_dir), "--output_dir", str(out),
-                                "--epochs", "50", "--batch_size", "64", "--val_size", "500"], cwd=tmp_path,
-                               env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoints" / "best.ckpt").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 143, output[-2000:]
+    result = interrupt(tmp_path, PTQ, "--data_dir", mnist_dir, "--output_dir", out, "--epochs", "50", "--batch_size", "64",
+                       "--val_size", "500", when=(out / "checkpoints" / "best.ckpt").exists)
+    output = result.out
+    assert result.returncode == 143, output[-2000:]
     assert "interrupted by SIGTERM" in output and "Traceback" not in output
     assert "fp32 accuracy" not in output and not list(out.glob("mnist_*"))
     assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] < 49
@@ -580,6 +573,23 @@ def test_results_file_keeps_earlier_rows_with_other_columns(tmp_path, capsys):
     table = pd.read_csv(results)
     assert list(table["method"]) == ["PTQ eager", "PTQ PT2E"]
     assert table["speedup_b256"][0] == 2.0 and table["fp32_compiled_ms_b256"][1] == 3.0
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_results_file_survives_a_full_disk(tmp_path, capsys, monkeypatch):
+    """The results table goes through save_atomically: a full disk is one line and the earlier table stays."""
+    results = tmp_path / "quant_results.csv"
+    results.write_text("method,int8_acc\nPTQ eager,0.98\n")
+
+    def fills_up(table, file, **kwargs):  # half a table, then the disk is full
+        file.write(b"method,int8_acc\nPTQ")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fills_up)
+    result = exit_of(lambda argv: load_script(PTQ).append_result({"method": "PTQ PT2E", "threads": 1}, results),
+                     [], capsys)
+    assert_clean_error(result, "cannot write", "quant_results.csv", "No space left on device", "untouched")
+    assert results.read_text() == "method,int8_acc\nPTQ eager,0.98\n"
     assert not list(tmp_path.glob(".*partial"))
 
 
