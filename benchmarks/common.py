@@ -70,8 +70,14 @@ def add_recipe_flags(parser: argparse.ArgumentParser, lr_help: str) -> None:
 
 
 def add_compile_flag(parser: argparse.ArgumentParser, rows: str) -> None:
-    parser.add_argument("--compile_mode", "--compile-mode", choices=COMPILE_MODES, default="default",
-                        help=f"torch.compile mode of the {rows} (reduce-overhead needs a CUDA GPU)")
+    parser.add_argument("--compile_mode", "--compile-mode", type=compile_mode, default="default",
+                        help=f"torch.compile mode of the {rows}: {', '.join(COMPILE_MODES)} (reduce-overhead needs a CUDA GPU)")
+
+
+def compile_mode(text: str) -> str:
+    if text not in COMPILE_MODES:
+        die(f"--compile_mode: unknown {text}; choose from {', '.join(COMPILE_MODES)}")
+    return text
 
 
 def whole_numbers(flag: str, text: str, example: str) -> list:

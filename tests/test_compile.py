@@ -81,3 +81,45 @@ def test_cuda_graphs_without_a_gpu_stop_before_training(run_script, mnist_dir, t
                         "--compile", "reduce-overhead")
     assert_clean_error(result, "reduce-overhead", "CUDA GPU", "--compile default")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_parity_compares_compiled_rows_with_the_compiled_loop():
+    """Compiled dropout draws other random numbers than eager dropout: a compiled row's losses and
+    x PyTorch are against the compiled loop, x eager against its uncompiled row."""
+    parity = load_script("benchmarks/parity.py")
+    eager_losses, compiled_losses = [2.3, 2.0, 1.5, 1.2], [2.3, 1.9, 1.6, 1.3]  # 2 epochs of 2 steps
+
+    def run(losses, seconds, compile_seconds=0.0):
+        return {"epoch_seconds": seconds, "losses": losses, "wall_seconds": sum(seconds) + 5,
+                "rss_before_training_mb": 800, "peak_rss_mb": 900, "gpu_peak_mb": None,
+                "compile_seconds": compile_seconds}
+
+    runs = {"pytorch": [run(eager_losses, [2.0, 1.0])], "lightning": [run(eager_losses, [2.5, 1.2])],
+            "pytorch_compiled": [run(compiled_losses, [30.0, 0.8], 28.0)],
+            "lightning_compiled": [run(compiled_losses, [25.0, 0.84], 27.5)]}
+    rows = {row["configuration"]: row for row in parity.summarize(runs, warmup_epochs=1)}
+    plain, lightning = rows[parity.CONFIGS["pytorch_compiled"]], rows[parity.CONFIGS["lightning_compiled"]]
+    assert all(row["losses match"].startswith("yes") for row in rows.values())
+    assert plain["x PyTorch"] == 1.0 and plain["x eager"] == pytest.approx(0.8) and plain["compile s"] == 28.0
+    assert lightning["x PyTorch"] == pytest.approx(1.05) and lightning["x eager"] == pytest.approx(0.7)
+    assert "compile s" not in rows[parity.CONFIGS["lightning"]]
+
+
+@pytest.mark.parametrize("script, argv, phrase", [
+    ("parity.py", ["--configs", "pytorch,lightning_compiled"], "must include pytorch_compiled"),
+    ("parity.py", ["--compile_mode", "fastest"], "--compile_mode: unknown fastest"),
+    ("time_to_99.py", ["--compile_mode", "fastest"], "--compile_mode: unknown fastest"),
+])
+def test_benchmark_compile_flags_refuse_bad_input(script, argv, phrase, capsys):
+    result = exit_of(load_script(f"benchmarks/{script}").parse_args, argv, capsys)
+    assert_clean_error(result, phrase)
+
+
+@pytest.mark.parametrize("script, rows", [("parity.py", ["--configs", "pytorch,pytorch_compiled"]),
+                                          ("time_to_99.py", ["--frameworks", "pytorch_compiled"])])
+def test_benchmarks_refuse_cuda_graphs_on_the_cpu(script, rows, mnist_dir, tmp_path, capsys):
+    argv = ["--data_dir", mnist_dir, "--output_dir", tmp_path, "--accelerator", "cpu", "--val_size", "500",
+            *rows, "--compile_mode", "reduce-overhead"]
+    result = exit_of(load_script(f"benchmarks/{script}").main, argv, capsys)
+    assert_clean_error(result, "reduce-overhead", "CUDA GPU")
+    assert not list(tmp_path.rglob("*.log"))  # stopped before any run
