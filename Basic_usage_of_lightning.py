@@ -346,11 +346,9 @@ def main(argv=None) -> int:
         load_weights(model, args.load_model)
     if args.val_size >= prepare_mnist(args.data_dir) and train:
         die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
-    datamodule = None
-    if args.datamodule:
-        datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
-                                     eval_batch_size=args.eval_batch_size, val_size=args.val_size,
-                                     num_workers=args.num_workers, seed=args.seed)
+    datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
+                                 eval_batch_size=args.eval_batch_size, val_size=args.val_size,
+                                 num_workers=args.num_workers, seed=args.seed) if args.datamodule else None
     check_multi_node(args.num_nodes)
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
@@ -366,8 +364,7 @@ def main(argv=None) -> int:
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval,
             profiler=args.profiler, deterministic=True)
-    if args.compile:
-        check_compile(args.compile, trainer.strategy.root_device)
+    check_compile(args.compile, trainer.strategy.root_device)
 
     if train:
         with exit_if_interrupted(trainer):
@@ -712,6 +709,8 @@ def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
 
 def check_compile(mode: str, device: torch.device) -> None:
     """--compile's needs, checked before training: CUDA graphs need a GPU, inductor on a CPU a C++ compiler."""
+    if not mode:
+        return
     if mode == "reduce-overhead" and device.type != "cuda":
         die(f"--compile reduce-overhead replays CUDA graphs, which need a CUDA GPU (this run is on {device.type}); "
             f"use --compile default or --compile max-autotune-no-cudagraphs")

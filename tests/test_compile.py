@@ -3,6 +3,8 @@
 Compiling takes tens of seconds on a small CPU, so one compiled run (a module-scoped fixture) serves
 every test that needs one, and those tests are marked slow; the error paths stop before any compile.
 """
+import csv
+
 import pytest
 import torch
 
@@ -123,3 +125,30 @@ def test_benchmarks_refuse_cuda_graphs_on_the_cpu(script, rows, mnist_dir, tmp_p
     result = exit_of(load_script(f"benchmarks/{script}").main, argv, capsys)
     assert_clean_error(result, "reduce-overhead", "CUDA GPU")
     assert not list(tmp_path.rglob("*.log"))  # stopped before any run
+
+
+@pytest.mark.slow
+def test_parity_compiled_rows_train_the_same_losses(mnist_dir, tmp_path):
+    run_in(tmp_path, "benchmarks/parity.py", "--data_dir", mnist_dir, "--output_dir", tmp_path, "--accelerator", "cpu",
+           "--configs", "pytorch,pytorch_compiled,lightning_compiled", "--epochs", "2", "--repeats", "1",
+           "--limit_train_batches", "4", "--limit_val_batches", "2", "--val_size", "500", check=True)
+    with open(tmp_path / "parity.csv", newline="") as file:
+        rows = {row["configuration"]: row for row in csv.DictReader(file)}
+    names = load_script("benchmarks/parity.py").CONFIGS
+    compiled, loop = rows[names["lightning_compiled"]], rows[names["pytorch_compiled"]]
+    assert compiled["losses match"].startswith("yes"), compiled  # against the compiled plain loop
+    assert float(compiled["compile s"]) > 0 and float(loop["compile s"]) > 0
+    assert float(loop["x eager"]) > 0 and compiled["x eager"] == ""  # no eager lightning row was run
+    assert "compile s" in (tmp_path / "parity.md").read_text()
+
+
+@pytest.mark.slow
+def test_time_to_99_compiled_runs_reach_the_same_accuracy(mnist_dir, tmp_path):
+    run_in(tmp_path, "benchmarks/time_to_99.py", "--data_dir", mnist_dir, "--output_dir", tmp_path,
+           "--accelerator", "cpu", "--frameworks", "pytorch_compiled,lightning_compiled", "--epochs", "1",
+           "--limit_train_batches", "1.0", "--target", "0.5", "--val_size", "500", check=True)
+    with open(tmp_path / "time_to_99.csv", newline="") as file:
+        accuracies = [float(row["test accuracy"]) for row in csv.DictReader(file)]
+    assert len(accuracies) == 2 and min(accuracies) > 0.5  # chance is 0.10
+    assert max(accuracies) - min(accuracies) <= 0.002  # the same compiled network on the same batches
+    assert "torch.compile mode default" in (tmp_path / "time_to_99.md").read_text()
