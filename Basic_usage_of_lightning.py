@@ -18,6 +18,7 @@ How to run
     python Basic_usage_of_lightning.py --fast_dev_run                  # one batch per stage, a smoke test
     python Basic_usage_of_lightning.py --accelerator cpu --devices 2 --strategy ddp
     python Basic_usage_of_lightning.py --save_model --export onnx
+    python Basic_usage_of_lightning.py --compile                       # torch.compile the network: slow first steps
     python Basic_usage_of_lightning.py --load_model outputs/Basic_usage_of_lightning/mnist_classifier.pt
 
 What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
@@ -709,12 +710,10 @@ def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
 
 def check_compile(mode: str, device: torch.device) -> None:
     """--compile's needs, checked before training: CUDA graphs need a GPU, inductor on a CPU a C++ compiler."""
-    if not mode:
-        return
     if mode == "reduce-overhead" and device.type != "cuda":
         die(f"--compile reduce-overhead replays CUDA graphs, which need a CUDA GPU (this run is on {device.type}); "
             f"use --compile default or --compile max-autotune-no-cudagraphs")
-    if device.type == "cpu":
+    if mode and device.type == "cpu":
         from torch._inductor.cpp_builder import get_cpp_compiler
         try:
             get_cpp_compiler()  # what inductor runs first: $CXX (else g++) --version
