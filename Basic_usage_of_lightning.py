@@ -19,6 +19,7 @@
 # python Basic_usage_of_lightning.py --fast_dev_run                  # one batch per stage, a smoke test
 # python Basic_usage_of_lightning.py --accelerator cpu --devices 2 --strategy ddp
 # python Basic_usage_of_lightning.py --save_model --export onnx
+# python Basic_usage_of_lightning.py --compile                       # torch.compile the network: slow first steps
 # python Basic_usage_of_lightning.py --load_model outputs/Basic_usage_of_lightning/mnist_classifier.pt
 # ```
 #
@@ -116,11 +117,13 @@ class MNISTClassifier(pl.LightningModule):
 
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+                 num_workers: int = 0, seed: int = 42, compile_mode: str = None):
         super().__init__()
         # Only plain types go in: checkpoints then load with torch.load(weights_only=True),
         # the default since torch 2.6 (an argparse.Namespace here would make loading fail).
-        self.save_hyperparameters()
+        # compile_mode stays out: a checkpoint loads the same with or without --compile.
+        self.save_hyperparameters(ignore="compile_mode")
+        self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
         # One metric object per stage, so their running states never mix.
         self.train_loss = MeanMetric()  # the epoch's mean loss, weighted by batch size
@@ -131,6 +134,15 @@ class MNISTClassifier(pl.LightningModule):
         # For the model summary and the exports. Batch 2, so that torch.export keeps the batch
         # dimension dynamic (a size of 1 would be specialized away).
         self.example_input_array = torch.zeros(2, 1, 28, 28)
+
+    def configure_model(self):
+        # --compile: the network, not the LightningModule (torch.compile(model) in Lightning's docs
+        # also compiles the *_step hooks, whose metrics and logging only break the graph; this way
+        # it is the same work as a compiled plain loop). Here, so each process compiles after DDP
+        # starts; in place, so the state_dict keeps its names (no "_orig_mod.") and checkpoints
+        # load uncompiled. The first batch of each stage (and each new batch size) waits for a compile.
+        if self.compile_mode:
+            self.model.compile(mode=self.compile_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: images in, logits out. The *_step hooks below call this."""
@@ -367,7 +379,7 @@ def main(argv=None) -> int:
 
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
                             eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
-                            num_workers=args.num_workers, seed=args.seed)
+                            num_workers=args.num_workers, seed=args.seed, compile_mode=args.compile)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
@@ -375,11 +387,9 @@ def main(argv=None) -> int:
         load_weights(model, args.load_model)
     if args.val_size >= prepare_mnist(args.data_dir) and train:
         die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
-    datamodule = None
-    if args.datamodule:
-        datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
-                                     eval_batch_size=args.eval_batch_size, val_size=args.val_size,
-                                     num_workers=args.num_workers, seed=args.seed)
+    datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
+                                 eval_batch_size=args.eval_batch_size, val_size=args.val_size,
+                                 num_workers=args.num_workers, seed=args.seed) if args.datamodule else None
     check_multi_node(args.num_nodes)
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
@@ -395,6 +405,7 @@ def main(argv=None) -> int:
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval,
             profiler=args.profiler, deterministic=True)
+    check_compile(args.compile, trainer.strategy.root_device)
 
     if train:
         with exit_if_interrupted(trainer):
@@ -448,6 +459,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
     train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    train.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                       metavar="MODE", help="torch.compile the network in this mode (default when given alone; reduce-overhead needs a GPU)")
 
     hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
@@ -707,6 +720,20 @@ def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
         for name, parameter in model.named_parameters():
             print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
         print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
+
+
+def check_compile(mode: str, device: torch.device) -> None:
+    """--compile's needs, checked before training: CUDA graphs need a GPU, inductor on a CPU a C++ compiler."""
+    if mode == "reduce-overhead" and device.type != "cuda":
+        die(f"--compile reduce-overhead replays CUDA graphs, which need a CUDA GPU (this run is on {device.type}); "
+            f"use --compile default or --compile max-autotune-no-cudagraphs")
+    if mode and device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        try:
+            get_cpp_compiler()  # what inductor runs first: $CXX (else g++) --version
+        except Exception:
+            die(f"--compile on a CPU needs a C++ compiler and {os.environ.get('CXX', 'g++')} does not run; "
+                f"install g++ (or set CXX to one), or run without --compile")
 
 
 def die(message: str) -> None:

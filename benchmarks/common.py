@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import TensorDataset, random_split
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # as the script's --compile
 
 
 # %% Errors and flags
@@ -77,6 +78,17 @@ def add_recipe_flags(parser: argparse.ArgumentParser, lr_help: str) -> None:
     parser.add_argument("--val_size", "--val-size", type=int, default=5000, help="training images held out")
 
 
+def add_compile_flag(parser: argparse.ArgumentParser, rows: str) -> None:
+    parser.add_argument("--compile_mode", "--compile-mode", type=compile_mode, default="default",
+                        help=f"torch.compile mode of the {rows}: {', '.join(COMPILE_MODES)} (reduce-overhead needs a CUDA GPU)")
+
+
+def compile_mode(text: str) -> str:
+    if text not in COMPILE_MODES:
+        die(f"--compile_mode: unknown {text}; choose from {', '.join(COMPILE_MODES)}")
+    return text
+
+
 def whole_numbers(flag: str, text: str, example: str) -> list:
     """A flag's comma-separated whole numbers, such as 2,3; anything else exits with one line."""
     try:
@@ -122,6 +134,36 @@ def synchronized_time(device: torch.device) -> float:
     elif device.type == "mps":
         torch.mps.synchronize()
     return time.perf_counter()
+
+
+def check_compile(mode: str, device: torch.device) -> None:
+    """What the script's --compile checks before training: CUDA graphs need a GPU, inductor on a
+    CPU a C++ compiler (the compiled runs would otherwise fail one by one with a traceback)."""
+    if mode == "reduce-overhead" and device.type != "cuda":
+        die(f"--compile_mode reduce-overhead replays CUDA graphs, which need a CUDA GPU (this is {device.type}); "
+            f"use default or max-autotune-no-cudagraphs")
+    if device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        try:
+            get_cpp_compiler()  # what inductor runs first: $CXX (else g++) --version
+        except Exception:
+            die(f"the compiled runs need a C++ compiler and {os.environ.get('CXX', 'g++')} does not run; "
+                f"install g++ (or set CXX to one), or leave out the compiled runs")
+
+
+def cold_compile_env(run_dir: Path) -> dict:
+    """The environment for a compiled run: torch.compile's on-disk caches in run_dir, which launch
+    empties first, so every run pays the compile a user's first run pays (later runs on one machine
+    reuse the caches and pay less)."""
+    return dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(run_dir / "inductor_cache"),
+                TRITON_CACHE_DIR=str(run_dir / "triton_cache"))
+
+
+def compile_seconds() -> float:
+    """Seconds this process spent compiling with torch.compile (Dynamo tracing plus Inductor's
+    code generation, every graph and recompile), as torch itself records them."""
+    from torch._dynamo.utils import compilation_time_metrics
+    return sum(compilation_time_metrics.get("_compile.compile_inner", []))
 
 
 # %% Data

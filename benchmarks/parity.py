@@ -11,6 +11,9 @@ What it measures
       lightning       the Trainer exactly as Basic_usage_of_lightning.py sets it up: CSV and
                       TensorBoard loggers, ModelCheckpoint on valid_acc, progress bar, model summary
       lightning_bare  the same module with logger, checkpointing, progress bar and summary off
+    and, when --configs names them, the same with the network compiled (torch.compile, in place):
+      pytorch_compiled    the pytorch loop with model.compile(mode=--compile_mode)
+      lightning_compiled  the lightning run as `Basic_usage_of_lightning.py --compile` trains it
     Every configuration validates once per epoch, so all three do the same arithmetic: the
     per-step training losses must agree (they are compared and reported), and any difference in
     time is the framework's. (Lightning's 2-batch sanity check before training restores the random
@@ -20,7 +23,11 @@ What it measures
     milliseconds per training step, the time the process spent outside the epochs (interpreter,
     imports, data, Trainer setup), peak RSS (each configuration runs in its own process, since
     RSS is a per-process maximum), on a GPU the peak of allocated GPU memory, and in the CSV the
-    RSS when training started.
+    RSS when training started. A compiled row is compared with the compiled loop (x PyTorch,
+    losses: compiled dropout draws its own random numbers, so eager and compiled losses differ),
+    and also with its eager row (x eager); "compile s" is its one-time compile, as torch records
+    it, with empty caches each run (what a user's first run pays; it falls in the warm-up epoch
+    and, for Lightning, in the sanity check).
 
 Why the Lightning runs import Basic_usage_of_lightning.py
     The question is what a user of our scripts pays. Importing MNISTClassifier measures the module
@@ -35,6 +42,7 @@ How to run
     python benchmarks/parity.py --data_dir /path/to/datasets --quick  # about 30 s
     python benchmarks/parity.py --accelerator gpu                  # the same on a GPU
     python benchmarks/parity.py --configs pytorch,lightning --repeats 5
+    python benchmarks/parity.py --configs pytorch,lightning,pytorch_compiled,lightning_compiled  # compiled rows
 
 What it writes (under --output_dir, default outputs/benchmarks)
     parity.csv         one row per configuration
@@ -61,9 +69,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchmetrics import Accuracy
 
-from common import (MNISTConvNet, add_recipe_flags, batch_count, benchmark_parser, device_name, die, environment_line,
-                    fill_mode_defaults, lightning_accelerator, markdown_table, mnist_tensors, number, prepare_run,
-                    seeded_split, synchronized_time, torch_device, write_report)
+from common import (MNISTConvNet, add_compile_flag, add_recipe_flags, batch_count, benchmark_parser, check_compile,
+                    cold_compile_env, compile_seconds, device_name, die, environment_line, fill_mode_defaults,
+                    lightning_accelerator, markdown_table, mnist_tensors, number, prepare_run, seeded_split,
+                    synchronized_time, torch_device, write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASIC_SCRIPT = ROOT / "Basic_usage_of_lightning.py"
@@ -71,7 +80,15 @@ CONFIGS = {
     "pytorch": "PyTorch loop (pytorch/examples style)",
     "lightning": "Lightning, as the script runs it",
     "lightning_bare": "Lightning, logging/checkpoint/progress bar off",
+    "pytorch_compiled": "PyTorch loop, network compiled",
+    "lightning_compiled": "Lightning, as the script runs it with --compile",
 }
+DEFAULT_CONFIGS = ("pytorch", "lightning", "lightning_bare")
+# Each row's ratios and losses are against its own plain loop; a compiled row also against its eager row.
+REFERENCE = {config: "pytorch_compiled" if config.endswith("_compiled") else "pytorch" for config in CONFIGS}
+COMPILED_NOTE = ("Compiled rows (torch.compile mode {mode}): x PyTorch and losses against the compiled loop, "
+                 "x eager against the same configuration uncompiled, compile s is the one-time compile "
+                 "(empty caches), already left out of s/epoch with the warm-up epoch. ")
 LOG_INTERVAL = 10  # pytorch/examples prints a progress line every 10 batches
 LOSS_TOLERANCE = 1e-5  # Lightning's own parity test compares losses to 5 decimals
 # Kept in the CSV, left out of the printed table so that it fits a README.
@@ -128,6 +145,8 @@ def run_pytorch(args, device: torch.device) -> dict:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)  # what pl.seed_everything does for torch
     model = MNISTConvNet().to(device)
+    if args.run == "pytorch_compiled":
+        model.compile(mode=args.compile_mode)  # in place, as the script's configure_model does
     train_set, valid_set = seeded_split(mnist_tensors(args.data_dir), args.val_size, args.seed)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     valid_loader = DataLoader(valid_set, batch_size=args.batch_size)
@@ -153,7 +172,7 @@ def run_pytorch(args, device: torch.device) -> dict:
 
 
 # %% Lightning
-def run_lightning(args, device: torch.device, as_the_script_runs_it: bool) -> dict:
+def run_lightning(args, device: torch.device, as_the_script_runs_it: bool, compile_mode: str = None) -> dict:
     # Imported here, not at the top, so the PyTorch process never loads Lightning.
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -189,7 +208,7 @@ def run_lightning(args, device: torch.device, as_the_script_runs_it: bool) -> di
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
     model = basic.MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                                  val_size=args.val_size, seed=args.seed)
+                                  val_size=args.val_size, seed=args.seed, compile_mode=compile_mode)
     trainer = pl.Trainer(accelerator=lightning_accelerator(device), devices=1, max_epochs=args.epochs,
                          limit_train_batches=args.limit_train_batches,
                          limit_val_batches=args.limit_val_batches, deterministic=True, **extras)
@@ -211,16 +230,17 @@ def run_one_configuration(args) -> int:
     device = torch_device(args.accelerator)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    if args.run == "pytorch":
+    if args.run.startswith("pytorch"):
         result = run_pytorch(args, device)
     else:
-        result = run_lightning(args, device, as_the_script_runs_it=args.run == "lightning")
+        result = run_lightning(args, device, as_the_script_runs_it=args.run != "lightning_bare",
+                               compile_mode=args.compile_mode if args.run == "lightning_compiled" else None)
     walls, rss = zip(*result.pop("marks"))  # one mark per epoch start, one at the end
     result.update(
         epoch_seconds=[b - a for a, b in zip(walls, walls[1:])],
         rss_before_training_mb=rss[0], peak_rss_mb=peak_rss_mb(),
         gpu_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-        device=device_name(device), threads=torch.get_num_threads())
+        device=device_name(device), threads=torch.get_num_threads(), compile_seconds=compile_seconds())
     Path(args.result_json).write_text(json.dumps(result))
     return 0
 
@@ -236,11 +256,12 @@ def launch(args, config: str, repeat: int, out: Path) -> dict:
                "--batch_size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
                "--val_size", str(args.val_size), "--epochs", str(args.epochs),
                "--limit_train_batches", str(args.limit_train_batches),
-               "--limit_val_batches", str(args.limit_val_batches)]
+               "--limit_val_batches", str(args.limit_val_batches), "--compile_mode", args.compile_mode]
     log = out / "parity_runs" / f"{config}_repeat{repeat}.log"
+    env = cold_compile_env(run_dir) if config.endswith("_compiled") else None
     started = time.perf_counter()
     with open(log, "w") as console:  # progress lines and bars go to a file, as under nohup
-        finished = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT)
+        finished = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT, env=env)
     wall = time.perf_counter() - started
     if finished.returncode != 0:
         print("\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
@@ -255,10 +276,9 @@ def summarize(runs: dict, warmup_epochs: int) -> list:
     def kept(run):
         return run["epoch_seconds"][warmup_epochs:]
 
-    reference = runs["pytorch"]
     rows = []
     for config, repeats in runs.items():
-        pairs = list(zip(repeats, reference))  # the runs of one repeat ran side by side
+        pairs = list(zip(repeats, runs[REFERENCE.get(config, "pytorch")]))  # the runs of one repeat ran side by side
         wall = [s for run in repeats for s in kept(run)]
         loss_gap = max(max(abs(a - b) for a, b in zip(run["losses"], ref["losses"])) for run, ref in pairs)
         same_steps = all(len(run["losses"]) == len(ref["losses"]) for run, ref in pairs)
@@ -280,6 +300,12 @@ def summarize(runs: dict, warmup_epochs: int) -> list:
             "steps": len(repeats[0]["losses"]),
             "final train loss": round(repeats[0]["losses"][-1], 6),
         }
+        eager = config.removesuffix("_compiled")
+        if config != eager:
+            if eager in runs:
+                row["x eager"] = round(statistics.median(statistics.median(kept(run)) / statistics.median(kept(ref))
+                                                         for run, ref in zip(repeats, runs[eager])), 3)
+            row["compile s"] = round(statistics.median(run["compile_seconds"] for run in repeats), 1)
         if repeats[0]["gpu_peak_mb"] is not None:
             row["GPU peak MB"] = round(max(run["gpu_peak_mb"] for run in repeats))
         rows.append(row)
@@ -293,6 +319,8 @@ def main(argv=None) -> int:
         return run_one_configuration(args)
     device, out = prepare_run(args, "parity_runs")
     configs = args.configs
+    if any(config.endswith("_compiled") for config in configs):
+        check_compile(args.compile_mode, device)
     print(f"parity: {', '.join(configs)} x {args.repeats} repeats x {args.epochs} epochs "
           f"(first dropped), train batches {args.limit_train_batches}, on {device_name(device)}")
 
@@ -315,6 +343,7 @@ def main(argv=None) -> int:
              f"{' in every configuration' if same_loss else ' (not the same everywhere: see the CSV)'}. "
              f"Medians of {args.repeats} runs x {args.epochs - 1} epochs (warm-up epoch dropped). "
              f"{'Every run reached its peak RSS before training started (loading MNIST). ' if peak_before_training else ''}"
+             f"{COMPILED_NOTE.format(mode=args.compile_mode) if 'pytorch_compiled' in configs else ''}"
              f"parity.csv has these and a few more columns.\n"
              + environment_line(device, threads=runs["pytorch"][0]["threads"]))
     write_report(out, "parity", "Parity", table, notes, rows, argv, started)
@@ -336,7 +365,9 @@ def peak_rss_mb() -> float:
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__, QUICK, FULL)
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, comma-separated")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help=f"which configurations, comma-separated, from {', '.join(CONFIGS)}")
+    add_compile_flag(parser, rows="*_compiled configurations")
     parser.add_argument("--repeats", type=int, metavar="N", help="processes per configuration (default: by mode)")
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs per process, the first one is warm-up")
     parser.add_argument("--limit_train_batches", "--limit-train-batches", type=number, metavar="N|F",
@@ -357,6 +388,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         die(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     if "pytorch" not in args.configs:
         die("--configs must include pytorch: every ratio and loss check is against it")
+    if "lightning_compiled" in args.configs and "pytorch_compiled" not in args.configs:
+        die("--configs with lightning_compiled must include pytorch_compiled: its ratio and losses are against it")
     if args.epochs < 2:
         die(f"--epochs must be at least 2 (the first one is dropped as warm-up), got {args.epochs}")
     for flag in ("repeats", "batch_size", "val_size"):

@@ -10,6 +10,9 @@ What it measures
                 network, seed, split, batches, optimizer and schedule, validation every epoch, the
                 best weights (by valid_acc) saved and tested; no training metrics, loggers, plots
                 or predict pass (parity.py is where both sides do the same work)
+    pytorch_compiled, lightning_compiled   the same two with the network compiled (the loop with
+                model.compile(mode=--compile_mode), the script with --compile MODE), compile time
+                included, with torch.compile's caches empty as on a user's first run
     Each run is a fresh process, timed from launch to exit, so the numbers include what a user
     waits for: interpreter start, imports, reading MNIST, training, testing. The one-cycle
     schedule spans the whole run, so "2 epochs" is its own run, not the first 2 epochs of a
@@ -24,6 +27,7 @@ How to run
     python benchmarks/time_to_99.py --data_dir /path/to/datasets          # full: 2 and 3 epochs, twice, ~7 min
     python benchmarks/time_to_99.py --data_dir /path/to/datasets --quick   # 1 short epoch, ~25 s
     python benchmarks/time_to_99.py --epochs 1,2,3 --repeats 3 --accelerator gpu
+    python benchmarks/time_to_99.py --frameworks pytorch,lightning,pytorch_compiled,lightning_compiled
 
 What it writes (under --output_dir, default outputs/benchmarks)
     time_to_99.csv     one row per run
@@ -47,13 +51,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchmetrics import Accuracy
 
-from common import (MNISTConvNet, add_recipe_flags, batch_count, benchmark_parser, device_name, die, environment_line,
-                    fill_mode_defaults, markdown_table, mnist_tensors, number, prepare_run, seeded_split, torch_device,
-                    whole_numbers, write_report)
+from common import (MNISTConvNet, add_compile_flag, add_recipe_flags, batch_count, benchmark_parser, check_compile,
+                    cold_compile_env, device_name, die, environment_line, fill_mode_defaults, markdown_table,
+                    mnist_tensors, number, prepare_run, seeded_split, torch_device, whole_numbers, write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASIC_SCRIPT = ROOT / "Basic_usage_of_lightning.py"
-FRAMEWORKS = ("pytorch", "lightning")
+FRAMEWORKS = ("pytorch", "lightning", "pytorch_compiled", "lightning_compiled")
 FULL = dict(epochs="2,3", limit_train_batches=1.0, repeats=2)
 QUICK = dict(epochs="1", limit_train_batches=100, repeats=1)
 
@@ -90,6 +94,8 @@ def run_pytorch(args) -> int:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     model = MNISTConvNet().to(device)
+    if args.run == "pytorch_compiled":
+        model.compile(mode=args.compile_mode)  # in place, as the script's --compile does
     train_set, valid_set = seeded_split(mnist_tensors(args.data_dir, train=True), args.val_size, args.seed)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     valid_loader = DataLoader(valid_set, batch_size=args.batch_size)
@@ -120,15 +126,18 @@ def launch(args, framework: str, epochs: int, repeat: int, out: Path) -> tuple:
     recipe = ["--data_dir", args.data_dir, "--epochs", str(epochs), "--batch_size", str(args.batch_size),
               "--lr", str(args.lr), "--seed", str(args.seed), "--val_size", str(args.val_size),
               "--limit_train_batches", str(args.limit_train_batches), "--accelerator", args.accelerator]
-    if framework == "lightning":
+    compiled = ["--compile", args.compile_mode] if framework.endswith("_compiled") else []
+    if framework.startswith("lightning"):
         # --devices 1: one device, like the plain loop (on a multi-GPU machine "auto" means DDP).
-        command = [sys.executable, str(BASIC_SCRIPT), *recipe, "--devices", "1", "--output_dir", str(run_dir)]
+        command = [sys.executable, str(BASIC_SCRIPT), *recipe, *compiled, "--devices", "1", "--output_dir", str(run_dir)]
     else:
-        command = [sys.executable, __file__, "--run", "pytorch", *recipe, "--run_dir", str(run_dir)]
+        command = [sys.executable, __file__, "--run", framework, *recipe, "--run_dir", str(run_dir),
+                   "--compile_mode", args.compile_mode]
     log = out / "time_to_99_runs" / f"{framework}_{epochs}_epochs_run{repeat}.log"
     started = time.perf_counter()
     with open(log, "w") as console:
-        finished = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT)
+        finished = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT,
+                                  env=cold_compile_env(run_dir) if compiled else None)
     wall = time.perf_counter() - started
     text = log.read_text()
     match = re.search(r"test accuracy:\s*([0-9.]+)", text)
@@ -150,9 +159,10 @@ def time_to_target(rows: list, target: float) -> list:
                         "epochs": best["epochs"] if best else "-",
                         "test accuracy": best["test accuracy"] if best else "-"})
     times = {row["framework"]: row[f"time to {target:.1%} s"] for row in summary}
-    if all(isinstance(times.get(f), float) for f in FRAMEWORKS):
+    if isinstance(times.get("pytorch"), float):
         for row in summary:
-            row["x PyTorch"] = round(times[row["framework"]] / times["pytorch"], 2)
+            if isinstance(times[row["framework"]], float):
+                row["x PyTorch"] = round(times[row["framework"]] / times["pytorch"], 2)
     return summary
 
 
@@ -162,6 +172,8 @@ def main(argv=None) -> int:
     if args.run:
         return run_pytorch(args)
     device, out = prepare_run(args, "time_to_99_runs")
+    if any(framework.endswith("_compiled") for framework in args.frameworks):
+        check_compile(args.compile_mode, device)
     print(f"time to {args.target:.1%}: {', '.join(args.frameworks)} x epochs {args.epochs}, "
           f"train batches {args.limit_train_batches}, on {device_name(device)}")
 
@@ -184,7 +196,10 @@ def main(argv=None) -> int:
     summary = time_to_target(rows, args.target)
 
     tables = markdown_table(summary) + "\n\n" + markdown_table(rows)
-    notes = (f"Wall time from launch to exit, median of {args.repeats} run(s) each.\n" + environment_line(device))
+    compiled = any(framework.endswith("_compiled") for framework in args.frameworks)
+    notes = (f"Wall time from launch to exit, median of {args.repeats} run(s) each"
+             f"{f'; *_compiled: torch.compile mode {args.compile_mode}, compile included, caches empty' if compiled else ''}"
+             f".\n" + environment_line(device))
     write_report(out, "time_to_99", f"Time to {args.target:.1%} test accuracy", tables, notes, rows, argv, started)
     return 0
 
@@ -192,7 +207,9 @@ def main(argv=None) -> int:
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__, QUICK, FULL)
-    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="which sides to run, comma-separated")
+    parser.add_argument("--frameworks", default="pytorch,lightning",
+                        help=f"which sides to run, comma-separated, from {', '.join(FRAMEWORKS)}")
+    add_compile_flag(parser, rows="*_compiled runs")
     parser.add_argument("--epochs", metavar="N[,N...]", help="one run per value, each its own schedule (default: by mode)")
     parser.add_argument("--limit_train_batches", "--limit-train-batches", type=number, metavar="N|F",
                         help="training batches per epoch: a count or a fraction (default: by mode)")
@@ -200,7 +217,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.99, help="the test accuracy to reach")
     add_recipe_flags(parser, lr_help="peak learning rate of the one-cycle schedule")
     # Set by the parent for the plain-loop child process; a user never needs them.
-    parser.add_argument("--run", choices=["pytorch"], help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=["pytorch", "pytorch_compiled"], help=argparse.SUPPRESS)
     parser.add_argument("--run_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
