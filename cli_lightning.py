@@ -33,6 +33,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import struct
 import sys
 import warnings
@@ -41,6 +42,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
@@ -278,6 +280,16 @@ class MNISTCLI(LightningCLI):
             }],
         })
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        check_config(self.config[self.config.subcommand])  # values the type hints let through
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        try:  # e.g. an accelerator this machine lacks: one line, not a traceback
+            return super().instantiate_trainer(**kwargs)
+        except Exception as error:
+            die(f"cannot build the Trainer from these trainer.* keys: {str(error).strip().splitlines()[0]}")
+
     def after_fit(self) -> None:
         # Test the epoch with the best valid_acc, as the other scripts do. A separate `test`
         # command runs in a new process, which cannot know which checkpoint was best.
@@ -294,6 +306,7 @@ class MNISTCLI(LightningCLI):
 
 # %% Main
 def main(argv=None) -> int:
+    check_config_files(sys.argv[1:] if argv is None else argv)
     MNISTCLI(
         MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
         seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
@@ -309,7 +322,59 @@ class OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception = None):
         if not self.exit_on_error:  # jsonargparse is trying alternatives; it catches this itself
             return super().error(message, ex)
-        die(" ".join(message.split()) + f" (see: {self.prog} --help)")
+        die(f"{clearer(' '.join(message.split()))} (see: {self.prog.replace(' [options]', '')} --help)")
+
+
+def clearer(message: str) -> str:
+    """The part of a jsonargparse message that says what is wrong: for a value that fits none of
+    a Union's types it lists every alternative it tried, a paragraph for one bad value."""
+    key = re.match(r'Parser key "([^"]+)": ', message)
+    bad_class = re.search(r"Problem with given class_path '([^']+)': (.+?)(?: - |$)", message)
+    expected = [kind or choices for kind, choices in
+                re.findall(r"Expected a (?:<class '(\w+)'>|typing\.Literal\[(.*?)\])(?= - | Given)", message)]
+    given = re.search(r"Given value: (.*)$", message)
+    if key and bad_class:
+        return (f"{key[1]}: cannot import class_path {bad_class[1]} ({bad_class[2].strip()}); "
+                f"give a full import path such as pytorch_lightning.callbacks.EarlyStopping")
+    if key and expected and given:
+        return f"{key[1]}: expected {' or '.join(expected).replace('NoneType', 'null')}; got {given[1]}"
+    return message
+
+
+def check_config_files(argv: list) -> None:
+    """A --config file that is not valid YAML: name the file and the line (jsonargparse does not)."""
+    paths = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("-c", "--config")]
+    paths += [word.split("=", 1)[1] for word in argv if word.startswith("--config=")]
+    for path in paths:
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            die(f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}")
+        except OSError:
+            pass  # a missing file: jsonargparse names it
+
+
+def check_config(config) -> None:
+    """What the type hints let through but would end in a traceback later: one line, exit 2."""
+    for key in ("batch_size", "eval_batch_size", "val_size", "num_workers"):
+        if config.data[key] < (0 if key == "num_workers" else 1):
+            die(f"data.{key} cannot be {config.data[key]}; it must be at least {0 if key == 'num_workers' else 1}")
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "best":
+        die("ckpt_path best means the best checkpoint of this process's fit, and this process has not "
+            "fitted; pass the file, e.g. --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt")
+    if ckpt_path and ckpt_path not in ("last", "hpc", "registry"):
+        if not Path(ckpt_path).is_file():
+            die(f"ckpt_path {ckpt_path}: no such file; pass a .ckpt that fit wrote (lightning_logs/version_N/checkpoints/)")
+        try:
+            torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            die(f"ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({error.__class__.__name__}); "
+                f"pass a .ckpt that fit wrote")
+    if config.data.val_size >= prepare_mnist(config.data.data_dir):
+        die(f"data.val_size {config.data.val_size} leaves no training images; use a smaller data.val_size")
 
 
 # %% Helpers
