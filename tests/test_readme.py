@@ -148,7 +148,10 @@ def test_every_script_command_names_a_script_and_valid_flags(page, monkeypatch, 
         for word in argv:
             if not word.startswith("-") and "/" in word and Path(word).suffix and not Path(word).is_absolute():
                 (tmp_path / word).parent.mkdir(parents=True, exist_ok=True)
-                (tmp_path / word).touch()
+                # A file of the repository (a config in configs/) as it is; an empty config otherwise.
+                in_repo = ROOT / word
+                (tmp_path / word).write_bytes(in_repo.read_bytes() if in_repo.is_file() else
+                                              b"{}\n" if Path(word).suffix == ".yaml" else b"")
         try:
             parsed_flags(script, argv, monkeypatch)
         except SystemExit as exit_:  # argparse rejects a flag with exit code 2
