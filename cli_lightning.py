@@ -331,8 +331,8 @@ def clearer(message: str) -> str:
     key = re.match(r'Parser key "([^"]+)": ', message)
     bad_class = re.search(r"Problem with given class_path '([^']+)': (.+?)(?: - |$)", message)
     expected = [kind or choices for kind, choices in
-                re.findall(r"Expected a (?:<class '(\w+)'>|typing\.Literal\[(.*?)\])(?= - | Given)", message)]
-    given = re.search(r"Given value: (.*)$", message)
+                re.findall(r"Expected a (?:<class '(\w+)'>|typing\.Literal\[(.*?)\])(?= - | Given|\. Got)", message)]
+    given = re.search(r"(?:Given|Got) value: (.*)$", message)
     if key and bad_class:
         return (f"{key[1]}: cannot import class_path {bad_class[1]} ({bad_class[2].strip()}); "
                 f"give a full import path such as pytorch_lightning.callbacks.EarlyStopping")
