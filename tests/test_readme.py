@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, script_env
 from test_conventions import SCRIPTS, parsed_flags
 
-CHAPTERS = ["basics", "trainer_options", "checkpoints", "quantization", "callbacks_and_loggers", "performance"]
+CHAPTERS = ["basics", "trainer_options", "checkpoints", "quantization", "callbacks_and_loggers", "performance", "cli"]
 # (English page, its Japanese twin), as paths under the repository root.
 TWINS = [("README.md", "README.ja.md")] + [(f"docs/{name}.md", f"docs/ja/{name}.md") for name in CHAPTERS]
 ENGLISH = [english for english, _ in TWINS]
