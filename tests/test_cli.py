@@ -27,8 +27,11 @@ CONFIGS = sorted(path.name for path in (ROOT / "configs").glob("*.yaml"))
 
 
 def run_cli(argv, folder: Path) -> str:
-    """main(argv) in folder, one thread; returns what it printed. A SystemExit goes on up."""
+    """main(argv) in folder, one thread; returns what it printed. A SystemExit goes on up.
+    Torch's thread count and deterministic mode are put back after it, since a module-scoped
+    fixture calls this too (conftest's restore_torch_determinism covers only test functions)."""
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(1)
     printed = io.StringIO()
     try:
@@ -36,6 +39,7 @@ def run_cli(argv, folder: Path) -> str:
             load_script(SCRIPT).main([str(arg) for arg in argv])
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     return printed.getvalue()
 
 
@@ -69,10 +73,10 @@ def test_fit_learns_saves_its_config_and_tests_the_best_checkpoint(fitted, mnist
     assert list(fitted.run.glob("events.out.tfevents.*"))
 
 
-def test_fit_reaches_basics_accuracy_with_the_same_settings(fitted, mnist_dir, tmp_path, monkeypatch, capsys):
+def test_fit_reaches_basics_accuracy_with_the_same_settings(fitted, mnist_dir, tmp_path, monkeypatch, capsys,
+                                                          one_thread):
     """Same network, data, seed and schedule: the CLI and Basic's argparse flags give the same model."""
     monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(1)
     load_script("Basic_usage_of_lightning.py").main(
         ["--data_dir", str(mnist_dir), "--epochs", "1", "--batch_size", "64", "--val_size", "500"])
     assert printed_accuracy(capsys.readouterr().out) == fitted.accuracy
