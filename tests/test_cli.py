@@ -3,6 +3,7 @@ the comparison with Basic_usage_of_lightning.py and bad input. Runs are in-proce
 tiny settings: importing Lightning again in a fresh process costs more than these trainings."""
 import contextlib
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -216,3 +217,14 @@ def test_no_mnist_offline_is_one_clear_error(mnist_dir, tmp_path, monkeypatch, c
     result = exit_of(load_script(SCRIPT).main, ["fit", "--data.data_dir", empty], capsys)
     assert_clean_error(result, "MNIST is not in", "PATH_DATASETS")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["nothing"]
+
+
+REAL_MNIST = os.environ.get("PATH_DATASETS")
+
+
+@pytest.mark.skipif(not (REAL_MNIST and Path(REAL_MNIST, "MNIST", "raw").is_dir()),
+                    reason="real MNIST not found: set PATH_DATASETS to a folder holding MNIST/raw")
+def test_real_mnist_one_epoch(tmp_path):
+    printed = run_cli(["fit", "--data.data_dir", REAL_MNIST, "--trainer.max_epochs", "1",
+                       "--trainer.enable_progress_bar", "false"], tmp_path)
+    assert printed_accuracy(printed) > 0.98
