@@ -307,11 +307,12 @@ class MNISTCLI(LightningCLI):
 # %% Main
 def main(argv=None) -> int:
     check_config_files(sys.argv[1:] if argv is None else argv)
-    MNISTCLI(
-        MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
-        seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
-        # Basic_usage_of_lightning.py's defaults; every one can be changed by a flag or a config.
-        trainer_defaults={"max_epochs": 3, "deterministic": True, "default_root_dir": "outputs/cli_lightning"})
+    with exit_if_schedule_ends():
+        MNISTCLI(
+            MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
+            seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
+            # Basic_usage_of_lightning.py's defaults; every one can be changed by a flag or a config.
+            trainer_defaults={"max_epochs": 3, "deterministic": True, "default_root_dir": "outputs/cli_lightning"})
     return 0
 
 
@@ -354,6 +355,18 @@ def check_config_files(argv: list) -> None:
             die(f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}")
         except OSError:
             pass  # a missing file: jsonargparse names it
+
+
+@contextlib.contextmanager
+def exit_if_schedule_ends():
+    """fit --ckpt_path with more steps than the checkpoint's run: its one-cycle schedule has no more."""
+    try:
+        yield
+    except ValueError as error:
+        if not str(error).startswith("Tried to step"):
+            raise
+        die(f"the checkpoint's one-cycle schedule has ended ({error}); resume with the trainer.max_epochs "
+            f"and trainer.limit_train_batches of the run that wrote it")
 
 
 def check_config(config) -> None:

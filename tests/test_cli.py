@@ -156,6 +156,18 @@ def test_fit_resumes_from_a_checkpoint(mnist_dir, tmp_path):
     assert final["epoch"] == 1 and final["global_step"] == 6  # 3 steps restored + 3 new
 
 
+def test_resuming_past_the_schedule_is_one_clear_error(mnist_dir, tmp_path, capsys):
+    """The one-cycle schedule is sized for the run that wrote the checkpoint; more epochs step past it."""
+    run_cli(["fit", "--data.data_dir", mnist_dir, *TINY], tmp_path)
+    best = tmp_path / "outputs" / "cli_lightning" / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--data.data_dir", mnist_dir, *TINY, "--trainer.max_epochs", "2", "--ckpt_path", best], tmp_path)
+    err = capsys.readouterr().err
+    assert_clean_error(SimpleNamespace(returncode=exit_info.value.code, stderr=err, out=err),
+                       "one-cycle schedule has ended", "trainer.max_epochs")
+
+
 def printed_config(argv, folder: Path) -> str:
     """What --print_config writes: it ends the run by itself, with exit code 0."""
     printed = io.StringIO()
