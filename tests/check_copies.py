@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["Basic_usage_of_lightning.py", "check_point_save.py", "check_point_load.py",
            "quant_lightning_ptq.py", "quant_lightning_qat.py", "quant_with_only_lightning.py",
-           "callbacks_lightning.py", "loggers_lightning.py"]
+           "callbacks_lightning.py", "loggers_lightning.py", "cli_lightning.py"]
 # Not scripts, but they hold marked copies too: the benchmarks' network must be the script's.
 ALSO_CHECKED = ["benchmarks/common.py"]
 COPY_MARK = re.compile(r"^# Copied from (\S+\.py)$")

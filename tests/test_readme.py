@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, script_env
 from test_conventions import SCRIPTS, parsed_flags
 
-CHAPTERS = ["basics", "trainer_options", "checkpoints", "quantization", "callbacks_and_loggers", "performance"]
+CHAPTERS = ["basics", "trainer_options", "checkpoints", "quantization", "callbacks_and_loggers", "performance", "cli"]
 # (English page, its Japanese twin), as paths under the repository root.
 TWINS = [("README.md", "README.ja.md")] + [(f"docs/{name}.md", f"docs/ja/{name}.md") for name in CHAPTERS]
 ENGLISH = [english for english, _ in TWINS]
@@ -48,7 +48,10 @@ def script_commands(page: str) -> list:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             for part in re.split(r"&&|\|\||[;&|]", line):
-                words = [word for word in shlex.split(part) if not re.match(r"^\d*[<>]", word)]
+                words = shlex.split(part)
+                # A redirection and, when it stands alone (`> file`), its target.
+                words = [word for i, word in enumerate(words) if not re.match(r"^\d*[<>]", word)
+                         and not (i and re.fullmatch(r"\d*[<>]+&?", words[i - 1]))]
                 while words and re.match(r"^\w+=", words[0]):  # VAR=value before the command
                     words.pop(0)
                 if words and words[0] in WRAPPERS and "python" in words:
@@ -146,10 +149,14 @@ def test_every_script_command_names_a_script_and_valid_flags(page, monkeypatch, 
     rejected = []
     for script, *argv in commands:
         assert (ROOT / script).is_file(), f"{page}: {script} does not exist"
-        for word in argv:
-            if not word.startswith("-") and "/" in word and Path(word).suffix and not Path(word).is_absolute():
+        for before, word in zip(["", *argv], argv):
+            names_a_file = "/" in word or before in ("--config", "-c")  # a LightningCLI config file
+            if not word.startswith("-") and names_a_file and Path(word).suffix and not Path(word).is_absolute():
                 (tmp_path / word).parent.mkdir(parents=True, exist_ok=True)
-                (tmp_path / word).touch()
+                # A file of the repository (a config in configs/) as it is; an empty config otherwise.
+                in_repo = ROOT / word
+                (tmp_path / word).write_bytes(in_repo.read_bytes() if in_repo.is_file() else
+                                              b"{}\n" if Path(word).suffix == ".yaml" else b"")
         try:
             parsed_flags(script, argv, monkeypatch)
         except SystemExit as exit_:  # argparse rejects a flag with exit code 2

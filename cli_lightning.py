@@ -1,0 +1,458 @@
+"""
+Title: LightningCLI: the same training driven by config files
+Description: Fit, validate, test and predict MNIST from YAML configs and dotted flags, with LightningCLI.
+
+What it teaches
+    LightningCLI turns the __init__ arguments of the LightningModule (model.*), the DataModule
+    (data.*) and the Trainer (trainer.*) into command-line flags and YAML keys, with no argparse
+    code: type hints and defaults are the flags. One subcommand per Trainer method (fit, validate,
+    test, predict); callbacks and loggers declared in YAML by class_path; --print_config to write
+    a full config; link_arguments where one value feeds two classes; the config.yaml saved beside
+    every run, which repeats the run. The network, the module and the data are copies of those in
+    Basic_usage_of_lightning.py, unchanged: the CLI is all this script adds.
+
+How to run
+    python cli_lightning.py fit                                       # Basic's defaults: 3 epochs, then a test of the best epoch
+    python cli_lightning.py fit --data.data_dir /path/to/datasets     # MNIST already on disk (MNIST/raw), offline
+    PATH_DATASETS=/path/to/datasets python cli_lightning.py fit       # the same, as the Lightning tutorials do
+    python cli_lightning.py fit --config configs/cli_defaults.yaml --trainer.max_epochs 15   # a config, one key changed
+    python cli_lightning.py fit --config configs/cli_callbacks_loggers.yaml   # + EarlyStopping, LearningRateMonitor, CSV, TensorBoard
+    python cli_lightning.py fit --print_config > my_config.yaml       # every key and its value, ready to edit
+    python cli_lightning.py fit --config outputs/cli_lightning/lightning_logs/version_0/config.yaml   # that run again
+    python cli_lightning.py test --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt
+    python cli_lightning.py fit --help                                # every key fit accepts
+
+What it writes (under --trainer.default_root_dir, default outputs/cli_lightning)
+    lightning_logs/version_N/config.yaml           the run's full config: fit --config it to repeat the run
+    lightning_logs/version_N/checkpoints/best.ckpt the epoch with the best valid_acc, tested at the end of fit
+    lightning_logs/version_N/events.out.tfevents.* TensorBoard: tensorboard --logdir outputs/cli_lightning/lightning_logs
+"""
+
+# %% Imports
+import contextlib
+import io
+import math
+import os
+import re
+import struct
+import sys
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import yaml
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset, random_split
+from torchmetrics import Accuracy, MeanMetric
+from torchvision.datasets import MNIST
+
+# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
+# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
+warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+# %% Model
+# Copied from Basic_usage_of_lightning.py
+class MNISTConvNet(nn.Module):
+    """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
+
+    def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
+            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_units, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
+        return self.classifier(self.features(x))
+
+
+# %% LightningModule
+# Copied from Basic_usage_of_lightning.py
+class MNISTClassifier(pl.LightningModule):
+    """The training recipe around MNISTConvNet: steps, metrics, optimizer and data."""
+
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
+                 num_workers: int = 0, seed: int = 42, compile_mode: str = None):
+        super().__init__()
+        # Only plain types go in: checkpoints then load with torch.load(weights_only=True),
+        # the default since torch 2.6 (an argparse.Namespace here would make loading fail).
+        # compile_mode stays out: a checkpoint loads the same with or without --compile.
+        self.save_hyperparameters(ignore="compile_mode")
+        self.compile_mode = compile_mode
+        self.model = MNISTConvNet(hidden_units, dropout)
+        # One metric object per stage, so their running states never mix.
+        self.train_loss = MeanMetric()  # the epoch's mean loss, weighted by batch size
+        self.train_acc = Accuracy(task="multiclass", num_classes=10)
+        self.valid_acc = Accuracy(task="multiclass", num_classes=10)
+        self.test_acc = Accuracy(task="multiclass", num_classes=10)
+        self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
+        # For the model summary and the exports. Batch 2, so that torch.export keeps the batch
+        # dimension dynamic (a size of 1 would be specialized away).
+        self.example_input_array = torch.zeros(2, 1, 28, 28)
+
+    def configure_model(self):
+        # --compile: the network, not the LightningModule (torch.compile(model) in Lightning's docs
+        # also compiles the *_step hooks, whose metrics and logging only break the graph; this way
+        # it is the same work as a compiled plain loop). Here, so each process compiles after DDP
+        # starts; in place, so the state_dict keeps its names (no "_orig_mod.") and checkpoints
+        # load uncompiled. The first batch of each stage (and each new batch size) waits for a compile.
+        if self.compile_mode:
+            self.model.compile(mode=self.compile_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: images in, logits out. The *_step hooks below call this."""
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        # Only accumulate here; the epoch values are logged once, in on_train_epoch_end. A
+        # self.log call costs about half a millisecond per step on a CPU, which on this small
+        # network was most of what Lightning added to a plain loop (benchmarks/step_overhead.py).
+        self.train_loss.update(loss.detach(), weight=len(labels))
+        self.train_acc.update(logits, labels)
+        return loss  # Lightning calls backward(), optimizer.step() and zero_grad() with it
+
+    def on_train_epoch_end(self):
+        # Logging the Metric objects lets Lightning compute them once, across all DDP processes,
+        # and reset them for the next epoch. Runs after the epoch's validation, so the progress
+        # bar shows the epoch's train_loss at the end of each epoch.
+        self.log("train_loss", self.train_loss, prog_bar=True)
+        self.log("train_acc", self.train_acc)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        self.log("valid_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
+        self.valid_acc.update(logits, labels)
+
+    def on_validation_epoch_end(self):
+        # The 2.x home of what 1.x did in validation_epoch_end(outputs). As in on_train_epoch_end,
+        # the metric has kept its state over every batch, and logging the Metric object does the rest.
+        self.log("valid_acc", self.valid_acc, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        self.log("test_loss", F.cross_entropy(logits, labels), sync_dist=True)
+        self.test_acc.update(logits, labels)
+        self.test_acc_per_digit.update(logits, labels)
+
+    def on_test_epoch_end(self):
+        # Replaces 1.x test_epoch_end / test_end. A per-class result is a vector, which self.log
+        # cannot take, so compute() (synced across processes) and keep it for the report.
+        self.log("test_acc", self.test_acc)
+        self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()
+        self.test_acc_per_digit.reset()
+
+    def predict_step(self, batch, batch_idx):
+        images, labels = batch
+        return self(images).argmax(dim=1), labels
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+        # One-cycle: warm up, then anneal, once over the whole run; the Trainer knows how many
+        # optimizer steps that is, for any --epochs, --limit_train_batches or --devices.
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def setup(self, stage: str):
+        # Called on every process (each DDP rank) before the stage starts.
+        if stage in ("fit", "validate"):
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
+        if stage in ("test", "predict"):
+            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self):
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def _loader(self, dataset, batch_size, shuffle=False):
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+
+# %% DataModule
+# Copied from Basic_usage_of_lightning.py
+class MNISTDataModule(pl.LightningDataModule):
+    """The same data as MNISTClassifier's own hooks, as a LightningDataModule (--datamodule).
+
+    A DataModule is the standard home for data once several models or scripts share it: the
+    split, the loaders and the download live in one reusable class, and the same object feeds
+    trainer.fit, validate, test and predict. For one model in one file the hooks inside the
+    LightningModule (the original tutorial's way) are enough; both give the same split.
+    """
+
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def prepare_data(self):
+        # Once per machine (local rank 0 only), before setup: the place to download.
+        prepare_mnist(self.hparams.data_dir)
+
+    def setup(self, stage: str):
+        # On every process: the same seeded split as MNISTClassifier.setup.
+        if stage in ("fit", "validate"):
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
+        if stage in ("test", "predict"):
+            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self):
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def _loader(self, dataset, batch_size, shuffle=False):
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+
+# %% Data
+# Copied from Basic_usage_of_lightning.py
+def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
+    """The whole split as normalized float tensors, decoded once by torchvision.
+
+    MNIST is 47 MB as uint8; converting it once is far cheaper than running
+    ToTensor + Normalize on every sample of every epoch.
+    """
+    dataset = MNIST(data_dir, train=train, download=False)
+    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
+    return TensorDataset(images, dataset.targets)
+
+
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    """The training images split into train and validation sets, the same for the same seed."""
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
+
+
+# %% The CLI
+class MNISTCLI(LightningCLI):
+    """LightningCLI(MNISTClassifier, MNISTDataModule), plus what the other scripts do around fit.
+
+    The DataModule feeds every subcommand: when the Trainer gets a datamodule, the module's own
+    *_dataloader hooks are not called. MNISTClassifier still takes the data arguments (it can load
+    data itself, and its checkpoints record them), so each one is linked from data.*: set once,
+    as data.batch_size, it reaches both classes, and model.batch_size cannot disagree with it.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key in ("data_dir", "batch_size", "eval_batch_size", "val_size", "num_workers"):
+            parser.link_arguments(f"data.{key}", f"model.{key}")
+        # One seed, as Basic's --seed: the weights, the shuffling and the validation split.
+        parser.link_arguments("seed_everything", "data.seed")
+        parser.link_arguments("seed_everything", "model.seed")
+        parser.set_defaults({
+            "data.data_dir": os.environ.get("PATH_DATASETS", "data"),
+            # A default, not a fixed callback: a config's trainer.callbacks replaces this list.
+            "trainer.callbacks": [{
+                "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                "init_args": {"monitor": "valid_acc", "mode": "max", "filename": "best"},
+            }],
+        })
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        check_config(self.config[self.config.subcommand])  # values the type hints let through
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        try:  # e.g. an accelerator this machine lacks: one line, not a traceback
+            return super().instantiate_trainer(**kwargs)
+        except Exception as error:
+            die(f"cannot build the Trainer from these trainer.* keys: {str(error).strip().splitlines()[0]}")
+
+    def after_fit(self) -> None:
+        # Test the epoch with the best valid_acc, as the other scripts do. A separate `test`
+        # command runs in a new process, which cannot know which checkpoint was best.
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        metrics = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        if self.trainer.is_global_zero:
+            print(f"\ntest accuracy: {metrics[0]['test_acc']:.4f} (of {best or 'the weights in memory'})")
+
+    def after_predict(self) -> None:
+        predicted, labels = self.trainer.predict_loop.predictions[0]  # what predict_step returned
+        if self.trainer.is_global_zero:
+            print(f"first predictions {predicted[:12].tolist()}\n     true labels  {labels[:12].tolist()}")
+
+
+# %% Main
+def main(argv=None) -> int:
+    check_config_files(sys.argv[1:] if argv is None else argv)
+    with exit_if_schedule_ends():
+        MNISTCLI(
+            MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
+            seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
+            # Basic_usage_of_lightning.py's defaults; every one can be changed by a flag or a config.
+            trainer_defaults={"max_epochs": 3, "deterministic": True, "default_root_dir": "outputs/cli_lightning"})
+    return 0
+
+
+# %% Flags
+class OneLineErrorParser(LightningArgumentParser):
+    """jsonargparse's errors as one line: `error: <what is wrong>` and the help to read, exit 2."""
+
+    def error(self, message: str, ex: Exception = None):
+        if not self.exit_on_error:  # jsonargparse is trying alternatives; it catches this itself
+            return super().error(message, ex)
+        die(f"{clearer(' '.join(message.split()))} (see: {self.prog.replace(' [options]', '')} --help)")
+
+
+def clearer(message: str) -> str:
+    """The part of a jsonargparse message that says what is wrong: for a value that fits none of
+    a Union's types it lists every alternative it tried, a paragraph for one bad value."""
+    key = re.match(r'Parser key "([^"]+)": ', message)
+    bad_class = re.search(r"Problem with given class_path '([^']+)': (.+?)(?: - |$)", message)
+    expected = [kind or choices for kind, choices in
+                re.findall(r"Expected a (?:<class '(\w+)'>|typing\.Literal\[(.*?)\])(?= - | Given|\. Got)", message)]
+    given = re.search(r"(?:Given|Got) value: (.*)$", message)
+    if key and bad_class:
+        return (f"{key[1]}: cannot import class_path {bad_class[1]} ({bad_class[2].strip()}); "
+                f"give a full import path such as pytorch_lightning.callbacks.EarlyStopping")
+    if key and expected and given:
+        return f"{key[1]}: expected {' or '.join(expected).replace('NoneType', 'null')}; got {given[1]}"
+    return message
+
+
+def check_config_files(argv: list) -> None:
+    """A --config file that is not valid YAML: name the file and the line (jsonargparse does not)."""
+    paths = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("-c", "--config")]
+    paths += [word.split("=", 1)[1] for word in argv if word.startswith("--config=")]
+    for path in paths:
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            die(f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}")
+        except OSError:
+            pass  # a missing file: jsonargparse names it
+
+
+@contextlib.contextmanager
+def exit_if_schedule_ends():
+    """fit --ckpt_path with more steps than the checkpoint's run: its one-cycle schedule has no more."""
+    try:
+        yield
+    except ValueError as error:
+        if not str(error).startswith("Tried to step"):
+            raise
+        die(f"the checkpoint's one-cycle schedule has ended ({error}); resume with the trainer.max_epochs "
+            f"and trainer.limit_train_batches of the run that wrote it")
+
+
+def check_config(config) -> None:
+    """What the type hints let through but would end in a traceback later: one line, exit 2."""
+    for key in ("batch_size", "eval_batch_size", "val_size", "num_workers"):
+        if config.data[key] < (0 if key == "num_workers" else 1):
+            die(f"data.{key} cannot be {config.data[key]}; it must be at least {0 if key == 'num_workers' else 1}")
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "best":
+        die("ckpt_path best means the best checkpoint of this process's fit, and this process has not "
+            "fitted; pass the file, e.g. --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt")
+    if ckpt_path and ckpt_path not in ("last", "hpc", "registry"):
+        if not Path(ckpt_path).is_file():
+            die(f"ckpt_path {ckpt_path}: no such file; pass a .ckpt that fit wrote (lightning_logs/version_N/checkpoints/)")
+        try:
+            torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            die(f"ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({error.__class__.__name__}); "
+                f"pass a .ckpt that fit wrote")
+    if config.data.val_size >= prepare_mnist(config.data.data_dir):
+        die(f"data.val_size {config.data.val_size} leaves no training images; use a smaller data.val_size")
+
+
+# %% Helpers
+# Copied from Basic_usage_of_lightning.py
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# Copied from Basic_usage_of_lightning.py
+def prepare_mnist(data_dir: str) -> int:
+    """MNIST in data_dir/MNIST/raw (downloaded if missing), checked; returns the training image count."""
+    raw = Path(data_dir, "MNIST", "raw")
+    if not all((raw / name).is_file() for name in MNIST_FILES):
+        new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
+        try:
+            # torchvision prints every mirror it tries; one line from us is clearer.
+            with contextlib.redirect_stdout(io.StringIO()):
+                MNIST(data_dir, train=False, download=True)
+                MNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            for folder in new_folders:  # leave no empty MNIST/raw behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reason = str(error).splitlines()[0].rstrip(":")
+            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
+                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
+                f"that holds MNIST/raw.")
+    train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
+    for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
+        if images != labels:
+            die(f"{raw} holds {images} {split} images but {labels} {split} labels; copy the four raw "
+                f"MNIST files again from one source")
+    return train_images
+
+
+# Copied from Basic_usage_of_lightning.py
+def idx_length(path: Path) -> int:
+    """The item count in an IDX file's header, after checking the file is as long as it says."""
+    with open(path, "rb") as file:
+        header = file.read(4)
+        rank = header[3] if len(header) == 4 else 0
+        shape = file.read(4 * rank)
+    size = path.stat().st_size
+    if rank == 0 or len(shape) < 4 * rank or size != 4 + 4 * rank + math.prod(struct.unpack(f">{rank}I", shape)):
+        die(f"{path} is damaged or cut short ({size} bytes); copy the four raw MNIST files again")
+    return struct.unpack(">I", shape[:4])[0]
+
+
+# Copied from Basic_usage_of_lightning.py
+def die(message: str) -> None:
+    """One line on stderr and exit code 2: bad input is the user's to fix, not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
