@@ -1,32 +1,39 @@
-"""
-Title: LightningCLI: the same training driven by config files
-Description: Fit, validate, test and predict MNIST from YAML configs and dotted flags, with LightningCLI.
+# %% [markdown]
+# # LightningCLI: the same training driven by config files
+# Fit, validate, test and predict MNIST from YAML configs and dotted flags, with LightningCLI.
+#
+# ## What it teaches
+# LightningCLI turns the `__init__` arguments of the LightningModule (`model.*`), the DataModule
+# (`data.*`) and the Trainer (`trainer.*`) into command-line flags and YAML keys, with no argparse
+# code: type hints and defaults are the flags. One subcommand per Trainer method (fit, validate,
+# test, predict); callbacks and loggers declared in YAML by `class_path`; `--print_config` to write
+# a full config; `link_arguments` where one value feeds two classes; the `config.yaml` saved beside
+# every run, which repeats the run. The network, the module and the data are copies of those in
+# `Basic_usage_of_lightning.py`, unchanged: the CLI is all this script adds.
+#
+# ## How to run
+# ```bash
+# python cli_lightning.py fit                                       # Basic's defaults: 3 epochs, then a test of the best epoch
+# python cli_lightning.py fit --data.data_dir /path/to/datasets     # MNIST already on disk (MNIST/raw), offline
+# PATH_DATASETS=/path/to/datasets python cli_lightning.py fit       # the same, as the Lightning tutorials do
+# python cli_lightning.py fit --config configs/cli_defaults.yaml --trainer.max_epochs 15   # a config, one key changed
+# python cli_lightning.py fit --config configs/cli_callbacks_loggers.yaml   # + EarlyStopping, LearningRateMonitor, CSV, TensorBoard
+# python cli_lightning.py fit --print_config > my_config.yaml       # every key and its value, ready to edit
+# python cli_lightning.py fit --config outputs/cli_lightning/lightning_logs/version_0/config.yaml   # that run again
+# python cli_lightning.py test --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt
+# python cli_lightning.py fit --help                                # every key fit accepts
+# ```
+#
+# ## What it writes (under --trainer.default_root_dir, default outputs/cli_lightning)
+# ```text
+# lightning_logs/version_N/config.yaml           the run's full config: fit --config it to repeat the run
+# lightning_logs/version_N/checkpoints/best.ckpt the epoch with the best valid_acc, tested at the end of fit
+# lightning_logs/version_N/events.out.tfevents.* TensorBoard: tensorboard --logdir outputs/cli_lightning/lightning_logs
+# ```
 
-What it teaches
-    LightningCLI turns the __init__ arguments of the LightningModule (model.*), the DataModule
-    (data.*) and the Trainer (trainer.*) into command-line flags and YAML keys, with no argparse
-    code: type hints and defaults are the flags. One subcommand per Trainer method (fit, validate,
-    test, predict); callbacks and loggers declared in YAML by class_path; --print_config to write
-    a full config; link_arguments where one value feeds two classes; the config.yaml saved beside
-    every run, which repeats the run. The network, the module and the data are copies of those in
-    Basic_usage_of_lightning.py, unchanged: the CLI is all this script adds.
-
-How to run
-    python cli_lightning.py fit                                       # Basic's defaults: 3 epochs, then a test of the best epoch
-    python cli_lightning.py fit --data.data_dir /path/to/datasets     # MNIST already on disk (MNIST/raw), offline
-    PATH_DATASETS=/path/to/datasets python cli_lightning.py fit       # the same, as the Lightning tutorials do
-    python cli_lightning.py fit --config configs/cli_defaults.yaml --trainer.max_epochs 15   # a config, one key changed
-    python cli_lightning.py fit --config configs/cli_callbacks_loggers.yaml   # + EarlyStopping, LearningRateMonitor, CSV, TensorBoard
-    python cli_lightning.py fit --print_config > my_config.yaml       # every key and its value, ready to edit
-    python cli_lightning.py fit --config outputs/cli_lightning/lightning_logs/version_0/config.yaml   # that run again
-    python cli_lightning.py test --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt
-    python cli_lightning.py fit --help                                # every key fit accepts
-
-What it writes (under --trainer.default_root_dir, default outputs/cli_lightning)
-    lightning_logs/version_N/config.yaml           the run's full config: fit --config it to repeat the run
-    lightning_logs/version_N/checkpoints/best.ckpt the epoch with the best valid_acc, tested at the end of fit
-    lightning_logs/version_N/events.out.tfevents.* TensorBoard: tensorboard --logdir outputs/cli_lightning/lightning_logs
-"""
+# %% Parameters tags=["parameters"]
+# A notebook run's subcommand and flags, as on the command line (e.g. ["fit", "--trainer.max_epochs", "1"]).
+ARGS = ["fit"]
 
 # %% Imports
 import contextlib
@@ -49,14 +56,23 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
+# Copied from Basic_usage_of_lightning.py
+IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
+
 # The data are tensors in memory, so loader workers have nothing to speed up (see the README's
 # data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# A notebook passes ARGS while sys.argv holds the kernel's own flags, which the CLI never reads.
+warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended to run from within Python.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
+
+# %% [markdown]
+# ## Model
+# The network of `Basic_usage_of_lightning.py`, unchanged: a plain `nn.Module`, 1x28x28 image in, 10 class logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -79,6 +95,10 @@ class MNISTConvNet(nn.Module):
         # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
         return self.classifier(self.features(x))
 
+
+# %% [markdown]
+# ## LightningModule
+# Basic's training recipe, unchanged: its `__init__` arguments become the `model.*` keys of the CLI.
 
 # %% LightningModule
 # Copied from Basic_usage_of_lightning.py
@@ -199,6 +219,10 @@ class MNISTClassifier(pl.LightningModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## DataModule
+# Basic's `MNISTDataModule`, unchanged: its `__init__` arguments become the `data.*` keys, and it feeds every subcommand.
+
 # %% DataModule
 # Copied from Basic_usage_of_lightning.py
 class MNISTDataModule(pl.LightningDataModule):
@@ -245,6 +269,10 @@ class MNISTDataModule(pl.LightningDataModule):
                           num_workers=workers, persistent_workers=workers > 0)
 
 
+# %% [markdown]
+# ## Data
+# MNIST as normalized tensors in memory, and the seeded train/validation split.
+
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -265,6 +293,11 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
+
+# %% [markdown]
+# ## The CLI
+# `LightningCLI(MNISTClassifier, MNISTDataModule)`, plus what the other scripts do around fit: linked
+# data keys, one seed, a best-checkpoint callback by default, and a test of the best epoch after fit.
 
 # %% The CLI
 class MNISTCLI(LightningCLI):
@@ -314,6 +347,11 @@ class MNISTCLI(LightningCLI):
         if self.trainer.is_global_zero:
             print(f"first predictions {predicted[:12].tolist()}\n     true labels  {labels[:12].tolist()}")
 
+
+# %% [markdown]
+# ## Main
+# What the command line runs, and what the last cell runs with the subcommand and flags of the parameters
+# cell (`ARGS`). Below it: the error messages, checks and helpers.
 
 # %% Main
 def main(argv=None) -> int:
@@ -455,4 +493,8 @@ def die(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if IN_NOTEBOOK:  # the flags of the parameters cell; bad input prints its one line, the kernel lives on
+        with contextlib.suppress(SystemExit):
+            main(ARGS)
+    else:
+        sys.exit(main())

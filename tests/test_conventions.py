@@ -111,7 +111,8 @@ def test_header_cell_has_the_fixed_fields(script, monkeypatch):
     assert lines[0].startswith("# ") and len(lines[0]) > len("# ") + 3  # the title
     description = lines[1]
     assert len(description) < 100 and description.endswith("."), description
-    assert parser_of(script, monkeypatch).description == description, "--help shows the header's description"
+    if script in ARGPARSE_SCRIPTS:  # LightningCLI builds its help from the classes' signatures
+        assert parser_of(script, monkeypatch).description == description, "--help shows the header's description"
     header = "\n".join(lines)
     for paragraph in ("What it teaches", "How to run", "What it writes"):
         assert re.search(rf"^## {paragraph}", header, re.M), f"{script}: no '## {paragraph}' paragraph"
@@ -322,7 +323,7 @@ def test_scripts_do_not_grow(script):
         f"{script} has {length} lines, more than its cap of {MAX_LINES[script]}: find lines to remove")
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ARGPARSE_SCRIPTS)
 def test_help_explains_every_flag_and_shows_one_default(script, monkeypatch):
     parser = parser_of(script, monkeypatch)
     for action in parser._actions:
