@@ -32,12 +32,15 @@ What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
 # %% Imports
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
+import re
 import socket
 import struct
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -289,7 +292,7 @@ def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.export.export(model, (model.example_input_array,),
                                       dynamic_shapes={"x": {0: batch}})
-        torch.export.save(program, f"{stem}.pt2")
+        write_atomically(Path(f"{stem}.pt2"), lambda file: torch.export.save(program, file))
         print(f"exported {stem}.pt2 (torch.export)")
         return
     try:
@@ -357,25 +360,27 @@ def main(argv=None) -> int:
             profiler=args.profiler, deterministic=True)
 
     if train:
-        with exit_if_interrupted(trainer):
+        with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
             trainer.fit(model, datamodule=datamodule)
     # Test the best checkpoint when there is one (Lightning's own examples do the same);
     # otherwise the weights in memory: loaded with --load_model, fresh with --skip_training.
     best = checkpoint.best_model_path if train else ""
-    test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
-    predictions = trainer.predict(model, datamodule=datamodule)
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+        predictions = trainer.predict(model, datamodule=datamodule)
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         if train and not args.fast_dev_run:
             history = epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
             print("\n" + history.to_string(float_format="{:.4f}".format))
-            history.to_csv(out / "history.csv")
+            write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
         report_test(model, test_metrics, predictions)
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
         if args.export:
-            export_model(model, out / MODEL_FILE, args.export)
+            with exit_if_write_fails(out):  # the ONNX exporter writes its file itself
+                export_model(model, out / MODEL_FILE, args.export)
         print(f"\nOutputs in {out.resolve()}:")
         for path in sorted(out.glob("*")):
             print(f"  {path.name}{'/' if path.is_dir() else ''}")
@@ -636,27 +641,64 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a hidden file beside path, then rename it into place.
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+def write_atomically(path: Path, write) -> None:
+    """write(file) into a hidden file beside path, then rename it into place.
 
     Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
     mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
     temp folder, which a full /tmp or a copy across filesystems can still cut short.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it) says so; else "".
+
+    torch.save reports a full disk as RuntimeError ("unexpected pos", "file write failed"), not
+    OSError; MLflow and others wrap the OSError in their own exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        if isinstance(error, RuntimeError) and re.search("unexpected pos|file write failed|PytorchStreamWriter failed",
+                                                         str(error)):
+            return "the disk refused the write (full?)"
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 def epoch_history(metrics_csv: Path) -> pd.DataFrame:
@@ -675,7 +717,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         plt.close(ax.figure)
 
 

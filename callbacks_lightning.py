@@ -33,6 +33,7 @@ What it writes (under --output_dir, default outputs/callbacks_lightning)
 import argparse
 import contextlib
 import importlib.util
+import errno
 import inspect
 import io
 import math
@@ -42,6 +43,7 @@ import socket
 import struct
 import sys
 import textwrap
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,7 +441,7 @@ def main(argv=None) -> int:
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             default_root_dir=out, deterministic=True)  # LearningRateFinder keeps its temporary checkpoint there
 
-    with exit_if_interrupted(trainer):
+    with exit_if_interrupted(trainer), exit_if_write_fails(out):
         try:
             trainer.fit(model)
         except RuntimeError as error:
@@ -457,13 +459,14 @@ def main(argv=None) -> int:
     else:
         best, tested = "", "the weights in memory"
     print(f"testing {tested}")
-    test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False)[0]
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False)[0]
 
     if trainer.is_global_zero:
         if not args.fast_dev_run:
             history = epoch_history_with_lr(Path(csv_logger.log_dir, "metrics.csv"))
             print("\n" + history.to_string(float_format="{:.4f}".format))
-            history.to_csv(out / "history.csv")
+            write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
         print("\nWhat each callback did:")
         for name, callback in chosen.items():
@@ -902,27 +905,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 # Copied from Basic_usage_of_lightning.py
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a hidden file beside path, then rename it into place.
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into a hidden file beside path, then rename it into place.
 
     Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
     mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
     temp folder, which a full /tmp or a copy across filesystems can still cut short.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it) says so; else "".
+
+    torch.save reports a full disk as RuntimeError ("unexpected pos", "file write failed"), not
+    OSError; MLflow and others wrap the OSError in their own exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        if isinstance(error, RuntimeError) and re.search("unexpected pos|file write failed|PytorchStreamWriter failed",
+                                                         str(error)):
+            return "the disk refused the write (full?)"
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 def epoch_history_with_lr(metrics_csv: Path) -> pd.DataFrame:
@@ -944,7 +988,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         plt.close(ax.figure)
 
 

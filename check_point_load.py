@@ -27,6 +27,7 @@ What it writes (under --output_dir, default outputs/check_point_load)
 # %% Imports
 import argparse
 import contextlib
+import errno
 import inspect
 import io
 import math
@@ -34,6 +35,7 @@ import os
 import re
 import struct
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -230,7 +232,8 @@ def main(argv=None) -> int:
             show_classmethod_pitfall(path)
         else:
             print(f"\nbuilt by hand: MNISTClassifier(**{dict(model.hparams)}), then model.model.load_state_dict(weights)")
-    test_metrics = trainer.test(model, verbose=False)[0]
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, verbose=False)[0]
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
@@ -516,8 +519,7 @@ def plot_predictions(images, labels, predicted, path: Path) -> None:
         ax.imshow(image.squeeze(0), cmap="gray")
         ax.set_title(f"true {label}\npred {guess}", fontsize=9, color="black" if label == guess else "red")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)  # with --fast_dev_run no logger has made it
-    figure.savefig(path, dpi=100)
+    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100))
     plt.close(figure)
 
 
@@ -579,27 +581,68 @@ def exit_on_error(what: str):
 
 # Copied from Basic_usage_of_lightning.py
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a hidden file beside path, then rename it into place.
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into a hidden file beside path, then rename it into place.
 
     Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
     mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
     temp folder, which a full /tmp or a copy across filesystems can still cut short.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it) says so; else "".
+
+    torch.save reports a full disk as RuntimeError ("unexpected pos", "file write failed"), not
+    OSError; MLflow and others wrap the OSError in their own exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        if isinstance(error, RuntimeError) and re.search("unexpected pos|file write failed|PytorchStreamWriter failed",
+                                                         str(error)):
+            return "the disk refused the write (full?)"
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py

@@ -36,6 +36,7 @@ What it writes (under --output_dir, default outputs/check_point_save)
 # %% Imports
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
@@ -44,6 +45,7 @@ import shlex
 import shutil
 import struct
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -239,27 +241,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 # Copied from Basic_usage_of_lightning.py
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a hidden file beside path, then rename it into place.
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into a hidden file beside path, then rename it into place.
 
     Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
     mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
     temp folder, which a full /tmp or a copy across filesystems can still cut short.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it) says so; else "".
+
+    torch.save reports a full disk as RuntimeError ("unexpected pos", "file write failed"), not
+    OSError; MLflow and others wrap the OSError in their own exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        if isinstance(error, RuntimeError) and re.search("unexpected pos|file write failed|PytorchStreamWriter failed",
+                                                         str(error)):
+            return "the disk refused the write (full?)"
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 class ResumableState(pl.Callback):
@@ -328,7 +371,7 @@ def main(argv=None) -> int:
     # optimizer, scheduler, loop counters and callback states, and goes on from the next epoch.
     # SIGTERM or Ctrl-C: exit 143 or 130 with the --resume command. --overwrite: the earlier run's
     # checkpoints wait in a hidden folder until this run has saved a last.ckpt of its own.
-    with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])):
+    with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])), exit_if_write_fails(out):
         with earlier_run_kept_until_replaced(ckpt_dir, args.overwrite and trainer.is_global_zero):
             trainer.fit(model, ckpt_path=args.resume, weights_only=True)
     if not args.fast_dev_run:  # fast_dev_run turns the callbacks off; keep the folder as it was
@@ -340,12 +383,13 @@ def main(argv=None) -> int:
     best, best_loss = callbacks["best_acc"].best_model_path, callbacks["best_loss"].best_model_path
     history = pd.DataFrame(state.history).set_index("epoch")
     table = checkpoint_table(ckpt_dir, callbacks, args.every_n_epochs) if trainer.is_global_zero else ""
-    test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False, weights_only=True)[0]
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False, weights_only=True)[0]
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print("\n" + history.to_string(float_format="{:.4f}".format))
         if not args.fast_dev_run:
-            history.to_csv(out / "history.csv")
+            write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}   ({Path(best).name or 'weights in memory'})")
         if not args.fast_dev_run:
@@ -761,7 +805,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         plt.close(ax.figure)
 
 

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import importlib.util
+import errno
 import inspect
 import io
 import math
@@ -42,6 +43,7 @@ import socket
 import struct
 import sys
 import textwrap
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,16 +362,17 @@ def main(argv=None) -> int:
     loggers = started(trainer.loggers)  # after the Trainer took the flags, so a refused flag leaves no run behind
     trainer.loggers = loggers
     print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
-    with exit_if_interrupted(trainer):
+    with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
         trainer.fit(model)
-    test_metrics = trainer.test(model, verbose=False)[0]
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, verbose=False)[0]
 
     if trainer.is_global_zero:
         if not args.fast_dev_run:  # fast_dev_run swaps the loggers for a dummy that writes nothing
             metrics_csv = Path(loggers[0].log_dir, "metrics.csv")
             history = epoch_history_with_steps(metrics_csv)
             print(f"\nPer-epoch table from {metrics_csv}:\n" + history.to_string(float_format="{:.4f}".format))
-            history.to_csv(out / "history.csv")
+            write_atomically(out / "history.csv", history.to_csv)
             plot_history_with_steps(pd.read_csv(metrics_csv), history, out)
             print("\nWhat each logger got (hyperparameters, scalars on step and on epoch, the digit grid):")
             for logger in loggers:
@@ -772,27 +775,68 @@ def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
 
 # Copied from Basic_usage_of_lightning.py
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a hidden file beside path, then rename it into place.
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into a hidden file beside path, then rename it into place.
 
     Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
     mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
     temp folder, which a full /tmp or a copy across filesystems can still cut short.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it) says so; else "".
+
+    torch.save reports a full disk as RuntimeError ("unexpected pos", "file write failed"), not
+    OSError; MLflow and others wrap the OSError in their own exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        if isinstance(error, RuntimeError) and re.search("unexpected pos|file write failed|PytorchStreamWriter failed",
+                                                         str(error)):
+            return "the disk refused the write (full?)"
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: Path) -> None:
@@ -803,13 +847,13 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
                  title="MNIST: cross-entropy loss per optimizer step and per epoch")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
-    ax.figure.savefig(out / "loss.png", dpi=100, bbox_inches="tight")
+    write_atomically(out / "loss.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
     plt.close(ax.figure)
     ax = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.figure.savefig(out / "acc.png", dpi=100, bbox_inches="tight")
+    write_atomically(out / "acc.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
     plt.close(ax.figure)
 
 

@@ -41,6 +41,7 @@ What it writes (under --output_dir, default outputs/quant_lightning_ptq)
 import argparse
 import contextlib
 import copy
+import errno
 import io
 import json
 import math
@@ -49,6 +50,7 @@ import re
 import statistics
 import struct
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -234,7 +236,7 @@ def train_float_model(model: MNISTClassifier, args, out: Path) -> bool:
             plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
             limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
             deterministic=True)
-    with exit_if_interrupted(trainer):
+    with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
         trainer.fit(model)
     # deterministic=True switched torch into deterministic mode for the whole process; int8 ops
     # (which resize their quantized outputs) refuse to run in it, so switch it back off.
@@ -390,22 +392,7 @@ def load_int8(path: str, flow: str) -> nn.Module:
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """torch.export.save through a hidden file renamed into place, as save_atomically does for torch.save."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "wb") as file:
-            torch.export.save(program, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
-            f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: torch.export.save(program, file))
 
 
 def saved_flow(path: str) -> str:
@@ -826,20 +813,14 @@ def append_result(row: dict, path: Path) -> None:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
                 f"move it away and run again")
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        table.to_csv(partial, index=False)
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another --output_dir")
+    write_atomically(path, lambda file: table.to_csv(file, index=False))
 
 
 def report_float_training(metrics_csv: Path, out: Path) -> None:
     """The float phase's per-epoch table: printed, saved as history.csv, drawn as loss.png and acc.png."""
     history = epoch_history(metrics_csv)
     print("\n" + history.to_string(float_format="{:.4f}".format))
-    history.to_csv(out / "history.csv")
+    write_atomically(out / "history.csv", history.to_csv)
     plot_history(history, out, title="MNIST, float model")
 
 
@@ -934,27 +915,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 # Copied from Basic_usage_of_lightning.py
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a hidden file beside path, then rename it into place.
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into a hidden file beside path, then rename it into place.
 
     Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
     mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
     temp folder, which a full /tmp or a copy across filesystems can still cut short.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it) says so; else "".
+
+    torch.save reports a full disk as RuntimeError ("unexpected pos", "file write failed"), not
+    OSError; MLflow and others wrap the OSError in their own exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        if isinstance(error, RuntimeError) and re.search("unexpected pos|file write failed|PytorchStreamWriter failed",
+                                                         str(error)):
+            return "the disk refused the write (full?)"
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -975,7 +997,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         plt.close(ax.figure)
 
 
