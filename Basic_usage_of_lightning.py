@@ -36,7 +36,6 @@ import errno
 import io
 import math
 import os
-import re
 import socket
 import struct
 import sys
@@ -645,17 +644,21 @@ def save_atomically(obj, path: Path) -> None:
 
 
 def write_atomically(path: Path, write) -> None:
-    """write(file) into a hidden file beside path, then rename it into place.
+    """write(file) into memory, then to a hidden file beside path, then rename that into place.
 
     Readers see the old file or the new one, never half of one: a kill, Ctrl-C or full disk
     mid-write leaves the earlier file as it was. Lightning's own writer goes through the system
-    temp folder, which a full /tmp or a copy across filesystems can still cut short.
+    temp folder, which a full /tmp or a copy across filesystems can still cut short. In memory
+    first, because torch's writer cannot fail cleanly: on a full disk torch.save raises a
+    RuntimeError ("unexpected pos"), and torch.export.save aborts the process when it is cleaned up.
     """
+    buffer = io.BytesIO()
+    write(buffer)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            write(file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
@@ -668,16 +671,10 @@ def write_atomically(path: Path, write) -> None:
 
 
 def write_failure(error: BaseException) -> str:
-    """Why the disk refused a write, if error (or an error behind it) says so; else "".
-
-    torch.save reports a full disk as RuntimeError ("unexpected pos", "file write failed"), not
-    OSError; MLflow and others wrap the OSError in their own exception."""
+    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
             return error.strerror
-        if isinstance(error, RuntimeError) and re.search("unexpected pos|file write failed|PytorchStreamWriter failed",
-                                                         str(error)):
-            return "the disk refused the write (full?)"
         error = error.__cause__ or error.__context__
     return ""
 
