@@ -728,32 +728,56 @@ def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
 # Copied from quant_lightning_ptq.py
 def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
                     repeats: int) -> dict:
-    """Median milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled
-    as the PT2E int8 model is) and of the int8 model. The models take turns, so a noisy neighbour on
-    the machine slows all alike, and the first (warm-up, compiling) calls are not counted."""
+    """Milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled as the
+    PT2E int8 model is) and of the int8 model: the median of `repeats` timed calls, and its spread.
+    The models take turns, so a noisy neighbour on the machine slows all alike, and the first
+    LATENCY_WARMUP rounds (compiling, first-call caches, CPU frequency ramping up) are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     nets = {"fp32": float_net, "fp32_compiled": compile_for_inference(float_net), "int8": int8_net}
-    result = {}
+    times = {}
     with torch.inference_mode():
         for batch in (1, 256):
             x = images[:batch]
-            times = {name: [] for name in nets}
-            for _ in range(3):
-                for net in nets.values():
-                    net(x)
-            for _ in range(repeats):
+            for round_ in range(LATENCY_WARMUP + repeats):
                 for name, net in nets.items():
                     start = time.perf_counter()
                     net(x)
-                    times[name].append(1000 * (time.perf_counter() - start))
-            for name in times:
-                result[f"{name}_ms_b{batch}"] = statistics.median(times[name])
-            result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
-            result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+                    if round_ >= LATENCY_WARMUP:
+                        times.setdefault((name, batch), []).append(1000 * (time.perf_counter() - start))
     torch.set_num_threads(default_threads)
+    return latency_summary(times, threads)
+
+
+# Copied from quant_lightning_ptq.py
+LATENCY_WARMUP = 10  # rounds of every model before timing starts
+# Copied from quant_lightning_ptq.py
+LATENCY_BUSY = 0.25  # an interquartile range above this fraction of the median: the machine was busy
+
+
+# Copied from quant_lightning_ptq.py
+def latency_summary(times: dict, threads: int) -> dict:
+    """The medians and speed-ups from {(model, batch): [ms, ...]}, and each batch's spread (the
+    widest interquartile range over median). Prints them with the thread count, and one warning
+    line when a spread says the machine was busy: then the speed-ups would not hold on a rerun."""
+    result = {}
+    for batch in sorted({batch for _, batch in times}):
+        quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
+                     for (name, b), ms in times.items() if b == batch}
+        for name, (q1, median, q3) in quartiles.items():
+            result[f"{name}_ms_b{batch}"] = median
+        result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+        result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+        result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
+        print(f"latency at batch {batch}, ms per forward, median (interquartile range) of "
+              f"{len(times['int8', batch])} after {LATENCY_WARMUP} warm-up rounds, {threads} CPU thread{'s' if threads > 1 else ''}: "
+              + ", ".join(f"{name} {m:.3g} ({q1:.3g}-{q3:.3g})" for name, (q1, m, q3) in quartiles.items()))
+    spread = max((value for key, value in result.items() if key.startswith("spread_")), default=0)
+    if spread > LATENCY_BUSY:
+        print(f"warning: the timings spread over {spread:.0%} of their median: the machine was busy, so these "
+              f"latencies and speed-ups will not hold; time again on an idle machine", file=sys.stderr)
     return result
 
 
@@ -1065,14 +1089,16 @@ RESULTS_FILE = "quant_results.csv"
 # Copied from quant_lightning_ptq.py
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
                   "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
-                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256"]
+                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256",
+                  "spread_b1", "spread_b256"]
 
 
 # Copied from quant_lightning_ptq.py
 def append_result(row: dict, path: Path) -> None:
     """Print the run's row and add it to the results CSV; earlier rows stay, whatever columns they have."""
     table = pd.DataFrame([row], columns=RESULT_COLUMNS)
-    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
+    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward, spread = the widest "
+          f"interquartile range / median; sizes in KiB):")
     print(table.to_string(index=False, float_format="{:.4g}".format))
     if path.exists():
         try:

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -113,6 +114,7 @@ def test_results_row_has_sizes_and_latency(runs, script):
         assert row[f"fp32_compiled_ms_b{batch}"] > 0
         assert row[f"speedup_compiled_b{batch}"] == pytest.approx(
             row[f"fp32_compiled_ms_b{batch}"] / row[f"int8_ms_b{batch}"])
+        assert row[f"spread_b{batch}"] >= 0  # the widest interquartile range over median
 
 
 @pytest.mark.parametrize("script", [PTQ, QAT, CALLBACK])
@@ -581,6 +583,45 @@ def test_results_file_keeps_earlier_rows_with_other_columns(tmp_path, capsys):
     assert list(table["method"]) == ["PTQ eager", "PTQ PT2E"]
     assert table["speedup_b256"][0] == 2.0 and table["fp32_compiled_ms_b256"][1] == 3.0
     assert not list(tmp_path.glob(".*partial"))
+
+
+def fabricated_timings(int8_ms: list, batches=(1, 256)) -> dict:
+    """{(model, batch): ms per call} as measure_latency collects them: fp32 2 ms, compiled 1.5 ms, int8 as given."""
+    return {(name, batch): list(ms) for batch in batches
+            for name, ms in (("fp32", [2.0] * len(int8_ms)), ("fp32_compiled", [1.5] * len(int8_ms)),
+                             ("int8", int8_ms))}
+
+
+def test_latency_reports_median_spread_and_threads(capsys):
+    summary = load_script(PTQ).latency_summary
+    quiet = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0, 1.0]  # within 2%: an idle machine
+    result = summary(fabricated_timings(quiet), threads=4)
+    captured = capsys.readouterr()
+    assert result["int8_ms_b1"] == pytest.approx(1.0) and result["speedup_b1"] == pytest.approx(2.0)
+    assert result["speedup_compiled_b256"] == pytest.approx(1.5)
+    assert 0 < result["spread_b1"] < 0.05
+    lines = [line for line in captured.out.splitlines() if line.startswith("latency at batch")]
+    assert len(lines) == 2, captured.out
+    for line in lines:
+        assert "median (interquartile range) of 10" in line and "4 CPU threads" in line
+        assert "int8 1 (0.99-1.01)" in line and "fp32 2 (2-2)" in line
+    assert "warning" not in captured.out + captured.err
+
+
+def test_latency_warns_once_when_the_spread_says_the_machine_was_busy(capsys):
+    summary = load_script(PTQ).latency_summary
+    # A neighbour took the CPU for part of the run: the same forward took 1 ms or 80 ms.
+    busy = [1.0, 80.0, 1.1, 60.0, 0.9, 75.0, 1.0, 1.2, 70.0, 1.0]
+    result = summary(fabricated_timings(busy, batches=(1,)), threads=2)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "busy" in warnings[0] and "idle machine" in warnings[0]
+    assert result["spread_b1"] > load_script(PTQ).LATENCY_BUSY
+    assert result["int8_ms_b1"] == pytest.approx(statistics.median(busy))
+
+
+def test_one_timed_call_has_no_spread(capsys):
+    result = load_script(PTQ).latency_summary(fabricated_timings([1.0], batches=(1,)), threads=1)
+    assert result["spread_b1"] == 0 and result["int8_ms_b1"] == 1.0
 
 
 # Bad input: one clean line, exit 2.
