@@ -567,8 +567,8 @@ def latency_summary(times: dict, threads: int) -> dict:
         result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
-        print(f"latency at batch {batch}, ms per forward, median (interquartile range) of "
-              f"{len(times['int8', batch])} after {LATENCY_WARMUP} warm-up rounds, {threads} CPU thread{'s' if threads > 1 else ''}: "
+        print(f"latency at batch {batch}, ms per forward, median (interquartile range) of {len(times['int8', batch])} "
+              f"after {LATENCY_WARMUP} warm-up rounds, {threads} CPU thread{'s' if threads > 1 else ''}: "
               + ", ".join(f"{name} {m:.3g} ({q1:.3g}-{q3:.3g})" for name, (q1, m, q3) in quartiles.items()))
     spread = max((value for key, value in result.items() if key.startswith("spread_")), default=0)
     if spread > LATENCY_BUSY:
