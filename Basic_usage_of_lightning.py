@@ -273,18 +273,21 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     except Exception as error:
         die(f"cannot read {path} ({error.__class__.__name__}); pass a .pt state_dict saved with "
             f"--save_model or a Lightning .ckpt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()
-                 if k.startswith("model.")}
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a .pt saved with "
+            f"--save_model or a Lightning .ckpt")
     try:
         model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
+    except Exception as error:  # names or shapes of another network; a meta tensor
         first_line = str(error).strip().splitlines()[0]
         die(f"{path} does not hold weights for MNISTConvNet ({first_line})")
 
 
 def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
-    model = model.to("cpu").eval()
+    model = model.to("cpu", torch.float32).eval()  # float32 inputs and weights, whatever --precision trained
     if kind == "pt2":
         # torch.export is the successor of TorchScript (LightningModule.to_torchscript is
         # deprecated since Lightning 2.6.1). Load with torch.export.load(path).module().
@@ -335,8 +338,10 @@ def main(argv=None) -> int:
         return 0
     if args.load_model:
         load_weights(model, args.load_model)
-    if args.val_size >= prepare_mnist(args.data_dir) and train:
+    train_images = prepare_mnist(args.data_dir)
+    if args.val_size >= train_images and train:
         die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
+    check_flags_fit_the_data(args, train_images, training=train)
     datamodule = None
     if args.datamodule:
         datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
@@ -586,6 +591,34 @@ def idx_length(path: Path) -> int:
     return struct.unpack(">I", shape[:4])[0]
 
 
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    val_size = getattr(args, "val_size", 0)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+
+
 def check_multi_node(num_nodes: int) -> None:
     """Several machines need a rendezvous: check it before the Trainer waits on one."""
     if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
@@ -594,13 +627,24 @@ def check_multi_node(num_nodes: int) -> None:
     if missing:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
             f"(or run under torchrun or srun); see the README's 'Past one machine'")
-    if os.environ["NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+    address, port, rank = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["NODE_RANK"]
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        die(f"MASTER_PORT={port} is not a port number (1 to 65535); set the same free port on every machine")
+    if not (rank.isdigit() and int(rank) < num_nodes):
+        die(f"NODE_RANK={rank}, but --num_nodes {num_nodes} numbers the machines 0 to {num_nodes - 1} "
+            f"(0 on the one at MASTER_ADDR)")
+    try:  # a name that does not resolve would make every machine wait for the rendezvous forever
+        socket.getaddrinfo(address, int(port))
+    except OSError as error:
+        die(f"MASTER_ADDR={address} does not resolve ({error.strerror}); set it to the IP address or host "
+            f"name of the machine with NODE_RANK=0")
+    if rank == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         with socket.socket() as probe:
             try:  # node 0 hosts the rendezvous: its port must be free
-                probe.bind((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
-            except (OSError, ValueError) as error:
-                die(f"cannot host the rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
-                    f"({error.strerror or error}); pick another MASTER_PORT on every machine")
+                probe.bind((address, int(port)))
+            except OSError as error:
+                die(f"cannot host the rendezvous at {address}:{port} ({error.strerror or error}); pick another "
+                    f"MASTER_PORT on every machine")
 
 
 @contextlib.contextmanager

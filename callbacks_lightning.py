@@ -855,13 +855,24 @@ def check_multi_node(num_nodes: int) -> None:
     if missing:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
             f"(or run under torchrun or srun); see the README's 'Past one machine'")
-    if os.environ["NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+    address, port, rank = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["NODE_RANK"]
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        die(f"MASTER_PORT={port} is not a port number (1 to 65535); set the same free port on every machine")
+    if not (rank.isdigit() and int(rank) < num_nodes):
+        die(f"NODE_RANK={rank}, but --num_nodes {num_nodes} numbers the machines 0 to {num_nodes - 1} "
+            f"(0 on the one at MASTER_ADDR)")
+    try:  # a name that does not resolve would make every machine wait for the rendezvous forever
+        socket.getaddrinfo(address, int(port))
+    except OSError as error:
+        die(f"MASTER_ADDR={address} does not resolve ({error.strerror}); set it to the IP address or host "
+            f"name of the machine with NODE_RANK=0")
+    if rank == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         with socket.socket() as probe:
             try:  # node 0 hosts the rendezvous: its port must be free
-                probe.bind((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
-            except (OSError, ValueError) as error:
-                die(f"cannot host the rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
-                    f"({error.strerror or error}); pick another MASTER_PORT on every machine")
+                probe.bind((address, int(port)))
+            except OSError as error:
+                die(f"cannot host the rendezvous at {address}:{port} ({error.strerror or error}); pick another "
+                    f"MASTER_PORT on every machine")
 
 
 # Copied from Basic_usage_of_lightning.py
