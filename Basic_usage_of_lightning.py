@@ -338,10 +338,7 @@ def main(argv=None) -> int:
         return 0
     if args.load_model:
         load_weights(model, args.load_model)
-    train_images = prepare_mnist(args.data_dir)
-    if args.val_size >= train_images and train:
-        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
-    check_flags_fit_the_data(args, train_images, training=train)
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=train)
     datamodule = None
     if args.datamodule:
         datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
@@ -594,6 +591,9 @@ def idx_length(path: Path) -> int:
 def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
     """Flags that are each valid but do not fit the data or each other: one line now, rather than
     an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
     for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
         if training and getattr(args, flag, 0) > 1:
             die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
@@ -602,8 +602,8 @@ def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> 
     if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
         die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
             f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
     processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
-    val_size = getattr(args, "val_size", 0)
     batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
                "val": math.ceil(val_size / args.eval_batch_size / processes),
                "test": math.ceil(test_images / args.eval_batch_size / processes)}
@@ -696,10 +696,9 @@ def write_atomically(path: Path, write) -> None:
     first, because torch's writer cannot fail cleanly: on a full disk torch.save raises a
     RuntimeError ("unexpected pos"), and torch.export.save aborts the process when it is cleaned up.
     """
-    buffer = io.BytesIO()
-    write(buffer)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
             file.write(buffer.getbuffer())

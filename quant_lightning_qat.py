@@ -574,6 +574,7 @@ def check_int8_program(graph: nn.Module, path: str) -> None:
         die(f"{path} holds no int8 weights: a float program (mnist_fp32.pt2?); pass a mnist_int8.pt2")
 
 
+# Copied from quant_lightning_ptq.py
 def load_weights(model: MNISTClassifier, path: str) -> None:
     """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
     try:
@@ -581,11 +582,15 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     except Exception as error:
         die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
             f"quantization scripts, or mnist_fp32.pt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
+            f"by one of the quantization scripts, or mnist_fp32.pt")
     try:
         model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
+    except Exception as error:  # names or shapes of another network; a meta tensor
         die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
 
 
@@ -683,7 +688,9 @@ def main(argv=None) -> int:
         print(f"reloaded {args.load_int8}")
     elif args.ckpt:
         load_weights(model, args.ckpt)
-    train_images = prepare_mnist(args.data_dir)
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=not args.load_int8)
+    if str(args.precision) not in ("32-true", "32"):  # fake quantization observes and rounds float32 tensors
+        die(f"--precision {args.precision}: quantization-aware training runs in float32; leave --precision out")
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
         tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -692,9 +699,6 @@ def main(argv=None) -> int:
     if args.load_int8:
         test_int8(model, tester, args)
         return 0
-    if args.val_size >= train_images:
-        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
-            f"use a smaller --val_size")
 
     histories = []
     if not args.ckpt:  # phase 1: train the float network and keep its best epoch
@@ -1039,6 +1043,38 @@ def idx_length(path: Path) -> int:
 
 
 # Copied from Basic_usage_of_lightning.py
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+
+
+# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
 def exit_on_error(what: str):
     """An error from a library that our flags caused: one line, exit 2, not a traceback."""
@@ -1092,10 +1128,9 @@ def write_atomically(path: Path, write) -> None:
     first, because torch's writer cannot fail cleanly: on a full disk torch.save raises a
     RuntimeError ("unexpected pos"), and torch.export.save aborts the process when it is cleaned up.
     """
-    buffer = io.BytesIO()
-    write(buffer)
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
             file.write(buffer.getbuffer())

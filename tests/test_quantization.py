@@ -524,6 +524,10 @@ PTQ_BAD_INPUT = [  # flags, then what the error line must name; {name} is a file
     (["--load_int8", "{foreign}"], "not of an MNIST classifier"),
     (["--load_int8", "{fp32_pt2}"], "no int8 weights"),
     (["--output_dir", "{eager}"], "not a folder"),
+    (["--lr", "1e308"], "--lr 1e+308 is too large"),
+    (["--limit_train_batches", "0.000001"], "less than one batch"),
+    (["--limit_test_batches", "1e-9"], "less than one batch"),
+    (["--batch_size", "100000000"], "a batch of 100000000"),
 ]
 
 
@@ -535,6 +539,27 @@ def test_ptq_bad_input_is_one_clean_line(argv, phrase, bad_files, earlier_run, m
     result = exit_of(load_script(PTQ).main, flags + argv, capsys)  # the last --val_size / --output_dir wins
     assert_clean_error(result, phrase)
     assert snapshot(out) == before
+
+
+def float_weights_of_the_wrong_shape(folder) -> dict:
+    """--ckpt files that torch.load(weights_only=True) reads, holding something other than a state_dict."""
+    good = load_script(PTQ).MNISTConvBNNet().state_dict()
+    contents = {"int_keys.pt": dict(enumerate(good.values())), "a_list.pt": list(good.values()),
+                "a_float.pt": good | {"classifier.1.weight": 0.5},
+                "ckpt_int_keys.ckpt": {"epoch": 0, "state_dict": {0: torch.zeros(1)}},
+                "ckpt_list.ckpt": {"epoch": 0, "state_dict": [torch.zeros(1)]},
+                "meta.pt": load_script(PTQ).MNISTConvBNNet().to("meta").state_dict()}
+    for name, content in contents.items():
+        torch.save(content, folder / name)
+    return {name: folder / name for name in contents}
+
+
+@pytest.mark.parametrize("script", [PTQ, QAT, CALLBACK])
+def test_float_weights_of_the_wrong_shape_are_refused(script, mnist_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, path in float_weights_of_the_wrong_shape(tmp_path).items():
+        result = exit_of(load_script(script).main, ["--data_dir", mnist_dir, "--ckpt", path], capsys)
+        assert_clean_error(result, name, "weights")
 
 
 # The original tutorial's flags (issue 13): each keeps its meaning or says what it does now.
