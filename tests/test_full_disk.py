@@ -143,6 +143,6 @@ def test_mlflow_logs_on_a_full_disk(small_disk, mnist_dir, capsys, one_thread):
     loggers = load_script("loggers_lightning.py")
     out = small_disk / "out"
     fill(small_disk)
-    result = exit_of(loggers.main, [*TINY, "--data_dir", mnist_dir, "--output_dir", out, "--demo", "--loggers", "mlflow"],
-                     capsys)
+    argv = [*TINY, "--log_every_n_steps", "1", "--data_dir", mnist_dir, "--output_dir", out, "--demo", "--loggers", "mlflow"]
+    result = exit_of(loggers.main, argv, capsys)
     assert_clean_error(result, "cannot write", "No space left on device")
