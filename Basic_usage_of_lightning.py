@@ -40,12 +40,14 @@ ARGS = []
 # %% Imports
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
 import socket
 import struct
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -318,25 +320,28 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     except Exception as error:
         die(f"cannot read {path} ({error.__class__.__name__}); pass a .pt state_dict saved with "
             f"--save_model or a Lightning .ckpt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()
-                 if k.startswith("model.")}
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a .pt saved with "
+            f"--save_model or a Lightning .ckpt")
     try:
         model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
+    except Exception as error:  # names or shapes of another network; a meta tensor
         first_line = str(error).strip().splitlines()[0]
         die(f"{path} does not hold weights for MNISTConvNet ({first_line})")
 
 
 def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
-    model = model.to("cpu").eval()
+    model = model.to("cpu", torch.float32).eval()  # float32 inputs and weights, whatever --precision trained
     if kind == "pt2":
         # torch.export is the successor of TorchScript (LightningModule.to_torchscript is
         # deprecated since Lightning 2.6.1). Load with torch.export.load(path).module().
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.export.export(model, (model.example_input_array,),
                                       dynamic_shapes={"x": {0: batch}})
-        torch.export.save(program, f"{stem}.pt2")
+        write_atomically(Path(f"{stem}.pt2"), lambda file: torch.export.save(program, file))
         print(f"exported {stem}.pt2 (torch.export)")
         return
     try:
@@ -385,8 +390,7 @@ def main(argv=None) -> int:
         return 0
     if args.load_model:
         load_weights(model, args.load_model)
-    if args.val_size >= prepare_mnist(args.data_dir) and train:
-        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=train)
     datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
                                  eval_batch_size=args.eval_batch_size, val_size=args.val_size,
                                  num_workers=args.num_workers, seed=args.seed) if args.datamodule else None
@@ -408,25 +412,27 @@ def main(argv=None) -> int:
     check_compile(args.compile, trainer.strategy.root_device)
 
     if train:
-        with exit_if_interrupted(trainer):
+        with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
             trainer.fit(model, datamodule=datamodule)
     # Test the best checkpoint when there is one (Lightning's own examples do the same);
     # otherwise the weights in memory: loaded with --load_model, fresh with --skip_training.
     best = checkpoint.best_model_path if train else ""
-    test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
-    predictions = trainer.predict(model, datamodule=datamodule)
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+        predictions = trainer.predict(model, datamodule=datamodule)
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         if train and not args.fast_dev_run:
             history = epoch_history(Path(csv_logger.log_dir, "metrics.csv"))
             print("\n" + history.to_string(float_format="{:.4f}".format))
-            history.to_csv(out / "history.csv")
+            write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
         report_test(model, test_metrics, predictions)
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
         if args.export:
-            export_model(model, out / MODEL_FILE, args.export)
+            with exit_if_write_fails(out):  # the ONNX exporter writes its file itself
+                export_model(model, out / MODEL_FILE, args.export)
         print(f"\nOutputs in {out.resolve()}:")
         for path in sorted(out.glob("*")):
             print(f"  {path.name}{'/' if path.is_dir() else ''}")
@@ -616,6 +622,41 @@ def idx_length(path: Path) -> int:
     return struct.unpack(">I", shape[:4])[0]
 
 
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+    steps = per_epoch * getattr(args, "epochs", 1)  # loggers_lightning.py logs every N steps of the whole run
+    if training and getattr(args, "log_every_n_steps", 0) > steps and not args.fast_dev_run:
+        die(f"--log_every_n_steps {args.log_every_n_steps} is more than the run's {steps} training steps, so no "
+            f"step would be logged; pass at most {steps}")
+
+
 def check_multi_node(num_nodes: int) -> None:
     """Several machines need a rendezvous: check it before the Trainer waits on one."""
     if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
@@ -624,13 +665,24 @@ def check_multi_node(num_nodes: int) -> None:
     if missing:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
             f"(or run under torchrun or srun); see the README's 'Past one machine'")
-    if os.environ["NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+    address, port, rank = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["NODE_RANK"]
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        die(f"MASTER_PORT={port} is not a port number (1 to 65535); set the same free port on every machine")
+    if not (rank.isdigit() and int(rank) < num_nodes):
+        die(f"NODE_RANK={rank}, but --num_nodes {num_nodes} numbers the machines 0 to {num_nodes - 1} "
+            f"(0 on the one at MASTER_ADDR)")
+    try:  # a name that does not resolve would make every machine wait for the rendezvous forever
+        socket.getaddrinfo(address, int(port))
+    except OSError as error:
+        die(f"MASTER_ADDR={address} does not resolve ({error.strerror}); set it to the IP address or host "
+            f"name of the machine with NODE_RANK=0")
+    if rank == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         with socket.socket() as probe:
             try:  # node 0 hosts the rendezvous: its port must be free
-                probe.bind((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
-            except (OSError, ValueError) as error:
-                die(f"cannot host the rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
-                    f"({error.strerror or error}); pick another MASTER_PORT on every machine")
+                probe.bind((address, int(port)))
+            except OSError as error:
+                die(f"cannot host the rendezvous at {address}:{port} ({error.strerror or error}); pick another "
+                    f"MASTER_PORT on every machine")
 
 
 @contextlib.contextmanager
@@ -664,23 +716,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_atomically(checkpoint, Path(path))
 
 
-def save_atomically(obj, path: Path, save=None) -> None:
-    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_atomically(obj, path: Path) -> None:
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+def write_atomically(path: Path, write) -> None:
+    """write(file) into memory, then to a hidden file renamed onto path: the old file or the new, never half."""
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            (save or torch.save)(obj, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 def epoch_history(metrics_csv: Path) -> pd.DataFrame:
@@ -699,7 +783,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)

@@ -34,6 +34,7 @@ ARGS = []
 # %% Imports
 import argparse
 import contextlib
+import errno
 import inspect
 import io
 import math
@@ -41,6 +42,7 @@ import os
 import re
 import struct
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
-    prepare_mnist(args.data_dir)
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=False)
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports
         print(f"Checkpoint: {path.resolve()}")
@@ -265,7 +267,8 @@ def main(argv=None) -> int:
             show_classmethod_pitfall(path)
         else:
             print(f"\nbuilt by hand: MNISTClassifier(**{dict(model.hparams)}), then model.model.load_state_dict(weights)")
-    test_metrics = trainer.test(model, verbose=False)[0]
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, verbose=False)[0]
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
@@ -474,8 +477,10 @@ def read_checkpoint(path: Path, trust: bool) -> dict:
     loaded = load_checkpoint_file(path, weights_only=not trust, unsafe_fix=(
         "only if you made the file yourself, load it with --trust_checkpoint"))
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        if not tensors_by_name(loaded["state_dict"]):
+            die(f"{path}: its state_dict does not map layer names to tensors; use another checkpoint")
         return loaded
-    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if isinstance(loaded, dict) and loaded and tensors_by_name(loaded):
         # A bare .pt state_dict: accepted on purpose, as weights without anything else.
         return {"state_dict": loaded}
     kind = f"a dict with keys {list(loaded)[:4]}" if isinstance(loaded, dict) else f"a {type(loaded).__name__}"
@@ -508,10 +513,23 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
         die(f"{path} is not a PyTorch checkpoint ({error.__class__.__name__})")
 
 
+def tensors_by_name(weights: dict) -> bool:
+    return all(isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in weights.items())
+
+
 def network_weights(path: Path, checkpoint: dict) -> dict:
-    """The MNISTConvNet weights in the file, checked name by name and shape by shape."""
+    """The MNISTConvNet weights in the file, checked name by name and shape by shape, after the
+    hyper-parameters that size the network (nothing is built from a width of 1e9 or "abc")."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    hidden_units = (vars(hparams) if isinstance(hparams, argparse.Namespace) else hparams).get("hidden_units", 128)
+    hparams = vars(hparams) if isinstance(hparams, argparse.Namespace) else hparams
+    if not isinstance(hparams, dict):
+        die(f"{path}: its hyper_parameters are a {type(hparams).__name__}, not a dict of names to values; "
+            f"use another checkpoint")
+    hidden_units, dropout = hparams.get("hidden_units", 128), hparams.get("dropout", 0.25)
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
+        die(f"{path} gives hidden_units {hidden_units!r}; MNISTConvNet takes a whole number from 1 to 65536")
+    if type(dropout) not in (int, float) or not 0 <= dropout < 1:
+        die(f"{path} gives dropout {dropout!r}; MNISTConvNet takes a probability from 0 to below 1")
     weights, prefix = checkpoint["state_dict"], ""
     if all(name.startswith("model.") for name in weights):  # a LightningModule's names
         weights, prefix = {name.removeprefix("model."): tensor for name, tensor in weights.items()}, "model."
@@ -538,8 +556,7 @@ def plot_predictions(images, labels, predicted, path: Path) -> None:
         ax.imshow(image.squeeze(0), cmap="gray")
         ax.set_title(f"true {label}\npred {guess}", fontsize=9, color="black" if label == guess else "red")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)  # with --fast_dev_run no logger has made it
-    figure.savefig(path, dpi=100)
+    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100))
     if IN_NOTEBOOK:
         plt.show()  # inline under the cell as well
     plt.close(figure)
@@ -591,6 +608,42 @@ def idx_length(path: Path) -> int:
 
 
 # Copied from Basic_usage_of_lightning.py
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+    steps = per_epoch * getattr(args, "epochs", 1)  # loggers_lightning.py logs every N steps of the whole run
+    if training and getattr(args, "log_every_n_steps", 0) > steps and not args.fast_dev_run:
+        die(f"--log_every_n_steps {args.log_every_n_steps} is more than the run's {steps} training steps, so no "
+            f"step would be logged; pass at most {steps}")
+
+
+# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
 def exit_on_error(what: str):
     """An error from a library that our flags caused: one line, exit 2, not a traceback."""
@@ -601,23 +654,59 @@ def exit_on_error(what: str):
 
 
 # Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path, save=None) -> None:
-    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_atomically(obj, path: Path) -> None:
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into memory, then to a hidden file renamed onto path: the old file or the new, never half."""
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            (save or torch.save)(obj, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py

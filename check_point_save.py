@@ -43,6 +43,7 @@ ARGS = []
 # %% Imports
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
@@ -51,6 +52,7 @@ import shlex
 import shutil
 import struct
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -322,14 +324,13 @@ def main(argv=None) -> int:
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             deterministic=True)
     check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero)
-    if args.val_size >= prepare_mnist(args.data_dir):
-        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
 
     # ckpt_path="last": Lightning finds last.ckpt through the callbacks' dirpath, restores weights,
     # optimizer, scheduler, loop counters and callback states, and goes on from the next epoch.
     # SIGTERM or Ctrl-C: exit 143 or 130 with the --resume command. --overwrite: the earlier run's
     # checkpoints wait in a hidden folder until this run has saved a last.ckpt of its own.
-    with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])):
+    with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])), exit_if_write_fails(out):
         with earlier_run_kept_until_replaced(ckpt_dir, args.overwrite and trainer.is_global_zero):
             trainer.fit(model, ckpt_path=args.resume, weights_only=True)
     if not args.fast_dev_run:  # fast_dev_run turns the callbacks off; keep the folder as it was
@@ -341,12 +342,13 @@ def main(argv=None) -> int:
     best, best_loss = callbacks["best_acc"].best_model_path, callbacks["best_loss"].best_model_path
     history = pd.DataFrame(state.history).set_index("epoch")
     table = checkpoint_table(ckpt_dir, callbacks, args.every_n_epochs) if trainer.is_global_zero else ""
-    test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False, weights_only=True)[0]
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False, weights_only=True)[0]
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print("\n" + history.to_string(float_format="{:.4f}".format))
         if not args.fast_dev_run:
-            history.to_csv(out / "history.csv")
+            write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}   ({Path(best).name or 'weights in memory'})")
         if not args.fast_dev_run:
@@ -701,6 +703,42 @@ def idx_length(path: Path) -> int:
 
 
 # Copied from Basic_usage_of_lightning.py
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+    steps = per_epoch * getattr(args, "epochs", 1)  # loggers_lightning.py logs every N steps of the whole run
+    if training and getattr(args, "log_every_n_steps", 0) > steps and not args.fast_dev_run:
+        die(f"--log_every_n_steps {args.log_every_n_steps} is more than the run's {steps} training steps, so no "
+            f"step would be logged; pass at most {steps}")
+
+
+# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
 def exit_on_error(what: str):
     """An error from a library that our flags caused: one line, exit 2, not a traceback."""
@@ -735,23 +773,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path, save=None) -> None:
-    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_atomically(obj, path: Path) -> None:
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into memory, then to a hidden file renamed onto path: the old file or the new, never half."""
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            (save or torch.save)(obj, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -763,7 +837,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)

@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import importlib.util
+import errno
 import inspect
 import io
 import math
@@ -49,6 +50,7 @@ import socket
 import struct
 import sys
 import textwrap
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +284,8 @@ def started(loggers: list) -> list:
             logger.experiment
             running.append(logger)
         except Exception as error:  # noqa: BLE001
+            if write_failure(error):  # a full disk: no other logger would do better
+                raise
             print(f"{type(logger).__name__}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
                   f"continuing without it")
     return running
@@ -383,8 +387,7 @@ def main(argv=None) -> int:
             return 0
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    if args.val_size >= prepare_mnist(args.data_dir):
-        die(f"--val_size {args.val_size} leaves no training images; use a smaller --val_size")
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
     check_multi_node(args.num_nodes)
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                             lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
@@ -396,19 +399,21 @@ def main(argv=None) -> int:
             enable_checkpointing=False, fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             default_root_dir=out, deterministic=True)
-    loggers = started(trainer.loggers)  # after the Trainer took the flags, so a refused flag leaves no run behind
+    with exit_if_write_fails(out):
+        loggers = started(trainer.loggers)  # after the Trainer took the flags, so a refused flag leaves no run behind
     trainer.loggers = loggers
     print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
-    with exit_if_interrupted(trainer):
+    with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
         trainer.fit(model)
-    test_metrics = trainer.test(model, verbose=False)[0]
+    with exit_if_write_fails(out):
+        test_metrics = trainer.test(model, verbose=False)[0]
 
     if trainer.is_global_zero:
         if not args.fast_dev_run:  # fast_dev_run swaps the loggers for a dummy that writes nothing
             metrics_csv = Path(loggers[0].log_dir, "metrics.csv")
             history = epoch_history_with_steps(metrics_csv)
             print(f"\nPer-epoch table from {metrics_csv}:\n" + history.to_string(float_format="{:.4f}".format))
-            history.to_csv(out / "history.csv")
+            write_atomically(out / "history.csv", history.to_csv)
             plot_history_with_steps(pd.read_csv(metrics_csv), history, out)
             print("\nWhat each logger got (hyperparameters, scalars on step and on epoch, the digit grid):")
             for logger in loggers:
@@ -735,6 +740,42 @@ def idx_length(path: Path) -> int:
 
 
 # Copied from Basic_usage_of_lightning.py
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+    steps = per_epoch * getattr(args, "epochs", 1)  # loggers_lightning.py logs every N steps of the whole run
+    if training and getattr(args, "log_every_n_steps", 0) > steps and not args.fast_dev_run:
+        die(f"--log_every_n_steps {args.log_every_n_steps} is more than the run's {steps} training steps, so no "
+            f"step would be logged; pass at most {steps}")
+
+
+# Copied from Basic_usage_of_lightning.py
 def check_multi_node(num_nodes: int) -> None:
     """Several machines need a rendezvous: check it before the Trainer waits on one."""
     if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
@@ -743,13 +784,24 @@ def check_multi_node(num_nodes: int) -> None:
     if missing:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
             f"(or run under torchrun or srun); see the README's 'Past one machine'")
-    if os.environ["NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+    address, port, rank = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["NODE_RANK"]
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        die(f"MASTER_PORT={port} is not a port number (1 to 65535); set the same free port on every machine")
+    if not (rank.isdigit() and int(rank) < num_nodes):
+        die(f"NODE_RANK={rank}, but --num_nodes {num_nodes} numbers the machines 0 to {num_nodes - 1} "
+            f"(0 on the one at MASTER_ADDR)")
+    try:  # a name that does not resolve would make every machine wait for the rendezvous forever
+        socket.getaddrinfo(address, int(port))
+    except OSError as error:
+        die(f"MASTER_ADDR={address} does not resolve ({error.strerror}); set it to the IP address or host "
+            f"name of the machine with NODE_RANK=0")
+    if rank == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         with socket.socket() as probe:
             try:  # node 0 hosts the rendezvous: its port must be free
-                probe.bind((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
-            except (OSError, ValueError) as error:
-                die(f"cannot host the rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
-                    f"({error.strerror or error}); pick another MASTER_PORT on every machine")
+                probe.bind((address, int(port)))
+            except OSError as error:
+                die(f"cannot host the rendezvous at {address}:{port} ({error.strerror or error}); pick another "
+                    f"MASTER_PORT on every machine")
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -779,23 +831,59 @@ def exit_if_interrupted(trainer: pl.Trainer, resume_hint=""):
 
 
 # Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path, save=None) -> None:
-    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_atomically(obj, path: Path) -> None:
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into memory, then to a hidden file renamed onto path: the old file or the new, never half."""
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            (save or torch.save)(obj, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: Path) -> None:
@@ -806,7 +894,7 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
                  title="MNIST: cross-entropy loss per optimizer step and per epoch")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
-    ax.figure.savefig(out / "loss.png", dpi=100, bbox_inches="tight")
+    write_atomically(out / "loss.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
     if IN_NOTEBOOK:
         plt.show()  # inline under the cell as well
     plt.close(ax.figure)
@@ -814,7 +902,7 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.figure.savefig(out / "acc.png", dpi=100, bbox_inches="tight")
+    write_atomically(out / "acc.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
     if IN_NOTEBOOK:
         plt.show()  # inline under the cell as well
     plt.close(ax.figure)

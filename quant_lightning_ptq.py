@@ -50,6 +50,7 @@ ARGS = []
 import argparse
 import contextlib
 import copy
+import errno
 import io
 import json
 import math
@@ -58,6 +59,7 @@ import re
 import statistics
 import struct
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -264,7 +266,7 @@ def train_float_model(model: MNISTClassifier, args, out: Path) -> bool:
             plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
             limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
             deterministic=True)
-    with exit_if_interrupted(trainer):
+    with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
         trainer.fit(model)
     # deterministic=True switched torch into deterministic mode for the whole process; int8 ops
     # (which resize their quantized outputs) refuse to run in it, so switch it back off.
@@ -436,22 +438,7 @@ def load_int8(path: str, flow: str) -> nn.Module:
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """torch.export.save through a hidden file renamed into place, as save_atomically does for torch.save."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "wb") as file:
-            torch.export.save(program, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
-            f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: torch.export.save(program, file))
 
 
 def saved_flow(path: str) -> str:
@@ -557,11 +544,15 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     except Exception as error:
         die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
             f"quantization scripts, or mnist_fp32.pt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
+            f"by one of the quantization scripts, or mnist_fp32.pt")
     try:
         model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
+    except Exception as error:  # names or shapes of another network; a meta tensor
         die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
 
 
@@ -591,32 +582,53 @@ def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
 
 def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
                     repeats: int) -> dict:
-    """Median milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled
-    as the PT2E int8 model is) and of the int8 model. The models take turns, so a noisy neighbour on
-    the machine slows all alike, and the first (warm-up, compiling) calls are not counted."""
+    """Milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled as the
+    PT2E int8 model is) and of the int8 model: the median of `repeats` timed calls, and its spread.
+    The models take turns, so a noisy neighbour on the machine slows all alike, and the first
+    LATENCY_WARMUP rounds (compiling, first-call caches, CPU frequency ramping up) are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     nets = {"fp32": float_net, "fp32_compiled": compile_for_inference(float_net), "int8": int8_net}
-    result = {}
+    times = {}
     with torch.inference_mode():
         for batch in (1, 256):
             x = images[:batch]
-            times = {name: [] for name in nets}
-            for _ in range(3):
-                for net in nets.values():
-                    net(x)
-            for _ in range(repeats):
+            for round_ in range(LATENCY_WARMUP + repeats):
                 for name, net in nets.items():
                     start = time.perf_counter()
                     net(x)
-                    times[name].append(1000 * (time.perf_counter() - start))
-            for name in times:
-                result[f"{name}_ms_b{batch}"] = statistics.median(times[name])
-            result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
-            result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+                    if round_ >= LATENCY_WARMUP:
+                        times.setdefault((name, batch), []).append(1000 * (time.perf_counter() - start))
     torch.set_num_threads(default_threads)
+    return latency_summary(times, threads)
+
+
+LATENCY_WARMUP = 10  # rounds of every model before timing starts
+LATENCY_BUSY = 0.25  # an interquartile range above this fraction of the median: the machine was busy
+
+
+def latency_summary(times: dict, threads: int) -> dict:
+    """The medians and speed-ups from {(model, batch): [ms, ...]}, and each batch's spread (the
+    widest interquartile range over median). Prints them with the thread count, and one warning
+    line when a spread says the machine was busy: then the speed-ups would not hold on a rerun."""
+    result = {}
+    for batch in sorted({batch for _, batch in times}):
+        quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
+                     for (name, b), ms in times.items() if b == batch}
+        for name, (q1, median, q3) in quartiles.items():
+            result[f"{name}_ms_b{batch}"] = median
+        result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+        result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+        result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
+        print(f"latency at batch {batch}, ms per forward, median (interquartile range) of {len(times['int8', batch])} "
+              f"after {LATENCY_WARMUP} warm-up rounds, {threads} CPU thread{'s' if threads > 1 else ''}: "
+              + ", ".join(f"{name} {m:.3g} ({q1:.3g}-{q3:.3g})" for name, (q1, m, q3) in quartiles.items()))
+    spread = max((value for key, value in result.items() if key.startswith("spread_")), default=0)
+    if spread > LATENCY_BUSY:
+        print(f"warning: the timings spread over {spread:.0%} of their median: the machine was busy, so these "
+              f"latencies and speed-ups will not hold; time again on an idle machine", file=sys.stderr)
     return result
 
 
@@ -642,7 +654,7 @@ def main(argv=None) -> int:
         print(f"reloaded {args.load_int8}")
     elif args.ckpt:
         load_weights(model, args.ckpt)
-    train_images = prepare_mnist(args.data_dir)
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=not args.load_int8)
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
         tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -651,13 +663,10 @@ def main(argv=None) -> int:
     if args.load_int8:
         test_int8(model, tester, args)
         return 0
-    if args.val_size >= train_images:
-        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
-            f"use a smaller --val_size")
     if not args.ckpt and not train_float_model(model, args, out):
         return 0  # a DDP rank other than 0: rank 0 quantizes and reports
 
-    float_net = model.model.cpu().eval()
+    float_net = model.model.cpu().float().eval()  # int8 is made from float32, whatever --precision trained
     fp32_acc = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"\nfp32 accuracy: {fp32_acc:.4f}")
     calibration = calibration_batches(model, args.calibration_batches)
@@ -847,13 +856,15 @@ class OriginalTutorialFlag(argparse.Action):
 RESULTS_FILE = "quant_results.csv"
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
                   "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
-                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256"]
+                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256",
+                  "spread_b1", "spread_b256"]
 
 
 def append_result(row: dict, path: Path) -> None:
     """Print the run's row and add it to the results CSV; earlier rows stay, whatever columns they have."""
     table = pd.DataFrame([row], columns=RESULT_COLUMNS)
-    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
+    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward, spread = the widest "
+          f"interquartile range / median; sizes in KiB):")
     print(table.to_string(index=False, float_format="{:.4g}".format))
     if path.exists():
         try:
@@ -861,14 +872,14 @@ def append_result(row: dict, path: Path) -> None:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
                 f"move it away and run again")
-    save_atomically(table, path, save=lambda table, file: table.to_csv(file, index=False))
+    write_atomically(path, lambda file: table.to_csv(file, index=False))
 
 
 def report_float_training(metrics_csv: Path, out: Path) -> None:
     """The float phase's per-epoch table: printed, saved as history.csv, drawn as loss.png and acc.png."""
     history = epoch_history(metrics_csv)
     print("\n" + history.to_string(float_format="{:.4f}".format))
-    history.to_csv(out / "history.csv")
+    write_atomically(out / "history.csv", history.to_csv)
     plot_history(history, out, title="MNIST, float model")
 
 
@@ -922,6 +933,42 @@ def idx_length(path: Path) -> int:
 
 
 # Copied from Basic_usage_of_lightning.py
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+    steps = per_epoch * getattr(args, "epochs", 1)  # loggers_lightning.py logs every N steps of the whole run
+    if training and getattr(args, "log_every_n_steps", 0) > steps and not args.fast_dev_run:
+        die(f"--log_every_n_steps {args.log_every_n_steps} is more than the run's {steps} training steps, so no "
+            f"step would be logged; pass at most {steps}")
+
+
+# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
 def exit_on_error(what: str):
     """An error from a library that our flags caused: one line, exit 2, not a traceback."""
@@ -956,23 +1003,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path, save=None) -> None:
-    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_atomically(obj, path: Path) -> None:
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into memory, then to a hidden file renamed onto path: the old file or the new, never half."""
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            (save or torch.save)(obj, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -993,7 +1076,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)

@@ -54,6 +54,7 @@ import argparse
 import contextlib
 import copy
 import importlib.util
+import errno
 import io
 import json
 import math
@@ -62,6 +63,7 @@ import re
 import statistics
 import struct
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -514,22 +516,7 @@ def load_int8_model(path: str, flow: str) -> nn.Module:
 
 # Copied from quant_lightning_ptq.py
 def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """torch.export.save through a hidden file renamed into place, as save_atomically does for torch.save."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "wb") as file:
-            torch.export.save(program, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
-            f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: torch.export.save(program, file))
 
 
 # Copied from quant_lightning_ptq.py
@@ -633,6 +620,7 @@ def check_int8_program(graph: nn.Module, path: str) -> None:
         die(f"{path} holds no int8 weights: a float program (mnist_fp32.pt2?); pass a mnist_int8.pt2")
 
 
+# Copied from quant_lightning_ptq.py
 def load_weights(model: MNISTClassifier, path: str) -> None:
     """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
     try:
@@ -640,11 +628,15 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     except Exception as error:
         die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
             f"quantization scripts, or mnist_fp32.pt")
-    if isinstance(saved, dict) and "state_dict" in saved:  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
+            f"by one of the quantization scripts, or mnist_fp32.pt")
     try:
         model.model.load_state_dict(saved)
-    except (RuntimeError, TypeError, AttributeError) as error:
+    except Exception as error:  # names or shapes of another network; a meta tensor
         die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
 
 
@@ -675,32 +667,56 @@ def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
 # Copied from quant_lightning_ptq.py
 def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
                     repeats: int) -> dict:
-    """Median milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled
-    as the PT2E int8 model is) and of the int8 model. The models take turns, so a noisy neighbour on
-    the machine slows all alike, and the first (warm-up, compiling) calls are not counted."""
+    """Milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled as the
+    PT2E int8 model is) and of the int8 model: the median of `repeats` timed calls, and its spread.
+    The models take turns, so a noisy neighbour on the machine slows all alike, and the first
+    LATENCY_WARMUP rounds (compiling, first-call caches, CPU frequency ramping up) are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     nets = {"fp32": float_net, "fp32_compiled": compile_for_inference(float_net), "int8": int8_net}
-    result = {}
+    times = {}
     with torch.inference_mode():
         for batch in (1, 256):
             x = images[:batch]
-            times = {name: [] for name in nets}
-            for _ in range(3):
-                for net in nets.values():
-                    net(x)
-            for _ in range(repeats):
+            for round_ in range(LATENCY_WARMUP + repeats):
                 for name, net in nets.items():
                     start = time.perf_counter()
                     net(x)
-                    times[name].append(1000 * (time.perf_counter() - start))
-            for name in times:
-                result[f"{name}_ms_b{batch}"] = statistics.median(times[name])
-            result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
-            result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+                    if round_ >= LATENCY_WARMUP:
+                        times.setdefault((name, batch), []).append(1000 * (time.perf_counter() - start))
     torch.set_num_threads(default_threads)
+    return latency_summary(times, threads)
+
+
+# Copied from quant_lightning_ptq.py
+LATENCY_WARMUP = 10  # rounds of every model before timing starts
+# Copied from quant_lightning_ptq.py
+LATENCY_BUSY = 0.25  # an interquartile range above this fraction of the median: the machine was busy
+
+
+# Copied from quant_lightning_ptq.py
+def latency_summary(times: dict, threads: int) -> dict:
+    """The medians and speed-ups from {(model, batch): [ms, ...]}, and each batch's spread (the
+    widest interquartile range over median). Prints them with the thread count, and one warning
+    line when a spread says the machine was busy: then the speed-ups would not hold on a rerun."""
+    result = {}
+    for batch in sorted({batch for _, batch in times}):
+        quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
+                     for (name, b), ms in times.items() if b == batch}
+        for name, (q1, median, q3) in quartiles.items():
+            result[f"{name}_ms_b{batch}"] = median
+        result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+        result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
+        result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
+        print(f"latency at batch {batch}, ms per forward, median (interquartile range) of {len(times['int8', batch])} "
+              f"after {LATENCY_WARMUP} warm-up rounds, {threads} CPU thread{'s' if threads > 1 else ''}: "
+              + ", ".join(f"{name} {m:.3g} ({q1:.3g}-{q3:.3g})" for name, (q1, m, q3) in quartiles.items()))
+    spread = max((value for key, value in result.items() if key.startswith("spread_")), default=0)
+    if spread > LATENCY_BUSY:
+        print(f"warning: the timings spread over {spread:.0%} of their median: the machine was busy, so these "
+              f"latencies and speed-ups will not hold; time again on an idle machine", file=sys.stderr)
     return result
 
 
@@ -728,7 +744,9 @@ def main(argv=None) -> int:
         print(f"reloaded {args.load_int8}")
     elif args.ckpt:
         load_weights(model, args.ckpt)
-    train_images = prepare_mnist(args.data_dir)
+    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=not args.load_int8)
+    if str(args.precision) not in ("32-true", "32"):  # fake quantization observes and rounds float32 tensors
+        die(f"--precision {args.precision}: quantization-aware training runs in float32; leave --precision out")
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
         tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -737,16 +755,13 @@ def main(argv=None) -> int:
     if args.load_int8:
         test_int8(model, tester, args)
         return 0
-    if args.val_size >= train_images:
-        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
-            f"use a smaller --val_size")
 
     histories = []
     if not args.ckpt:  # phase 1: train the float network and keep its best epoch
         checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
                                      monitor="valid_acc", mode="max", enable_version_counter=False)
         trainer = build_trainer(args, out, args.epochs, callbacks=[checkpoint])
-        with exit_if_interrupted(trainer):
+        with exit_if_interrupted(trainer), exit_if_write_fails(out):
             trainer.fit(model)
         if checkpoint.best_model_path:
             load_weights(model, checkpoint.best_model_path)
@@ -756,7 +771,7 @@ def main(argv=None) -> int:
     # Phase 2: QAT fine-tunes the fake-quant network; its last epoch (frozen) is what gets converted.
     trainer = build_trainer(args, out, args.qat_epochs, callbacks=[])
     model.start_qat()
-    with exit_if_interrupted(trainer):
+    with exit_if_interrupted(trainer), exit_if_write_fails(out):
         trainer.fit(model)
     histories.append(phase_history(trainer, "qat"))
     if not leave_training(trainer):
@@ -971,7 +986,7 @@ def report_history(histories: list, out: Path) -> None:
     if history.empty:
         return
     print("\n" + history.to_string(float_format="{:.4f}".format))
-    history.to_csv(out / "history.csv")
+    write_atomically(out / "history.csv", history.to_csv)
     both = len(histories) == 2
     plot_history(history, out, title="MNIST, float then QAT" if both else "MNIST, QAT",
                  xlabel="epoch (float training, then QAT fine-tuning)" if both else "QAT fine-tuning epoch")
@@ -982,14 +997,16 @@ RESULTS_FILE = "quant_results.csv"
 # Copied from quant_lightning_ptq.py
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
                   "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
-                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256"]
+                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256",
+                  "spread_b1", "spread_b256"]
 
 
 # Copied from quant_lightning_ptq.py
 def append_result(row: dict, path: Path) -> None:
     """Print the run's row and add it to the results CSV; earlier rows stay, whatever columns they have."""
     table = pd.DataFrame([row], columns=RESULT_COLUMNS)
-    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward; sizes in KiB):")
+    print(f"\nresults ({row['threads']} CPU threads; latency = median ms per forward, spread = the widest "
+          f"interquartile range / median; sizes in KiB):")
     print(table.to_string(index=False, float_format="{:.4g}".format))
     if path.exists():
         try:
@@ -997,7 +1014,7 @@ def append_result(row: dict, path: Path) -> None:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
                 f"move it away and run again")
-    save_atomically(table, path, save=lambda table, file: table.to_csv(file, index=False))
+    write_atomically(path, lambda file: table.to_csv(file, index=False))
 
 
 # Copied from quant_lightning_ptq.py
@@ -1051,6 +1068,42 @@ def idx_length(path: Path) -> int:
 
 
 # Copied from Basic_usage_of_lightning.py
+def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+    """Flags that are each valid but do not fit the data or each other: one line now, rather than
+    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
+    if training and getattr(args, "val_size", 0) >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
+    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
+        if training and getattr(args, flag, 0) > 1:
+            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
+                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
+    if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
+        die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
+            f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
+    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
+               "val": math.ceil(val_size / args.eval_batch_size / processes),
+               "test": math.ceil(test_images / args.eval_batch_size / processes)}
+    for stage in ("train", "val", "test") if training else ("test",):
+        limit = getattr(args, f"limit_{stage}_batches", 1.0)
+        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+                f"pass a larger fraction, or a number of batches such as 1")
+    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
+    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
+    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
+        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
+            f"at most {per_epoch}, or a fraction of an epoch")
+    steps = per_epoch * getattr(args, "epochs", 1)  # loggers_lightning.py logs every N steps of the whole run
+    if training and getattr(args, "log_every_n_steps", 0) > steps and not args.fast_dev_run:
+        die(f"--log_every_n_steps {args.log_every_n_steps} is more than the run's {steps} training steps, so no "
+            f"step would be logged; pass at most {steps}")
+
+
+# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
 def exit_on_error(what: str):
     """An error from a library that our flags caused: one line, exit 2, not a traceback."""
@@ -1085,23 +1138,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path, save=None) -> None:
-    """save(obj, file), torch.save by default, to a hidden file renamed onto path: the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_atomically(obj, path: Path) -> None:
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_atomically(path: Path, write) -> None:
+    """write(file) into memory, then to a hidden file renamed onto path: the old file or the new, never half."""
     partial = path.with_name(f".{path.name}.partial")  # not *.ckpt: no loader will pick it up
     try:
+        write(buffer := io.BytesIO())
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            (save or torch.save)(obj, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
-        die(f"cannot write {path} ({error.strerror or error}); free some space or pick another "
+        if not write_failure(error):
+            raise
+        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
             f"--output_dir (any earlier {path.name} is untouched)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+
+# Copied from Basic_usage_of_lightning.py
+def write_failure(error: BaseException) -> str:
+    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# Copied from Basic_usage_of_lightning.py
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Copied from Basic_usage_of_lightning.py
+@contextlib.contextmanager
+def exit_if_write_fails(out: Path):
+    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
+    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
+    # it to the main thread's next flush: report it there, once.
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+    try:
+        yield
+    except Exception as error:
+        if not write_failure(error):
+            raise
+        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -1122,7 +1211,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.figure.savefig(out / f"{kind}.png", dpi=100, bbox_inches="tight")
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
+                                                                            bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)

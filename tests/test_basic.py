@@ -209,6 +209,15 @@ def test_impossible_flags_give_one_clear_error_in_a_real_process(run_script, mni
     (["--val_size", "3000"], ["--val_size", "no training images"]),
     (["--num_nodes", "2"], ["MASTER_ADDR", "NODE_RANK"]),
     (["--no_such_flag"], ["unrecognized arguments"]),
+    # Each valid alone, but not with the data or each other: refused before Lightning or torch fail.
+    (["--lr", "1e308"], ["--lr 1e+308", "too large"]),
+    (["--limit_train_batches", "0.000001"], ["--limit_train_batches 1e-06", "less than one batch"]),
+    (["--limit_test_batches", "1e-9"], ["--limit_test_batches 1e-09", "less than one batch"]),
+    (["--limit_val_batches", "0.01"], ["--limit_val_batches 0.01 of 4 val batches", "less than one batch"]),
+    (["--val_check_interval", "100000"], ["--val_check_interval 100000", "training batches of an epoch"]),
+    (["--limit_train_batches", "5", "--val_check_interval", "6"], ["--val_check_interval 6", "at most 5"]),
+    (["--batch_size", "100000000"], ["a batch of 100000000", "at most 3000"]),
+    (["--eval_batch_size", "100000000"], ["a batch of 100000000", "--eval_batch_size"]),
 ])
 def test_impossible_flags_give_one_clear_error(mnist_dir, tmp_path, monkeypatch, capsys, flags, phrases):
     monkeypatch.chdir(tmp_path)
@@ -217,6 +226,58 @@ def test_impossible_flags_give_one_clear_error(mnist_dir, tmp_path, monkeypatch,
     result = exit_of(load_script(SCRIPT).main, ["--data_dir", mnist_dir, "--val_size", "500", *flags], capsys)
     assert_clean_error(result, *phrases)
     assert not (tmp_path / "outputs").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("environment, phrases", [
+    (dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="abc", NODE_RANK="0"), ["MASTER_PORT=abc", "not a port number"]),
+    (dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="abc", NODE_RANK="7"), ["MASTER_PORT=abc", "not a port number"]),
+    (dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29500", NODE_RANK="7"), ["NODE_RANK=7", "0 to 1"]),
+    (dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29500", NODE_RANK="-1"), ["NODE_RANK=-1", "0 to 1"]),
+    # Would wait for a rendezvous that can never happen, until killed.
+    (dict(MASTER_ADDR="256.1.1.1", MASTER_PORT="29500", NODE_RANK="1"), ["MASTER_ADDR=256.1.1.1", "does not resolve"]),
+])
+def test_a_rendezvous_that_cannot_happen_is_refused_at_once(mnist_dir, tmp_path, monkeypatch, capsys, environment,
+                                                             phrases):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    result = exit_of(load_script(SCRIPT).main, ["--data_dir", mnist_dir, "--val_size", "500", "--accelerator", "cpu",
+                                               "--strategy", "ddp", "--num_nodes", "2"], capsys)
+    assert_clean_error(result, *phrases)
+
+
+def weights_of_the_wrong_shape(folder) -> dict:
+    """Files that torch.load(weights_only=True) reads, holding something other than a state_dict."""
+    good = load_script(SCRIPT).MNISTConvNet().state_dict()
+    meta = load_script(SCRIPT).MNISTConvNet().to("meta").state_dict()
+    contents = {
+        "int_keys.pt": {i: tensor for i, tensor in enumerate(good.values())},
+        "a_list.pt": list(good.values()),
+        "a_float.pt": good | {"classifier.1.weight": 0.5},
+        "ckpt_int_keys.ckpt": {"epoch": 0, "state_dict": {0: torch.zeros(1)}},
+        "ckpt_list.ckpt": {"epoch": 0, "state_dict": [torch.zeros(1)]},
+        "meta.pt": meta,
+    }
+    for name, content in contents.items():
+        torch.save(content, folder / name)
+    return {name: folder / name for name in contents}
+
+
+def test_weights_of_the_wrong_shape_are_refused(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name, path in weights_of_the_wrong_shape(tmp_path).items():
+        result = exit_of(load_script(SCRIPT).main, ["--data_dir", mnist_dir, "--load_model", path], capsys)
+        assert_clean_error(result, name, "weights")
+
+
+def test_export_after_training_in_float64(mnist_dir, tmp_path, monkeypatch, capsys, one_thread):
+    """--precision 64-true trains in float64; the exports take float32 images, so they are made in float32."""
+    pytest.importorskip("onnxscript")
+    monkeypatch.chdir(tmp_path)
+    assert load_script(SCRIPT).main(["--data_dir", str(mnist_dir), "--skip_training", "--precision", "64-true",
+                                     "--limit_test_batches", "1", "--export", "onnx"]) == 0
+    assert (tmp_path / "outputs" / "Basic_usage_of_lightning" / "mnist_classifier.onnx").stat().st_size > 0
 
 
 def test_an_output_dir_that_is_a_file_is_refused(mnist_dir, tmp_path, monkeypatch, capsys):

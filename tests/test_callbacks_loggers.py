@@ -314,6 +314,11 @@ COMMON_BAD_INPUT = [
     (["--output_dir", "taken/run"], ["taken", "is a file"]),
     (["--data_dir", "nowhere"], ["MNIST is not in", "PATH_DATASETS"]),
     (["--no_such_flag"], ["unrecognized arguments"]),
+    # Each valid alone, but not with the data or each other: refused before Lightning or torch fail.
+    (["--lr", "1e308"], ["--lr 1e+308", "too large"]),
+    (["--limit_train_batches", "0.000001"], ["--limit_train_batches 1e-06", "less than one batch"]),
+    (["--limit_test_batches", "1e-9"], ["--limit_test_batches 1e-09", "less than one batch"]),
+    (["--batch_size", "100000000"], ["a batch of 100000000"]),
 ]
 CALLBACKS_BAD_INPUT = [
     (["--callbacks", "hooks,nope"], ["unknown callback", "nope", "valid names"]),
@@ -329,6 +334,9 @@ LOGGERS_BAD_INPUT = [
     (["--loggers", "csv,neptune"], ["unknown logger", "neptune", "valid names"]),
     (["--log_every_n_steps", "0"], ["--log_every_n_steps", "at least 1"]),
     (["--log-interval", "0"], ["--log-interval", "at least 1"]),  # the old spelling, the same error
+    # No step would be logged, and the per-step plot would have nothing to draw.
+    (["--epochs", "1", "--limit_train_batches", "3", "--log_every_n_steps", "4"],
+     ["--log_every_n_steps 4", "3 training steps"]),
 ]
 
 

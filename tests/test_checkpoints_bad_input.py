@@ -234,3 +234,73 @@ def test_structure_flags_print_and_exit(scripts, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "model.classifier.4.weight" in printed and "(10, 64)" in printed
     assert not (tmp_path / "s").exists() and not (tmp_path / "l").exists()
+
+
+def checkpoint_holding(network, **changes) -> dict:
+    """A checkpoint as Lightning writes one for MNISTClassifier, with `changes` made to it."""
+    checkpoint = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.6.6",
+                  "state_dict": {f"model.{name}": tensor for name, tensor in network.state_dict().items()},
+                  "hyper_parameters": {"hidden_units": 128, "dropout": 0.25, "lr": 0.01}}
+    return checkpoint | changes
+
+
+# Files that torch.load(weights_only=True) reads, holding data of the wrong shape: (content, phrases).
+WRONG_SHAPES = {
+    "state_dict with integer keys": (lambda net: checkpoint_holding(net, state_dict={0: torch.zeros(3)}),
+                                     ["state_dict", "layer names to tensors"]),
+    "state_dict a list": (lambda net: checkpoint_holding(net, state_dict=[torch.zeros(3)]), ["not a checkpoint"]),
+    "a tensor replaced by a float": (
+        lambda net: checkpoint_holding(net, state_dict={"model.classifier.1.weight": 0.5}),
+        ["state_dict", "layer names to tensors"]),
+    "a plain state_dict with integer keys": (lambda net: dict(enumerate(net.state_dict().values())),
+                                             ["not a checkpoint"]),
+    "hyper_parameters a list": (lambda net: checkpoint_holding(net, hyper_parameters=[128]),
+                                ["hyper_parameters are a list"]),
+    "hyper_parameters a string": (lambda net: checkpoint_holding(net, hyper_parameters="hidden_units=128"),
+                                  ["hyper_parameters are a str"]),
+    "hidden_units 1e9": (lambda net: checkpoint_holding(net, hyper_parameters={"hidden_units": 10**9}),
+                         ["hidden_units 1000000000", "1 to 65536"]),
+    "hidden_units -1": (lambda net: checkpoint_holding(net, hyper_parameters={"hidden_units": -1}), ["hidden_units -1"]),
+    "hidden_units abc": (lambda net: checkpoint_holding(net, hyper_parameters={"hidden_units": "abc"}),
+                         ["hidden_units 'abc'"]),
+    "hidden_units 1.5": (lambda net: checkpoint_holding(net, hyper_parameters={"hidden_units": 1.5}),
+                         ["hidden_units 1.5"]),
+    "dropout abc": (lambda net: checkpoint_holding(net, hyper_parameters={"dropout": "abc"}), ["dropout 'abc'"]),
+    "meta tensors": (lambda net: checkpoint_holding(net.to("meta")), ["could not load"]),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_SHAPES)
+def test_checkpoints_of_the_wrong_shape_are_refused(case, scripts, tmp_path, mnist_dir, capsys):
+    content, phrases = WRONG_SHAPES[case]
+    path = write(tmp_path / "bad.ckpt", content(scripts[1].MNISTConvNet()))
+    before = snapshot(tmp_path)
+    result = exit_of(scripts[1].main, ["--data_dir", mnist_dir, "--ckpt", path, "--output_dir", tmp_path / "o"], capsys)
+    assert_clean_error(result, *phrases)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flags, phrases", [
+    (["--limit_test_batches", "1e-9"], ["--limit_test_batches 1e-09", "less than one batch"]),
+    (["--batch_size", "100000000"], ["a batch of 100000000", "at most 3000"]),
+])
+def test_load_flags_that_do_not_fit_the_data(flags, phrases, scripts, tmp_path, mnist_dir, capsys):
+    net = write(tmp_path / "net.pt", scripts[1].MNISTConvNet().state_dict())
+    result = exit_of(scripts[1].main, ["--data_dir", mnist_dir, "--ckpt", net, "--output_dir", tmp_path / "o",
+                                       *flags], capsys)
+    assert_clean_error(result, *phrases)
+
+
+@pytest.mark.parametrize("flags, phrases", [
+    (["--lr", "1e308"], ["--lr 1e+308", "too large"]),
+    (["--limit_train_batches", "0.000001"], ["--limit_train_batches 1e-06", "less than one batch"]),
+    (["--limit_val_batches", "0.01"], ["--limit_val_batches 0.01", "less than one batch"]),
+    (["--batch_size", "100000000"], ["a batch of 100000000"]),
+])
+def test_save_flags_that_do_not_fit_the_data(flags, phrases, scripts, tmp_path, mnist_dir, capsys):
+    out = earlier_run(tmp_path / "run")
+    before = snapshot(tmp_path)
+    result = exit_of(scripts[0].main, [*TINY, "--data_dir", mnist_dir, "--output_dir", out, "--overwrite", *flags],
+                     capsys)
+    assert_clean_error(result, *phrases)
+    assert snapshot(tmp_path) == before

@@ -8,6 +8,7 @@ runs happen in processes where torch.ao.quantization's eager entry points raise 
 import contextlib
 import io
 import json
+import statistics
 import subprocess
 import sys
 import zipfile
@@ -111,6 +112,7 @@ def test_results_row_has_sizes_and_latency(runs, script):
         assert row[f"fp32_compiled_ms_b{batch}"] > 0
         assert row[f"speedup_compiled_b{batch}"] == pytest.approx(
             row[f"fp32_compiled_ms_b{batch}"] / row[f"int8_ms_b{batch}"])
+        assert row[f"spread_b{batch}"] >= 0  # the widest interquartile range over median
 
 
 @pytest.mark.parametrize("script", [PTQ, QAT, CALLBACK])
@@ -520,6 +522,10 @@ PTQ_BAD_INPUT = [  # flags, then what the error line must name; {name} is a file
     (["--load_int8", "{foreign}"], "not of an MNIST classifier"),
     (["--load_int8", "{fp32_pt2}"], "no int8 weights"),
     (["--output_dir", "{eager}"], "not a folder"),
+    (["--lr", "1e308"], "--lr 1e+308 is too large"),
+    (["--limit_train_batches", "0.000001"], "less than one batch"),
+    (["--limit_test_batches", "1e-9"], "less than one batch"),
+    (["--batch_size", "100000000"], "a batch of 100000000"),
 ]
 
 
@@ -531,6 +537,27 @@ def test_ptq_bad_input_is_one_clean_line(argv, phrase, bad_files, earlier_run, m
     result = exit_of(load_script(PTQ).main, flags + argv, capsys)  # the last --val_size / --output_dir wins
     assert_clean_error(result, phrase)
     assert snapshot(out) == before
+
+
+def float_weights_of_the_wrong_shape(folder) -> dict:
+    """--ckpt files that torch.load(weights_only=True) reads, holding something other than a state_dict."""
+    good = load_script(PTQ).MNISTConvBNNet().state_dict()
+    contents = {"int_keys.pt": dict(enumerate(good.values())), "a_list.pt": list(good.values()),
+                "a_float.pt": good | {"classifier.1.weight": 0.5},
+                "ckpt_int_keys.ckpt": {"epoch": 0, "state_dict": {0: torch.zeros(1)}},
+                "ckpt_list.ckpt": {"epoch": 0, "state_dict": [torch.zeros(1)]},
+                "meta.pt": load_script(PTQ).MNISTConvBNNet().to("meta").state_dict()}
+    for name, content in contents.items():
+        torch.save(content, folder / name)
+    return {name: folder / name for name in contents}
+
+
+@pytest.mark.parametrize("script", [PTQ, QAT, CALLBACK])
+def test_float_weights_of_the_wrong_shape_are_refused(script, mnist_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, path in float_weights_of_the_wrong_shape(tmp_path).items():
+        result = exit_of(load_script(script).main, ["--data_dir", mnist_dir, "--ckpt", path], capsys)
+        assert_clean_error(result, name, "weights")
 
 
 # The original tutorial's flags (issue 13): each keeps its meaning or says what it does now.
@@ -591,6 +618,43 @@ def test_results_file_survives_a_full_disk(tmp_path, capsys, monkeypatch):
     assert_clean_error(result, "cannot write", "quant_results.csv", "No space left on device", "untouched")
     assert results.read_text() == "method,int8_acc\nPTQ eager,0.98\n"
     assert not list(tmp_path.glob(".*partial"))
+def fabricated_timings(int8_ms: list, batches=(1, 256)) -> dict:
+    """{(model, batch): ms per call} as measure_latency collects them: fp32 2 ms, compiled 1.5 ms, int8 as given."""
+    return {(name, batch): list(ms) for batch in batches
+            for name, ms in (("fp32", [2.0] * len(int8_ms)), ("fp32_compiled", [1.5] * len(int8_ms)),
+                             ("int8", int8_ms))}
+
+
+def test_latency_reports_median_spread_and_threads(capsys):
+    summary = load_script(PTQ).latency_summary
+    quiet = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0, 1.0]  # within 2%: an idle machine
+    result = summary(fabricated_timings(quiet), threads=4)
+    captured = capsys.readouterr()
+    assert result["int8_ms_b1"] == pytest.approx(1.0) and result["speedup_b1"] == pytest.approx(2.0)
+    assert result["speedup_compiled_b256"] == pytest.approx(1.5)
+    assert 0 < result["spread_b1"] < 0.05
+    lines = [line for line in captured.out.splitlines() if line.startswith("latency at batch")]
+    assert len(lines) == 2, captured.out
+    for line in lines:
+        assert "median (interquartile range) of 10" in line and "4 CPU threads" in line
+        assert "int8 1 (0.99-1.01)" in line and "fp32 2 (2-2)" in line
+    assert "warning" not in captured.out + captured.err
+
+
+def test_latency_warns_once_when_the_spread_says_the_machine_was_busy(capsys):
+    summary = load_script(PTQ).latency_summary
+    # A neighbour took the CPU for part of the run: the same forward took 1 ms or 80 ms.
+    busy = [1.0, 80.0, 1.1, 60.0, 0.9, 75.0, 1.0, 1.2, 70.0, 1.0]
+    result = summary(fabricated_timings(busy, batches=(1,)), threads=2)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "busy" in warnings[0] and "idle machine" in warnings[0]
+    assert result["spread_b1"] > load_script(PTQ).LATENCY_BUSY
+    assert result["int8_ms_b1"] == pytest.approx(statistics.median(busy))
+
+
+def test_one_timed_call_has_no_spread(capsys):
+    result = load_script(PTQ).latency_summary(fabricated_timings([1.0], batches=(1,)), threads=1)
+    assert result["spread_b1"] == 0 and result["int8_ms_b1"] == 1.0
 
 
 # Bad input: one clean line, exit 2.

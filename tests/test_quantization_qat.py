@@ -328,9 +328,15 @@ CASES = [
     ((QAT, CALLBACK), ["--fast_dev_run", "-1"], ["--fast_dev_run"]),
     ((QAT, CALLBACK), ["--devices", "0", "--val_size", "500"], ["Trainer", "devices"]),
     ((QAT, CALLBACK), ["--accelerator", "tpu", "--val_size", "500"], ["Trainer"]),
-    ((QAT, CALLBACK), ["--precision", "bogus", "--val_size", "500"], ["Trainer", "bogus"]),
+    ((QAT, CALLBACK), ["--precision", "bogus", "--val_size", "500"], ["--precision bogus"]),
     ((QAT, CALLBACK), ["--output_dir", "{files}/eager.pt"], ["--output_dir", "not a folder"]),
     ((QAT, CALLBACK), ["--load_model", "{files}/missing.pt"], ["--load_model", "no such file"]),
+    # Each valid alone, but not with the data or with QAT: refused before Lightning or torch fail.
+    ((QAT, CALLBACK), ["--precision", "16-mixed", "--val_size", "500"], ["--precision 16-mixed", "float32"]),
+    ((QAT, CALLBACK), ["--qat_lr", "1e308", "--val_size", "500"], ["--qat_lr 1e+308", "too large"]),
+    ((QAT, CALLBACK), ["--batch_size", "100000000", "--val_size", "500"], ["a batch of 100000000"]),
+    ((QAT, CALLBACK), ["--limit_test_batches", "1e-9", "--val_size", "500"], ["--limit_test_batches 1e-09"]),
+    ((QAT, CALLBACK), ["--limit_train_batches", "0.000001", "--val_size", "500"], ["less than one batch"]),
 ]
 
 
