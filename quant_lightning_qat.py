@@ -866,7 +866,7 @@ INT8_STATE = "mnist_int8/state.pt"  # in a .pt2 this script wrote: what --load_i
 
 
 # Copied from quant_lightning_ptq.py
-MAX_INT8_BYTES = 2**30  # far above any file this script writes: no zip bomb fills the memory
+MAX_INT8_BYTES = 2**30  # far above what this script writes
 
 
 # Copied from quant_lightning_ptq.py
@@ -917,9 +917,12 @@ def read_int8_file(path: str, flow: str) -> dict:
     try:
         with zipfile.ZipFile(path) as archive:  # a torch.save file is a zip archive too
             if flow == "pt2e":
-                members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE]
-                if len(members) != 1 or members[0].file_size > MAX_INT8_BYTES:
+                members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE
+                           and m.filename.split("/")[0].isidentifier()]  # not "", ".", ".."
+                if len(members) != 1:
                     die(f"{path} has no single {INT8_STATE} of tensors that this script writes; {fix}")
+                if members[0].file_size > MAX_INT8_BYTES:  # checked before unpacking: no zip bomb fills the memory
+                    die(f"{path} unpacks to more than {MAX_INT8_BYTES >> 20} MiB; {fix}")
                 data = archive.read(members[0])
             else:
                 data = Path(path).read_bytes()
