@@ -14,7 +14,7 @@ byte-identical.
 import contextlib
 import io
 import json
-import os
+import shutil
 import zipfile
 
 import pytest
@@ -273,3 +273,97 @@ def test_the_real_file_loads_to_the_same_int8_model(genuine):
         assert torch.equal(rebuilt(images), int8_net(images))
     # and the file is still a program others can deploy
     assert any(t.dtype == torch.int8 for t in torch.export.load(program).state_dict.values())
+
+
+# check_point_save.py --resume: a crafted last.ckpt. Lightning deletes the files a ModelCheckpoint state
+# names as worse top-k or earlier last checkpoints, so paths outside the folder would lose user files.
+RUN = ("--epochs", "2", "--batch_size", "64", "--val_size", "500", "--limit_train_batches", "2",
+       "--limit_val_batches", "2", "--save_top_k", "1", "--every_n_epochs", "1", "--seed", "2")
+
+
+@pytest.fixture(scope="module")
+def saved_run(mnist_dir, tmp_path_factory):
+    """A short check_point_save.py run: its folder holds a genuine last.ckpt to craft from."""
+    root = tmp_path_factory.mktemp("checkpoint_run")
+    run_in(root, "check_point_save.py", *RUN, "--data_dir", mnist_dir, "--output_dir", root / "run", check=True)
+    return root / "run"
+
+
+def outside_paths(folder, victims):
+    """Paths that lead out of folder: relative "..", absolute, and through a symlinked folder."""
+    (folder / "link").symlink_to(victims, target_is_directory=True)
+    (folder / "epoch=00-valid_loss=0.0001.ckpt").symlink_to(victims / "by_symlink.ckpt")
+    return {"dotdot": f"{folder}/../../victims/epoch=00-valid_loss=0.0001.ckpt",
+            "absolute": str(victims / "epoch=00-valid_loss=0.0001.ckpt"),
+            "symlinked_folder": f"{folder}/link/epoch=00-valid_loss=0.0001.ckpt",
+            "symlinked_file": f"{folder}/epoch=00-valid_loss=0.0001.ckpt",
+            "not_a_checkpoint_name": f"{folder}/notes.txt"}
+
+
+def points_outside(checkpoint, path):
+    for name, state in checkpoint["callbacks"].items():
+        if name.startswith("ModelCheckpoint"):
+            state["best_k_models"] = {path: torch.tensor(0.0), **state["best_k_models"]}
+            state["kth_best_model_path"] = state["last_model_path"] = path
+
+
+def malformed(change):
+    def craft(checkpoint, path):
+        change(checkpoint, checkpoint["callbacks"]["ResumableState"])
+    return craft
+
+
+CHECKPOINT_CASES = {
+    **{f"path {kind}": (kind, points_outside, "not a checkpoint of this run") for kind in (
+        "dotdot", "absolute", "symlinked_folder", "symlinked_file", "not_a_checkpoint_name")},
+    "callbacks state a list": (None, lambda c, p: c.update(callbacks=list(c["callbacks"].items())), "no ResumableState"),
+    "settings a string": (None, malformed(lambda c, s: s.update(settings="epochs=2")), "settings"),
+    "history not a table": (None, malformed(lambda c, s: s.update(history="epoch,loss")), "history"),
+    "rng state not a tensor": (None, malformed(lambda c, s: s.update(torch_rng=[1, 2, 3])), "random-generator"),
+    "rng state of the wrong size": (None, malformed(lambda c, s: s.update(torch_rng=torch.zeros(3, dtype=torch.uint8))),
+                                    "random-generator"),
+    "scheduler state a string": (None, lambda c, p: c.update(lr_schedulers="OneCycleLR"), "LR-scheduler"),
+    "no loop state": (None, lambda c, p: c.pop("loops"), "training-loop"),
+    "weight of the wrong shape": (None, lambda c, p: c["state_dict"].update({"model.classifier.4.weight": torch.zeros(3)}),
+                                  "weights"),
+    "meta weight": (None, lambda c, p: c["state_dict"].update(
+        {"model.classifier.4.weight": torch.empty(c["state_dict"]["model.classifier.4.weight"].shape, device="meta")}), "weights"),
+    "optimizer moment of the wrong shape": (None, lambda c, p: c["optimizer_states"][0]["state"][0].update(
+        exp_avg=torch.zeros(7)), "optimizer state"),
+}
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_crafted_checkpoint_is_refused_and_touches_nothing(case, saved_run, mnist_dir, tmp_path, capsys):
+    kind, craft, phrase = CHECKPOINT_CASES[case]
+    run, victims = tmp_path / "run", tmp_path / "victims"
+    shutil.copytree(saved_run, run)
+    victims.mkdir()
+    for name in ("epoch=00-valid_loss=0.0001.ckpt", "by_symlink.ckpt", "user_notes.txt"):
+        (victims / name).write_text(f"the user's {name}")
+    folder = run / "checkpoints"
+    paths = outside_paths(folder, victims)
+    checkpoint = torch.load(folder / "last.ckpt", weights_only=True)
+    here, there = str(folder.resolve()), str((saved_run / "checkpoints").resolve())
+    for name, state in checkpoint["callbacks"].items():  # as if written in this folder: Lightning restores all
+        if name.startswith("ModelCheckpoint"):
+            state.update({key: value.replace(there, here) for key, value in state.items() if isinstance(value, str)})
+            state["best_k_models"] = {path.replace(there, here): score for path, score in state["best_k_models"].items()}
+    craft(checkpoint, paths.get(kind))
+    torch.save(checkpoint, folder / "last.ckpt")
+    before = {path: path.read_bytes() for path in [*victims.iterdir(), *folder.iterdir()] if path.is_file()}
+    listing = sorted(tmp_path.rglob("*"))
+    result = exit_of(load_script("check_point_save.py").main,
+                     [*RUN, "--data_dir", mnist_dir, "--output_dir", run, "--resume"], capsys)
+    assert_clean_error(result, "last.ckpt", phrase)
+    assert sorted(tmp_path.rglob("*")) == listing
+    assert all(path.read_bytes() == data for path, data in before.items())
+
+
+def test_the_genuine_checkpoint_passes_the_resume_checks(saved_run):
+    """The checks are not vacuous: the run's own last.ckpt passes them."""
+    save = load_script("check_point_save.py")
+    args = save.parse_args([*RUN])
+    model = save.MNISTClassifier()
+    save.check_resumable(saved_run / "checkpoints" / "last.ckpt", {name: getattr(args, name) for name in save.RUN_SETTINGS},
+                         saved_run / "checkpoints", model)
