@@ -577,6 +577,9 @@ def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
     try:  # rebuild the int8 module with the callback's own settings
         qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"], "flow": flow,
                                            "network": "model"})
+    except (TypeError, ValueError) as error:
+        die(f"{path} holds callback settings this script cannot use ({first_line(error)})")
+    try:
         qcb.prepare(model)
         if flow == "pt2e":  # the fake-quant graph's tensors as QAT left them: convert repeats the run's
             model.model.load_state_dict(saved["state_dict"])
