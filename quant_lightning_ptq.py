@@ -14,8 +14,8 @@ What it teaches
                      `torch.compile` turns the graph into int8 kernels. Nothing in this route
                      touches torch.ao.quantization, so it keeps working once torch removes it.
     The int8 model is then tested with a plain PyTorch loop and with `Trainer.test` (same accuracy),
-    saved (a state_dict, or a `.pt2` program), reloaded by --load_int8 in a fresh process, and timed
-    against the float model, eager and compiled, on the CPU.
+    saved (a state_dict, or a `.pt2` program with the tensors that rebuild it), and timed against the
+    float model, eager and compiled, on the CPU. A later run with --load_int8 rebuilds it from the file.
 
 How to run
     python quant_lightning_ptq.py                                    # train 3 epochs, quantize (eager), compare
@@ -31,10 +31,13 @@ What it writes (under --output_dir, default outputs/quant_lightning_ptq)
     csv_logs/, tb_logs/, checkpoints/best.ckpt   when it trains (best valid_acc), as the basic script
     history.csv, loss.png, acc.png               the per-epoch table and its curves, when it trains
     mnist_fp32.pt, mnist_int8.pt                 state_dicts of the float and the int8 network (eager)
-    mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e)
+    mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e), to deploy; the int8
+                                                 one also holds mnist_int8/state.pt, what --load_int8 reads
     quant_results.csv                            one row added per run: accuracy, size, latency
-    --load_int8 only tests the file and writes nothing. A .pt2 is checked before it is loaded: any
-    member that is not plain data (tensors, numbers, text) is refused, so a hostile file runs no code.
+    --load_int8 only tests the file and writes nothing. It reads tensors and plain values only
+    (torch.load with weights_only=True) and builds the int8 model with this script's code: no file
+    runs code. A .pt2 program itself is never loaded; torch.export.load runs a program's code, so
+    load only programs you trust.
 """
 
 # %% Imports

@@ -17,8 +17,8 @@ What it teaches
     the observers stop moving the int8 ranges and batch norm uses its running statistics, so the
     last epochs train the arithmetic the int8 model will run. An exported graph cannot follow
     .train() / .eval(): the module's mode hooks switch it with torchao's move_exported_model_to_train
-    / move_exported_model_to_eval instead. The int8 model is saved, reloaded from its file, tested
-    with a plain loop and with `Trainer.test`, and timed against the float model on the CPU.
+    / move_exported_model_to_eval instead. The int8 model is tested with a plain loop and with
+    `Trainer.test`, saved, and timed against the float model on the CPU; --load_int8 rebuilds it.
 
 How to run
     python quant_lightning_qat.py                                # 3 float epochs, 2 QAT epochs, convert (eager)
@@ -34,10 +34,12 @@ What it writes (under --output_dir, default outputs/quant_lightning_qat)
     checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
     history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
     mnist_fp32.pt, mnist_int8.pt              state_dicts of the float and the int8 network (eager)
-    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
+    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e), to deploy; the int8 one
+                                              also holds mnist_int8/state.pt, what --load_int8 reads
     quant_results.csv                         one row added per run: accuracy, size, latency
-    --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
-    hostile file runs no code.
+    --load_int8 only tests the file and writes nothing. It reads tensors and plain values only
+    (weights_only=True) and rebuilds the int8 model with this script's code: no file runs code. A
+    .pt2 program is never loaded as one; torch.export.load runs code, so load only programs you trust.
 """
 
 # %% Imports

@@ -14,8 +14,8 @@ What it teaches
                      the optimizer trains the graph); `on_fit_end` runs `convert_pt2e`. Nothing in
                      this mode touches torch.ao.quantization.
     The callback's docstring lists which Lightning hook does what, and how a checkpoint saved
-    mid-QAT resumes. The int8 module is saved, reloaded from its file, tested with a plain loop and
-    with `Trainer.test`, and timed on the CPU.
+    mid-QAT resumes. The int8 module is tested with a plain loop and with `Trainer.test`, saved, and
+    timed on the CPU; --load_int8 rebuilds it from the file.
 
 How to run
     python quant_with_only_lightning.py                          # 3 float epochs, 2 QAT epochs, int8 (eager)
@@ -31,10 +31,12 @@ What it writes (under --output_dir, default outputs/quant_with_only_lightning)
     checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
     history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
     mnist_fp32.pt, mnist_int8.pt              state_dicts of the float network and the int8 LightningModule
-    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
+    mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e), to deploy; the int8 one
+                                              also holds mnist_int8/state.pt, what --load_int8 reads
     quant_results.csv                         one row added per run: accuracy, size, latency
-    --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
-    hostile file runs no code.
+    --load_int8 only tests the file and writes nothing. It reads tensors and plain values only
+    (weights_only=True) and rebuilds the int8 module with the callback's code: no file runs code. A
+    .pt2 program is never loaded as one; torch.export.load runs code, so load only programs you trust.
 """
 
 # %% Imports
