@@ -277,6 +277,8 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 # Copied from quant_lightning_ptq.py
 EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
                      "stops working then; --flow pt2e does the same with torchao")
+# Each group becomes one int8 kernel: BN folds into the conv, ReLU clamps inside it. The names are
+# those of the float network inside QuantStubWrapper.
 # Copied from quant_lightning_ptq.py
 FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"],
                ["net.features.4", "net.features.5", "net.features.6"],
