@@ -574,7 +574,7 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
             f"resume from this script's own last.ckpt")
 
     def problem() -> str:  # the first thing in the checkpoint that this script would not have saved
-        folder, rng = ckpt_dir.resolve(), torch.get_rng_state()
+        folder = ckpt_dir.resolve()
         for name, saved in callbacks.items():
             if name.startswith("ModelCheckpoint"):
                 if not isinstance(saved, dict) or not isinstance(saved.get("best_k_models", {}), dict):
@@ -590,12 +590,10 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
         if not isinstance(state.get("settings"), dict) or not (isinstance(history, list) and all(
                 isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in history)):
             return "its run settings or per-epoch history are not tables"
-        cuda = state.get("cuda_rng")
-        for generator in (state.get("torch_rng"), *([cuda] if cuda is not None else [])):
-            if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8 and generator.dim() == 1):
-                return "a random-generator state is not a byte tensor"
-        if not (isinstance(state["torch_rng"], torch.Tensor) and state["torch_rng"].shape == rng.shape):
-            return "the random-generator state has the wrong size"
+        generators = [state.get("torch_rng"), *([state["cuda_rng"]] if state.get("cuda_rng") is not None else [])]
+        if not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 for g in generators) \
+                or generators[0].shape != torch.get_rng_state().shape:
+            return "a random-generator state is not the byte tensor torch saves"
         if not isinstance(checkpoint.get("loops"), dict) or "fit_loop" not in checkpoint["loops"]:
             return "it has no training-loop state (epoch and step counters)"
         schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint["optimizer_states"]
