@@ -369,17 +369,16 @@ def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str
               calibrated_state=None) -> tuple:
     """Eager: state_dicts, the int8 one with what rebuilding it needs. PT2E: the exported programs, to
     deploy; inside the int8 one, as member INT8_STATE, the tensors that rebuild it (calibrated_state).
-    Returns the float and the int8 file."""
+    Returns the float and the int8 model's size in KiB (of a .pt2, its program: what deploys)."""
     hidden_units = float_net.classifier[1].out_features
     if flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
         save_atomically({"state_dict": int8_net.state_dict(), "backend": backend, "hidden_units": hidden_units},
                         out / "mnist_int8.pt")
-        return out / "mnist_fp32.pt", out / "mnist_int8.pt"
-    save_program(export_program(float_net), out / "mnist_fp32.pt2")
-    save_program(export_program(int8_net), out / "mnist_int8.pt2",
-                 {"state_dict": calibrated_state, "backend": backend, "hidden_units": hidden_units})
-    return out / "mnist_fp32.pt2", out / "mnist_int8.pt2"
+        return (out / "mnist_fp32.pt").stat().st_size / 1024, (out / "mnist_int8.pt").stat().st_size / 1024
+    return (save_program(export_program(float_net), out / "mnist_fp32.pt2") / 1024,
+            save_program(export_program(int8_net), out / "mnist_int8.pt2",
+                         {"state_dict": calibrated_state, "backend": backend, "hidden_units": hidden_units}) / 1024)
 
 
 def load_int8(path: str, flow: str) -> nn.Module:
@@ -491,13 +490,12 @@ def main(argv=None) -> int:
     else:
         (int8_net, calibrated_state), method, backend = quantize_pt2e(float_net, calibration), "PTQ PT2E", "x86 inductor"
     print(f"quantized ({method}, {len(calibration)} calibration batches) in {time.perf_counter() - start:.1f} s")
-    files = save_int8(int8_net, float_net, args.flow, args.backend, out, calibrated_state)
+    fp32_kb, int8_kb = save_int8(int8_net, float_net, args.flow, args.backend, out, calibrated_state)
     if args.flow == "pt2e":
         int8_net = compile_for_inference(int8_net)
 
     model.model = int8_net
     int8_acc = test_int8(model, tester, args)
-    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
     latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
     append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
                        fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency), out / RESULTS_FILE)
@@ -746,11 +744,13 @@ INT8_STATE = "mnist_int8/state.pt"  # in a .pt2 this script wrote: what --load_i
 MAX_INT8_BYTES = 2**30  # far above what this script writes
 
 
-def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> None:
+def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
     """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load
-    skips; written to a hidden file renamed into place, as save_atomically does for torch.save."""
+    skips; written to a hidden file renamed into place, as save_atomically does for torch.save.
+    Returns the program's size in bytes, without the member."""
     archive = io.BytesIO()
     torch.export.save(program, archive)
+    program_bytes = archive.tell()
     if int8_state is not None:
         state = io.BytesIO()
         torch.save(int8_state, state)
@@ -771,6 +771,7 @@ def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=N
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    return program_bytes
 
 
 def saved_flow(path: str) -> str:

@@ -556,16 +556,16 @@ def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: Qua
                      out: Path) -> tuple:
     """Eager: state_dicts (the int8 one with the callback's settings, to rebuild it). PT2E: the exported
     programs, to deploy; inside the int8 one, as member INT8_STATE, the settings and the fake-quant
-    graph's tensors that rebuild it. Returns the float and the int8 file."""
+    graph's tensors that rebuild it. Returns the float and the int8 model's size in KiB (of a .pt2, its
+    program: what deploys)."""
     rebuild = {"callback": qcb.state_dict(), "backend": qcb.qconfig, "hidden_units": int8_model.hparams.hidden_units}
     if qcb.flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
         save_atomically({"state_dict": int8_model.state_dict(), **rebuild}, out / "mnist_int8.pt")
-        return out / "mnist_fp32.pt", out / "mnist_int8.pt"
-    save_program(export_program(float_net), out / "mnist_fp32.pt2")
-    save_program(export_program(getattr(int8_model, qcb.network)), out / "mnist_int8.pt2",
-                 {"state_dict": qcb.fake_quant_state, **rebuild})
-    return out / "mnist_fp32.pt2", out / "mnist_int8.pt2"
+        return (out / "mnist_fp32.pt").stat().st_size / 1024, (out / "mnist_int8.pt").stat().st_size / 1024
+    return (save_program(export_program(float_net), out / "mnist_fp32.pt2") / 1024,
+            save_program(export_program(getattr(int8_model, qcb.network)), out / "mnist_int8.pt2",
+                         {"state_dict": qcb.fake_quant_state, **rebuild}) / 1024)
 
 
 def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
@@ -707,11 +707,10 @@ def main(argv=None) -> int:
     model.model = float_net
     fp32_acc = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"\nfp32 accuracy: {fp32_acc:.4f}")
-    files = save_int8_module(qat_model, float_net, qcb, out)
+    fp32_kb, int8_kb = save_int8_module(qat_model, float_net, qcb, out)
     if not eager:
         qat_model.model = compile_for_inference(qat_model.model)
     int8_acc = test_int8_module(qat_model, tester, args)
-    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
     latency = measure_latency(float_net, qat_model, qat_model.test_set.tensors[0], args.threads,
                               args.latency_repeats)
     method, backend = ("QAT callback", args.backend) if eager else ("QAT callback PT2E", "x86 inductor")
@@ -998,11 +997,13 @@ MAX_INT8_BYTES = 2**30  # far above what this script writes
 
 
 # Copied from quant_lightning_ptq.py
-def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> None:
+def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
     """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load
-    skips; written to a hidden file renamed into place, as save_atomically does for torch.save."""
+    skips; written to a hidden file renamed into place, as save_atomically does for torch.save.
+    Returns the program's size in bytes, without the member."""
     archive = io.BytesIO()
     torch.export.save(program, archive)
+    program_bytes = archive.tell()
     if int8_state is not None:
         state = io.BytesIO()
         torch.save(int8_state, state)
@@ -1023,6 +1024,7 @@ def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=N
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    return program_bytes
 
 
 # Copied from quant_lightning_ptq.py
