@@ -878,7 +878,7 @@ def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=N
     Returns the program's size in bytes, without the member."""
     archive = io.BytesIO()
     torch.export.save(program, archive)
-    program_bytes = archive.tell()
+    program_bytes = archive.getbuffer().nbytes
     if int8_state is not None:
         state = io.BytesIO()
         torch.save(int8_state, state)
