@@ -243,9 +243,9 @@ STATE_PAYLOADS = [
 @pytest.mark.parametrize("payload, phrase", STATE_PAYLOADS, ids=[p.__name__ for p, _ in STATE_PAYLOADS])
 def test_hostile_state_is_one_error_line(payload, phrase, script, genuine, mnist_dir, tmp_path, capsys,
                                          monkeypatch):
-    if phrase == "does not hold an int8" and script != PTQ:
-        pytest.skip("rebuilding a QAT graph takes a minute; the PTQ script proves the check")
     program, _ = genuine
+    if script == CALLBACK and phrase == "does not hold an int8":
+        phrase = "no 'callback' entry"  # the PTQ script's file holds no callback settings: refused before
     marker = tmp_path / "payload_ran"
     parts = payload(program, marker)
     with pytest.warns(UserWarning, match="Duplicate name") if payload is doubled_state else contextlib.nullcontext():
