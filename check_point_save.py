@@ -323,7 +323,7 @@ def main(argv=None) -> int:
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             deterministic=True)
-    check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero)
+    check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero, model)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
 
     # ckpt_path="last": Lightning finds last.ckpt through the callbacks' dirpath, restores weights,
@@ -514,7 +514,7 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
-def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: bool) -> None:
+def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: bool, model: nn.Module) -> None:
     """Before any work: a folder this run can write, a file --resume can continue exactly, and no
     earlier run's checkpoints that a fresh run would mix with its own."""
     if ckpt_dir.exists() and not (ckpt_dir.is_dir() and os.access(ckpt_dir, os.W_OK)):
@@ -525,14 +525,21 @@ def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: boo
         path = ckpt_dir / "last.ckpt" if args.resume == "last" else Path(args.resume)
         if not path.is_file():
             die(f"--resume: no {path} to continue from; train without --resume first")
-        check_resumable(path, settings)
+        check_resumable(path, settings, ckpt_dir, model)
     elif not args.overwrite and (previous := sorted(ckpt_dir.glob("*.ckpt"))):
         die(f"{ckpt_dir} already holds {len(previous)} checkpoints of an earlier run; continue it "
             f"with --resume, replace them with --overwrite, or pick another --output_dir")
 
 
-def check_resumable(path: Path, settings: dict) -> None:
-    """Refuse, before anything is written, a checkpoint this run cannot continue exactly."""
+def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module) -> None:
+    """Refuse, before anything is written or deleted, a checkpoint this run cannot continue exactly.
+
+    Lightning trusts what it restores: it deletes the files a ModelCheckpoint state of this folder
+    names as worse top-k or earlier last checkpoints, and steps the optimizer, scheduler and RNG
+    states as they are. So each such path must be a checkpoint name this run writes, directly in
+    its checkpoint folder (no "..", path elsewhere or symlink), and every state must have the shape
+    this script saves; else one line, and nothing is touched.
+    """
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         held = f"keys {list(checkpoint)[:4]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
@@ -542,10 +549,54 @@ def check_resumable(path: Path, settings: dict) -> None:
         die(f"{path} was saved with save_weights_only=True: it holds the weights but no optimizer, "
             f"LR-scheduler or callback state, so training cannot resume from it. Load it for "
             f"inference with check_point_load.py, or train again without --save_weights_only")
-    state = checkpoint.get("callbacks", {}).get(ResumableState.__qualname__)
-    if state is None:
+    callbacks = checkpoint.get("callbacks")
+    state = callbacks.get(ResumableState.__qualname__) if isinstance(callbacks, dict) else None
+    if not isinstance(state, dict):
         die(f"{path} was not written by check_point_save.py (it has no ResumableState); "
             f"resume from this script's own last.ckpt")
+
+    def problem() -> str:  # the first thing in the checkpoint that this script would not have saved
+        folder = ckpt_dir.resolve()
+        for name, saved in callbacks.items():
+            if name.startswith("ModelCheckpoint"):
+                if not isinstance(saved, dict) or not isinstance(saved.get("best_k_models", {}), dict):
+                    return f"the state of {name.split('{')[0]} is not a table"
+                if saved.get("dirpath") != str(folder):  # a moved folder: Lightning restores only
+                    continue  # best_model_path then, which these callbacks never delete
+                paths = [saved.get(key) for key in ("best_model_path", "kth_best_model_path", "last_model_path")]
+                for file in filter(None, [*paths, *saved.get("best_k_models", {})]):
+                    if not (isinstance(file, str) and Path(file).resolve().parent == folder and not Path(file).is_symlink()
+                            and re.fullmatch(r"(last|epoch=\d+(-valid_(acc|loss)=[\w.-]+)?)\.ckpt", Path(file).name)):
+                        return f"a ModelCheckpoint names {file!r}, not a checkpoint of this run in {ckpt_dir}"
+        history = state.get("history")
+        if not isinstance(state.get("settings"), dict) or not (isinstance(history, list) and all(
+                isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in history)):
+            return "its run settings or per-epoch history are not tables"
+        generators = [state.get("torch_rng"), *([state["cuda_rng"]] if state.get("cuda_rng") is not None else [])]
+        if not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 for g in generators) \
+                or generators[0].shape != torch.get_rng_state().shape:
+            return "a random-generator state is not the byte tensor torch saves"
+        if not isinstance(checkpoint.get("loops"), dict) or "fit_loop" not in checkpoint["loops"]:
+            return "it has no training-loop state (epoch and step counters)"
+        schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint["optimizer_states"]
+        if not all(isinstance(x, list) and len(x) == 1 and isinstance(x[0], dict) for x in (schedulers, optimizers)):
+            return "its optimizer or LR-scheduler state is not one table"
+        weights, expected = checkpoint.get("state_dict"), model.state_dict()
+        if not (isinstance(weights, dict) and weights.keys() == expected.keys() and all(
+                isinstance(weights[k], torch.Tensor) and not weights[k].is_meta and weights[k].shape == v.shape
+                for k, v in expected.items())):
+            return "its weights are not those of MNISTClassifier (names, shapes, or meta tensors)"
+        parameters, per_parameter = list(model.parameters()), optimizers[0].get("state", {})
+        if not isinstance(per_parameter, dict) or not all(
+                isinstance(i, int) and 0 <= i < len(parameters) and isinstance(moments, dict)
+                and all(isinstance(t, torch.Tensor) and not t.is_meta and (t.dim() == 0 or t.shape == parameters[i].shape)
+                        for t in moments.values()) for i, moments in per_parameter.items()):
+            return "its optimizer state does not fit MNISTClassifier's parameters"
+        return ""
+
+    if reason := problem():
+        die(f"{path} cannot be resumed: {reason}. Resume from a last.ckpt that check_point_save.py "
+            f"wrote, or start over with --overwrite (nothing was changed)")
     changed = [f"--{name} {state['settings'][name]} (now {value})" for name, value in settings.items()
                if state["settings"].get(name) != value]
     if changed:

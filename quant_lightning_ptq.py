@@ -15,8 +15,8 @@
 #   touches torch.ao.quantization, so it keeps working once torch removes it.
 #
 # The int8 model is then tested with a plain PyTorch loop and with `Trainer.test` (same accuracy),
-# saved (a state_dict, or a `.pt2` program), reloaded by --load_int8 in a fresh process, and timed
-# against the float model, eager and compiled, on the CPU.
+# saved (a state_dict, or a `.pt2` program with the tensors that rebuild it), and timed against the
+# float model, eager and compiled, on the CPU. A later run with --load_int8 rebuilds it from the file.
 #
 # ## How to run
 # ```bash
@@ -35,12 +35,15 @@
 # csv_logs/, tb_logs/, checkpoints/best.ckpt   when it trains (best valid_acc), as the basic script
 # history.csv, loss.png, acc.png               the per-epoch table and its curves, when it trains
 # mnist_fp32.pt, mnist_int8.pt                 state_dicts of the float and the int8 network (eager)
-# mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e)
+# mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e), to deploy; the int8
+#                                              one also holds mnist_int8/state.pt, what --load_int8 reads
 # quant_results.csv                            one row added per run: accuracy, size, latency
 # ```
 #
-# --load_int8 only tests the file and writes nothing. A .pt2 is checked before it is loaded: any
-# member that is not plain data (tensors, numbers, text) is refused, so a hostile file runs no code.
+# `--load_int8` only tests the file and writes nothing. It reads tensors and plain values only
+# (`torch.load` with `weights_only=True`) and builds the int8 model with this script's code: no file
+# runs code. A `.pt2` program itself is never loaded; `torch.export.load` runs a program's code, so
+# load only programs you trust.
 
 # %% Parameters tags=["parameters"]
 # A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
@@ -52,10 +55,9 @@ import contextlib
 import copy
 import errno
 import io
-import json
 import math
 import os
-import re
+import pickle
 import statistics
 import struct
 import sys
@@ -63,7 +65,6 @@ import threading
 import time
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 import matplotlib
@@ -368,16 +369,24 @@ def export_program(net: nn.Module) -> torch.export.ExportedProgram:
     return torch.export.export(net, (torch.zeros(2, 1, 28, 28),), dynamic_shapes={"x": {0: batch}})
 
 
-def quantize_pt2e(float_net: MNISTConvBNNet, calibration: list) -> torch.fx.GraphModule:
+def quantize_pt2e(float_net: MNISTConvBNNet, calibration: list, calibrated_state=None) -> tuple:
     """torch.export the float network, annotate it for x86 int8, calibrate, convert: a graph of
-    quantize / dequantize ops around float ops, which torch.compile lowers to int8 kernels."""
+    quantize / dequantize ops around float ops, which torch.compile lowers to int8 kernels.
+
+    Also returns the calibrated graph's tensors (BN-folded weights, the observers' ranges): convert
+    is deterministic, so loading them into the same prepared graph (calibrated_state, in place of
+    calibration) rebuilds this int8 graph bit for bit. That is how --load_int8 reads a file: only
+    tensors, never a program."""
     allow_train_eval, prepare_pt2e, convert_pt2e, X86InductorQuantizer, default_config = pt2e_api()
     graph = export_program(copy.deepcopy(float_net).cpu().eval()).module()
     quantizer = X86InductorQuantizer().set_global(default_config())
     prepared = prepare_pt2e(graph, quantizer)  # folds BN, inserts observers where the quantizer annotated
+    if calibrated_state is not None:
+        prepared.load_state_dict(calibrated_state)
     with torch.no_grad():
         for images in calibration:
             prepared(images)
+    calibrated_state = copy.deepcopy(prepared.state_dict())  # deepcopy: keeps the observers' versions
     converted = convert_pt2e(prepared)
     # convert_pt2e adds int8 copies of the weights but keeps the float ones; drop those, unused now.
     used = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
@@ -386,7 +395,7 @@ def quantize_pt2e(float_net: MNISTConvBNNet, calibration: list) -> torch.fx.Grap
             owner, _, attribute = name.rpartition(".")
             delattr(converted.get_submodule(owner), attribute)
     allow_train_eval(converted)  # Trainer.test calls .eval(), which an exported graph otherwise refuses
-    return converted
+    return converted, calibrated_state
 
 
 def compile_for_inference(net: nn.Module) -> nn.Module:
@@ -404,157 +413,37 @@ def compile_for_inference(net: nn.Module) -> nn.Module:
 # checked before they are loaded.
 
 # %% Saving and loading the int8 model
-def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path) -> tuple:
-    """Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs.
-    Returns the float and the int8 file."""
+def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path,
+              calibrated_state=None) -> tuple:
+    """Eager: state_dicts, the int8 one with what rebuilding it needs. PT2E: the exported programs, to
+    deploy; inside the int8 one, as member INT8_STATE, the tensors that rebuild it (calibrated_state).
+    Returns the float and the int8 model's size in KiB (of a .pt2, its program: what deploys)."""
+    hidden_units = float_net.classifier[1].out_features
     if flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
-        save_atomically({"state_dict": int8_net.state_dict(), "backend": backend,
-                         "hidden_units": float_net.classifier[1].out_features}, out / "mnist_int8.pt")
-        return out / "mnist_fp32.pt", out / "mnist_int8.pt"
-    save_program(export_program(float_net), out / "mnist_fp32.pt2")
-    save_program(export_program(int8_net), out / "mnist_int8.pt2")
-    return out / "mnist_fp32.pt2", out / "mnist_int8.pt2"
+        save_atomically({"state_dict": int8_net.state_dict(), "backend": backend, "hidden_units": hidden_units},
+                        out / "mnist_int8.pt")
+        return (out / "mnist_fp32.pt").stat().st_size / 1024, (out / "mnist_int8.pt").stat().st_size / 1024
+    return (save_program(export_program(float_net), out / "mnist_fp32.pt2") / 1024,
+            save_program(export_program(int8_net), out / "mnist_int8.pt2",
+                         {"state_dict": calibrated_state, "backend": backend, "hidden_units": hidden_units}) / 1024)
 
 
 def load_int8(path: str, flow: str) -> nn.Module:
-    """An int8 model saved by this script: mnist_int8.pt (eager) or mnist_int8.pt2 (--flow pt2e)."""
-    if flow == "pt2e":
-        allow_train_eval = pt2e_api()[0]  # first: torchao registers the operators the program calls
-        graph = load_program_safely(path).module()
-        check_int8_program(graph, path)
-        allow_train_eval(graph)
-        return compile_for_inference(graph)
-    saved = read_eager_int8_file(path)
-    # Rebuild the int8 architecture the way it was made, then load the int8 weights into it. One dummy
-    # batch gives the observers a range so that convert runs; load_state_dict replaces every weight,
-    # scale and zero point. (torch.save of the whole module would pickle code, not just tensors.)
-    net = quantize_eager(MNISTConvBNNet(saved["hidden_units"]), saved["backend"], [torch.zeros(2, 1, 28, 28)])
+    """The int8 model of mnist_int8.pt or mnist_int8.pt2, rebuilt by this script's own code from the
+    tensors in the file. Nothing in the file runs: a .pt2's program is never loaded."""
+    saved = read_int8_file(path, flow)
     try:
+        if flow == "pt2e":
+            graph, _ = quantize_pt2e(MNISTConvBNNet(saved["hidden_units"]), [], saved["state_dict"])
+            return compile_for_inference(graph)
+        # Eager: one dummy batch gives the observers a range so that convert runs; load_state_dict then
+        # replaces every weight, scale and zero point.
+        net = quantize_eager(MNISTConvBNNet(saved["hidden_units"]), saved["backend"], [torch.zeros(2, 1, 28, 28)])
         net.load_state_dict(saved["state_dict"])
+        return net
     except Exception as error:
-        die(f"{path} does not hold an int8 MNISTConvBNNet ({first_line(error)})")
-    return net
-
-
-def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    write_atomically(path, lambda file: torch.export.save(program, file))
-
-
-def saved_flow(path: str) -> str:
-    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
-    eager for anything else (torch.save)."""
-    with contextlib.suppress(OSError, zipfile.BadZipFile):
-        with zipfile.ZipFile(path) as archive:
-            return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
-    return "pt2e" if path.endswith(".pt2") else "eager"
-
-
-def read_eager_int8_file(path: str) -> dict:
-    """The dict an eager flow saved as mnist_int8.pt, checked: its int8 state_dict, the quantized
-    engine it was made for, and the hidden layer's width."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt or mnist_int8.pt2 "
-            f"written by this script")
-    if not isinstance(saved, dict) or "backend" not in saved or not isinstance(saved.get("state_dict"), dict):
-        die(f"{path} is not an int8 model saved by this script (no 'backend' and 'state_dict' entries)")
-    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
-    if saved["backend"] not in engines:
-        die(f"{path} was made for the quantized engine {saved['backend']!r}, which this torch cannot run "
-            f"(it has {', '.join(engines)})")
-    hidden_units = saved.get("hidden_units")
-    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
-    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
-        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
-            f"from 1 to 65536")
-    return saved
-
-
-# The members of a torch.export archive that torch reads as text, JSON or raw tensor bytes, never unpickles.
-PROGRAM_TEXT_MEMBERS = {"archive_format", "archive_version", "byteorder", "version", ".data/version",
-                        ".data/serialization_id"}
-RAW_TENSOR_MEMBER = re.compile(r"data/(weights|constants)/(weight|tensor)_[0-9]+")
-
-
-def load_program_safely(path: str) -> torch.export.ExportedProgram:
-    """torch.export.load, once nothing in the archive can run code while it loads.
-
-    torch.export.load unpickles some members with Python's full pickle (sample inputs, tensor
-    subclasses, custom objects) and loads a compiled AOTInductor library if the archive holds one:
-    either runs whatever the file's author wrote. So every member is first checked to be the plain
-    data it should be: text, JSON, raw tensor bytes, or a pickle that torch's weights_only unpickler
-    accepts (tensors, numbers, strings, containers). Anything else: one line, and nothing is loaded.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:  # names without the archive's top folder, as torch reads them
-            members = [(info.filename.split("/", 1)[-1], archive.read(info)) for info in archive.infolist()]
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
-        die(f"cannot read {path} as a .pt2 archive ({first_line(error)}); pass a mnist_int8.pt2 written by "
-            f"--flow pt2e")
-    names = [name for name, _ in members]
-    if len(set(names)) != len(names):
-        die(f"{path} holds two members of the same name; refusing to load it")
-    pickled = set()  # the tensor payloads that the weights and constants configs say torch unpickles
-    for name, data in members:
-        if re.fullmatch(r"data/(weights|constants)/[^/]*_config\.json", name):
-            try:
-                for entry in json.loads(data)["config"].values():
-                    if entry.get("use_pickle") or not entry["path_name"].startswith(("weight_", "tensor_")):
-                        pickled.add(f"{name.rsplit('/', 1)[0]}/{entry['path_name']}")
-            except (ValueError, KeyError, TypeError, AttributeError) as error:
-                die(f"{path}: {name} is not a torch.export payload list ({first_line(error)})")
-    for name, data in members:
-        if name.startswith("data/aotinductor/"):
-            die(f"{path} holds compiled native code ({name}); refusing to load it")
-        plain = name in PROGRAM_TEXT_MEMBERS or name.endswith(".json") or RAW_TENSOR_MEMBER.fullmatch(name)
-        if name in pickled or not plain:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
-                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            except Exception as error:
-                reason = str(error).partition("WeightsUnpickler error:")[2].strip() or type(error).__name__
-                die(f"{path}: member {name} is not plain data, and loading it could run code, so the program "
-                    f"is not loaded (weights_only unpickler: {reason.splitlines()[0].split('. ')[0]})")
-    try:
-        return torch.export.load(path)
-    except Exception as error:
-        die(f"cannot read {path} as a torch.export program ({error.__class__.__name__}: {first_line(error)})")
-
-
-def check_int8_program(graph: nn.Module, path: str) -> None:
-    """A loaded program must classify 1x28x28 images into 10 classes, with int8 weights."""
-    try:
-        with torch.no_grad():
-            logits = graph(torch.zeros(2, 1, 28, 28))
-    except Exception as error:
-        die(f"{path} is a torch.export program, but not of an MNIST classifier ({first_line(error)})")
-    if not (isinstance(logits, torch.Tensor) and logits.shape == (2, 10)):
-        die(f"{path} is a torch.export program, but not of an MNIST classifier (10 logits per image)")
-    if not any(tensor.dtype == torch.int8 for tensor in graph.state_dict().values()):
-        die(f"{path} holds no int8 weights: a float program (mnist_fp32.pt2?); pass a mnist_int8.pt2")
-
-
-def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
-    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
-    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in saved.items()):
-        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
-            f"by one of the quantization scripts, or mnist_fp32.pt")
-    try:
-        model.model.load_state_dict(saved)
-    except Exception as error:  # names or shapes of another network; a meta tensor
-        die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
-
+        die(f"{path} does not hold an int8 MNISTConvBNNet written by this script ({first_line(error)})")
 
 
 # %% [markdown]
@@ -671,18 +560,18 @@ def main(argv=None) -> int:
     print(f"\nfp32 accuracy: {fp32_acc:.4f}")
     calibration = calibration_batches(model, args.calibration_batches)
     start = time.perf_counter()
+    calibrated_state = None
     if args.flow == "eager":
         int8_net, method, backend = quantize_eager(float_net, args.backend, calibration), "PTQ eager", args.backend
     else:
-        int8_net, method, backend = quantize_pt2e(float_net, calibration), "PTQ PT2E", "x86 inductor"
+        (int8_net, calibrated_state), method, backend = quantize_pt2e(float_net, calibration), "PTQ PT2E", "x86 inductor"
     print(f"quantized ({method}, {len(calibration)} calibration batches) in {time.perf_counter() - start:.1f} s")
-    files = save_int8(int8_net, float_net, args.flow, args.backend, out)
+    fp32_kb, int8_kb = save_int8(int8_net, float_net, args.flow, args.backend, out, calibrated_state)
     if args.flow == "pt2e":
         int8_net = compile_for_inference(int8_net)
 
     model.model = int8_net
     int8_acc = test_int8(model, tester, args)
-    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
     latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
     append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
                        fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency), out / RESULTS_FILE)
@@ -885,6 +774,95 @@ def report_float_training(metrics_csv: Path, out: Path) -> None:
 
 def first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def load_weights(model: MNISTClassifier, path: str) -> None:
+    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
+            f"quantization scripts, or mnist_fp32.pt")
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
+            f"by one of the quantization scripts, or mnist_fp32.pt")
+    try:
+        model.model.load_state_dict(saved)
+    except Exception as error:  # names or shapes of another network; a meta tensor
+        die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
+
+
+INT8_STATE = "mnist_int8/state.pt"  # in a .pt2 this script wrote: what --load_int8 reads, a torch.save dict
+MAX_INT8_BYTES = 2**30  # far above what this script writes
+
+
+def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
+    """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load skips.
+    Returns the program's size in bytes, without that member."""
+    archive = io.BytesIO()
+    torch.export.save(program, archive)
+    program_bytes = archive.getbuffer().nbytes
+    if int8_state is not None:
+        state = io.BytesIO()
+        torch.save(int8_state, state)
+        with zipfile.ZipFile(archive, "a") as members:
+            members.writestr(f"{members.namelist()[0].split('/')[0]}/{INT8_STATE}", state.getvalue())
+    write_atomically(path, lambda file: file.write(archive.getbuffer()))
+    return program_bytes
+
+
+def saved_flow(path: str) -> str:
+    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
+    eager for anything else (torch.save)."""
+    with contextlib.suppress(OSError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as archive:
+            return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
+    return "pt2e" if path.endswith(".pt2") else "eager"
+
+
+def read_int8_file(path: str, flow: str) -> dict:
+    """The dict save_int8 wrote, checked: the tensors that rebuild the int8 model, the quantized engine,
+    the hidden layer's width. Read by zipfile and torch.load(weights_only=True) alone: tensors and plain
+    values come out, nothing runs. Of a .pt2, only member INT8_STATE is read, never the program."""
+    fix = ("pass a mnist_int8.pt or mnist_int8.pt2 written by this script (a .pt2 from elsewhere is a "
+           "program: load only programs you trust, with torch.export.load)")
+    try:
+        with zipfile.ZipFile(path) as archive:  # a torch.save file is a zip archive too
+            if flow == "pt2e":
+                members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE
+                           and m.filename.split("/")[0].isidentifier()]  # not "", ".", ".."
+                if len(members) != 1:
+                    die(f"{path} has no single {INT8_STATE} of tensors that this script writes; {fix}")
+                if members[0].file_size > MAX_INT8_BYTES:  # checked before unpacking: no zip bomb fills the memory
+                    die(f"{path} unpacks to more than {MAX_INT8_BYTES >> 20} MiB; {fix}")
+                data = archive.read(members[0])
+            else:
+                data = Path(path).read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as tensors:  # the sizes torch.load would allocate
+            if sum(member.file_size for member in tensors.infolist()) > MAX_INT8_BYTES:
+                die(f"{path} unpacks to more than {MAX_INT8_BYTES >> 20} MiB; {fix}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
+            saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # what weights_only refuses: objects whose loading could run code
+        die(f"{path} holds more than tensors and plain values, so it is not loaded; {fix}")
+    except Exception as error:
+        die(f"cannot read {path} ({first_line(error)}); {fix}")
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        die(f"{path} is not an int8 model saved by this script (no 'state_dict' entry); {fix}")
+    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
+    if flow == "eager" and saved.get("backend") not in engines:
+        die(f"{path} was made for the quantized engine {saved.get('backend')!r}, which this torch cannot run "
+            f"(it has {', '.join(engines)})")
+    hidden_units = saved.get("hidden_units")
+    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
+            f"from 1 to 65536")
+    return saved
 
 
 # Copied from Basic_usage_of_lightning.py

@@ -15,8 +15,8 @@
 #   this mode touches torch.ao.quantization.
 #
 # The callback's docstring lists which Lightning hook does what, and how a checkpoint saved
-# mid-QAT resumes. The int8 module is saved, reloaded from its file, tested with a plain loop and
-# with `Trainer.test`, and timed on the CPU.
+# mid-QAT resumes. The int8 module is tested with a plain loop and with `Trainer.test`, saved, and
+# timed on the CPU; --load_int8 rebuilds it from the file.
 #
 # ## How to run
 # ```bash
@@ -35,12 +35,14 @@
 # checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
 # history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
 # mnist_fp32.pt, mnist_int8.pt              state_dicts of the float network and the int8 LightningModule
-# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e)
+# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e), to deploy; the int8 one
+#                                           also holds mnist_int8/state.pt, what --load_int8 reads
 # quant_results.csv                         one row added per run: accuracy, size, latency
 # ```
 #
-# --load_int8 only tests the file and writes nothing; a .pt2 is checked before it is loaded, so a
-# hostile file runs no code.
+# `--load_int8` only tests the file and writes nothing. It reads tensors and plain values only
+# (`weights_only=True`) and rebuilds the int8 module with the callback's code: no file runs code. A
+# `.pt2` program is never loaded as one; `torch.export.load` runs code, so load only programs you trust.
 
 # %% Parameters tags=["parameters"]
 # A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
@@ -54,10 +56,9 @@ import dataclasses
 import importlib.util
 import errno
 import io
-import json
 import math
 import os
-import re
+import pickle
 import statistics
 import struct
 import sys
@@ -65,7 +66,6 @@ import threading
 import time
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 import matplotlib
@@ -349,6 +349,7 @@ class QuantizationAwareTraining(pl.Callback):
         self._prepared = self._converted = False
         self._float_forward = None  # eager: the module's own forward, before the quant/dequant wrapper
         self._observers_before = {}  # stage -> {fake-quant module: its observer switch before the stage}
+        self.fake_quant_state = None  # PT2E: the graph's tensors at convert, from which convert can be repeated
 
     def prepare(self, pl_module: pl.LightningModule) -> None:
         """Make pl_module a fake-quant model in place (what setup("fit") calls)."""
@@ -408,6 +409,7 @@ class QuantizationAwareTraining(pl.Callback):
         from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
         graph = getattr(pl_module, self.network).cpu()
+        self.fake_quant_state = copy.deepcopy(graph.state_dict())  # deepcopy: keeps the observers' versions
         move_exported_model_to_eval(graph)  # dropout off, batch norm from its running statistics
         converted = convert_pt2e(graph)  # on a CPU about a minute: torchao traces 48 conv-bn patterns
         # convert_pt2e adds int8 copies of the weights but keeps the float ones, and batch norm's
@@ -527,6 +529,11 @@ MODULES_TO_FUSE = [["model.features.0", "model.features.1", "model.features.2"],
 
 
 # Copied from quant_lightning_ptq.py
+EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
+                     "stops working then; --flow pt2e does the same with torchao")
+
+
+# Copied from quant_lightning_ptq.py
 def export_program(net: nn.Module) -> torch.export.ExportedProgram:
     """torch.export for any batch size (an example batch of 2 keeps that dimension symbolic)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -548,6 +555,12 @@ def compile_for_inference(net: nn.Module) -> nn.Module:
 # The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version.
 
 # %% Training
+def new_module(args, lr: float) -> MNISTClassifier:
+    """A float MNISTClassifier from the flags, training with learning rate lr."""
+    return MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                           lr=lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
+
+
 # Copied from quant_lightning_qat.py
 def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
     """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
@@ -583,173 +596,46 @@ def leave_training(trainer: pl.Trainer) -> bool:
 # %% Saving and loading the int8 module
 def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: QuantizationAwareTraining,
                      out: Path) -> tuple:
-    """Eager: state_dicts (the int8 one with the callback's settings, to rebuild it); PT2E: the exported
-    programs. Returns the float and the int8 file."""
+    """Eager: state_dicts (the int8 one with the callback's settings, to rebuild it). PT2E: the exported
+    programs, to deploy; inside the int8 one, as member INT8_STATE, the settings and the fake-quant
+    graph's tensors that rebuild it. Returns the float and the int8 model's size in KiB (of a .pt2, its
+    program: what deploys)."""
+    rebuild = {"callback": qcb.state_dict(), "backend": qcb.qconfig, "hidden_units": int8_model.hparams.hidden_units}
     if qcb.flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
-        save_atomically({"state_dict": int8_model.state_dict(), "callback": qcb.state_dict(), "backend": qcb.qconfig,
-                         "hidden_units": int8_model.hparams.hidden_units}, out / "mnist_int8.pt")
-        return out / "mnist_fp32.pt", out / "mnist_int8.pt"
-    save_program(export_program(float_net), out / "mnist_fp32.pt2")
-    save_program(export_program(getattr(int8_model, qcb.network)), out / "mnist_int8.pt2")
-    return out / "mnist_fp32.pt2", out / "mnist_int8.pt2"
+        save_atomically({"state_dict": int8_model.state_dict(), **rebuild}, out / "mnist_int8.pt")
+        return (out / "mnist_fp32.pt").stat().st_size / 1024, (out / "mnist_int8.pt").stat().st_size / 1024
+    return (save_program(export_program(float_net), out / "mnist_fp32.pt2") / 1024,
+            save_program(export_program(getattr(int8_model, qcb.network)), out / "mnist_int8.pt2",
+                         {"state_dict": qcb.fake_quant_state, **rebuild}) / 1024)
 
 
 def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
-    """Make a float MNISTClassifier the int8 module saved by save_int8_module."""
-    if flow == "pt2e":
-        # torchao first: importing it registers the int8 operators the program calls, and the x86
-        # quantizer's module registers the passes that let torch.compile lower them to int8 kernels.
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
-        from torchao.quantization.pt2e import allow_exported_model_train_eval
-        graph = load_program_safely(path).module()
-        check_int8_program(graph, path)
-        allow_exported_model_train_eval(graph)  # Trainer.test calls .eval(), which an exported graph refuses
-        model.model = compile_for_inference(graph)
-        return
-    saved = read_eager_int8_file(path)
+    """Make a float MNISTClassifier the int8 module saved by save_int8_module: the callback's own code
+    rebuilds it from the tensors in the file. Nothing in the file runs: a .pt2's program is never loaded."""
+    saved = read_int8_file(path, flow)
     if not isinstance(saved.get("callback"), dict):
         die(f"{path} is not an int8 model saved by this script (no 'callback' entry)")
     if saved["hidden_units"] != model.hparams.hidden_units:
         model.model = MNISTConvBNNet(saved["hidden_units"])
     try:  # rebuild the int8 module with the callback's own settings
-        qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"]})
-        qcb.prepare(model)
+        qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"], "flow": flow,
+                                           "network": "model"})
     except (TypeError, ValueError) as error:
         die(f"{path} holds callback settings this script cannot use ({first_line(error)})")
-    with torch.no_grad():
-        model.eval()(torch.zeros(2, 1, 28, 28))  # observers need one batch before convert; values get replaced
-    qcb.convert(model)
     try:
+        qcb.prepare(model)
+        if flow == "pt2e":  # the fake-quant graph's tensors as QAT left them: convert repeats the run's
+            model.model.load_state_dict(saved["state_dict"])
+            qcb.convert(model)
+            model.model = compile_for_inference(model.model)
+            return
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, 1, 28, 28))  # observers need one batch before convert; values get replaced
+        qcb.convert(model)
         model.load_state_dict(saved["state_dict"])  # every int8 weight, scale and zero point
     except Exception as error:
-        die(f"{path} does not hold an int8 MNISTClassifier ({first_line(error)})")
-
-
-# Copied from quant_lightning_ptq.py
-def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    write_atomically(path, lambda file: torch.export.save(program, file))
-
-
-# Copied from quant_lightning_ptq.py
-def saved_flow(path: str) -> str:
-    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
-    eager for anything else (torch.save)."""
-    with contextlib.suppress(OSError, zipfile.BadZipFile):
-        with zipfile.ZipFile(path) as archive:
-            return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
-    return "pt2e" if path.endswith(".pt2") else "eager"
-
-
-# Copied from quant_lightning_ptq.py
-def read_eager_int8_file(path: str) -> dict:
-    """The dict an eager flow saved as mnist_int8.pt, checked: its int8 state_dict, the quantized
-    engine it was made for, and the hidden layer's width."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a mnist_int8.pt or mnist_int8.pt2 "
-            f"written by this script")
-    if not isinstance(saved, dict) or "backend" not in saved or not isinstance(saved.get("state_dict"), dict):
-        die(f"{path} is not an int8 model saved by this script (no 'backend' and 'state_dict' entries)")
-    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
-    if saved["backend"] not in engines:
-        die(f"{path} was made for the quantized engine {saved['backend']!r}, which this torch cannot run "
-            f"(it has {', '.join(engines)})")
-    hidden_units = saved.get("hidden_units")
-    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
-    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
-        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
-            f"from 1 to 65536")
-    return saved
-
-
-# Copied from quant_lightning_ptq.py
-PROGRAM_TEXT_MEMBERS = {"archive_format", "archive_version", "byteorder", "version", ".data/version",
-                        ".data/serialization_id"}
-# Copied from quant_lightning_ptq.py
-RAW_TENSOR_MEMBER = re.compile(r"data/(weights|constants)/(weight|tensor)_[0-9]+")
-
-
-# Copied from quant_lightning_ptq.py
-def load_program_safely(path: str) -> torch.export.ExportedProgram:
-    """torch.export.load, once nothing in the archive can run code while it loads.
-
-    torch.export.load unpickles some members with Python's full pickle (sample inputs, tensor
-    subclasses, custom objects) and loads a compiled AOTInductor library if the archive holds one:
-    either runs whatever the file's author wrote. So every member is first checked to be the plain
-    data it should be: text, JSON, raw tensor bytes, or a pickle that torch's weights_only unpickler
-    accepts (tensors, numbers, strings, containers). Anything else: one line, and nothing is loaded.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:  # names without the archive's top folder, as torch reads them
-            members = [(info.filename.split("/", 1)[-1], archive.read(info)) for info in archive.infolist()]
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
-        die(f"cannot read {path} as a .pt2 archive ({first_line(error)}); pass a mnist_int8.pt2 written by "
-            f"--flow pt2e")
-    names = [name for name, _ in members]
-    if len(set(names)) != len(names):
-        die(f"{path} holds two members of the same name; refusing to load it")
-    pickled = set()  # the tensor payloads that the weights and constants configs say torch unpickles
-    for name, data in members:
-        if re.fullmatch(r"data/(weights|constants)/[^/]*_config\.json", name):
-            try:
-                for entry in json.loads(data)["config"].values():
-                    if entry.get("use_pickle") or not entry["path_name"].startswith(("weight_", "tensor_")):
-                        pickled.add(f"{name.rsplit('/', 1)[0]}/{entry['path_name']}")
-            except (ValueError, KeyError, TypeError, AttributeError) as error:
-                die(f"{path}: {name} is not a torch.export payload list ({first_line(error)})")
-    for name, data in members:
-        if name.startswith("data/aotinductor/"):
-            die(f"{path} holds compiled native code ({name}); refusing to load it")
-        plain = name in PROGRAM_TEXT_MEMBERS or name.endswith(".json") or RAW_TENSOR_MEMBER.fullmatch(name)
-        if name in pickled or not plain:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
-                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            except Exception as error:
-                reason = str(error).partition("WeightsUnpickler error:")[2].strip() or type(error).__name__
-                die(f"{path}: member {name} is not plain data, and loading it could run code, so the program "
-                    f"is not loaded (weights_only unpickler: {reason.splitlines()[0].split('. ')[0]})")
-    try:
-        return torch.export.load(path)
-    except Exception as error:
-        die(f"cannot read {path} as a torch.export program ({error.__class__.__name__}: {first_line(error)})")
-
-
-# Copied from quant_lightning_ptq.py
-def check_int8_program(graph: nn.Module, path: str) -> None:
-    """A loaded program must classify 1x28x28 images into 10 classes, with int8 weights."""
-    try:
-        with torch.no_grad():
-            logits = graph(torch.zeros(2, 1, 28, 28))
-    except Exception as error:
-        die(f"{path} is a torch.export program, but not of an MNIST classifier ({first_line(error)})")
-    if not (isinstance(logits, torch.Tensor) and logits.shape == (2, 10)):
-        die(f"{path} is a torch.export program, but not of an MNIST classifier (10 logits per image)")
-    if not any(tensor.dtype == torch.int8 for tensor in graph.state_dict().values()):
-        die(f"{path} holds no int8 weights: a float program (mnist_fp32.pt2?); pass a mnist_int8.pt2")
-
-
-# Copied from quant_lightning_ptq.py
-def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
-    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
-        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
-    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in saved.items()):
-        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
-            f"by one of the quantization scripts, or mnist_fp32.pt")
-    try:
-        model.model.load_state_dict(saved)
-    except Exception as error:  # names or shapes of another network; a meta tensor
-        die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
+        die(f"{path} does not hold an int8 MNISTClassifier written by this script ({first_line(error)})")
 
 
 # %% [markdown]
@@ -841,7 +727,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
-    model = new_module(args)
+    model = new_module(args, lr=args.lr)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
@@ -876,33 +762,31 @@ def main(argv=None) -> int:
         histories.append(phase_history(trainer, "fp32"))
     float_net = copy.deepcopy(model.model).cpu().eval()  # before the callback changes model
 
-    # Phase 2: the same module, fit again with the callback; it is int8 when fit returns.
+    # Phase 2: the trained network in a module whose learning rate is QAT's (fine-tuning: smaller),
+    # fit with the callback; it is int8 when fit returns.
+    qat_model = new_module(args, lr=args.qat_lr)
+    qat_model.model.load_state_dict(float_net.state_dict())
     eager = args.flow == "eager"
     qcb = QuantizationAwareTraining(qconfig=args.backend if eager else "x86", observer_type=args.observer_type,
                                     modules_to_fuse=MODULES_TO_FUSE if eager else None, input_compatible=True,
                                     quantize_on_fit_end=True, observer_enabled_stages=("train",), flow=args.flow)
-    model.hparams.lr = args.qat_lr  # fine-tuning a trained model: a smaller learning rate
     trainer = build_trainer(args, out, args.qat_epochs, callbacks=[qcb])
     with exit_if_interrupted(trainer), exit_if_write_fails(out):
-        trainer.fit(model)
+        trainer.fit(qat_model)
     histories.append(phase_history(trainer, "qat"))
     if not leave_training(trainer):
         return 0  # a DDP rank other than 0: rank 0 reports
     out.mkdir(parents=True, exist_ok=True)
     report_history(histories, out)
 
-    float_model = new_module(args)
-    float_model.model = float_net
-    fp32_acc = tester.test(float_model, verbose=False)[0]["test_acc"]
+    model.model = float_net
+    fp32_acc = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"\nfp32 accuracy: {fp32_acc:.4f}")
-    files = save_int8_module(model, float_net, qcb, out)
-    # Test (and time) the int8 module as --load_int8 reloads it from its file, so that a reload in
-    # another process gives this accuracy exactly.
-    int8_model = new_module(args)
-    load_int8_into(int8_model, str(files[1]), args.flow)
-    int8_acc = test_int8_module(int8_model, tester, args)
-    fp32_kb, int8_kb = (path.stat().st_size / 1024 for path in files)
-    latency = measure_latency(float_net, int8_model, int8_model.test_set.tensors[0], args.threads,
+    fp32_kb, int8_kb = save_int8_module(qat_model, float_net, qcb, out)
+    if not eager:
+        qat_model.model = compile_for_inference(qat_model.model)
+    int8_acc = test_int8_module(qat_model, tester, args)
+    latency = measure_latency(float_net, qat_model, qat_model.test_set.tensors[0], args.threads,
                               args.latency_repeats)
     method, backend = ("QAT callback", args.backend) if eager else ("QAT callback PT2E", "x86 inductor")
     append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
@@ -1086,12 +970,6 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
-def new_module(args) -> MNISTClassifier:
-    """A float MNISTClassifier from the flags: the one that trains, and fresh ones to test with."""
-    return MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                           lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
-
-
 # Copied from quant_lightning_qat.py
 def phase_history(trainer: pl.Trainer, phase: str) -> pd.DataFrame:
     """The phase's per-epoch table from its CSVLogger (empty off rank 0 and under --fast_dev_run)."""
@@ -1113,9 +991,6 @@ def report_history(histories: list, out: Path) -> None:
                  xlabel="epoch (float training, then QAT fine-tuning)" if both else "QAT fine-tuning epoch")
 
 
-# Copied from quant_lightning_ptq.py
-EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
-                     "stops working then; --flow pt2e does the same with torchao")
 # Copied from quant_lightning_ptq.py
 RESULTS_FILE = "quant_results.csv"
 # Copied from quant_lightning_ptq.py
@@ -1144,6 +1019,103 @@ def append_result(row: dict, path: Path) -> None:
 # Copied from quant_lightning_ptq.py
 def first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# Copied from quant_lightning_ptq.py
+def load_weights(model: MNISTClassifier, path: str) -> None:
+    """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
+            f"quantization scripts, or mnist_fp32.pt")
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
+        saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
+            f"by one of the quantization scripts, or mnist_fp32.pt")
+    try:
+        model.model.load_state_dict(saved)
+    except Exception as error:  # names or shapes of another network; a meta tensor
+        die(f"{path} does not hold float weights for MNISTConvBNNet ({first_line(error)})")
+
+
+# Copied from quant_lightning_ptq.py
+INT8_STATE = "mnist_int8/state.pt"  # in a .pt2 this script wrote: what --load_int8 reads, a torch.save dict
+
+
+# Copied from quant_lightning_ptq.py
+MAX_INT8_BYTES = 2**30  # far above what this script writes
+
+
+# Copied from quant_lightning_ptq.py
+def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
+    """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load skips.
+    Returns the program's size in bytes, without that member."""
+    archive = io.BytesIO()
+    torch.export.save(program, archive)
+    program_bytes = archive.getbuffer().nbytes
+    if int8_state is not None:
+        state = io.BytesIO()
+        torch.save(int8_state, state)
+        with zipfile.ZipFile(archive, "a") as members:
+            members.writestr(f"{members.namelist()[0].split('/')[0]}/{INT8_STATE}", state.getvalue())
+    write_atomically(path, lambda file: file.write(archive.getbuffer()))
+    return program_bytes
+
+
+# Copied from quant_lightning_ptq.py
+def saved_flow(path: str) -> str:
+    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
+    eager for anything else (torch.save)."""
+    with contextlib.suppress(OSError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as archive:
+            return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
+    return "pt2e" if path.endswith(".pt2") else "eager"
+
+
+# Copied from quant_lightning_ptq.py
+def read_int8_file(path: str, flow: str) -> dict:
+    """The dict save_int8 wrote, checked: the tensors that rebuild the int8 model, the quantized engine,
+    the hidden layer's width. Read by zipfile and torch.load(weights_only=True) alone: tensors and plain
+    values come out, nothing runs. Of a .pt2, only member INT8_STATE is read, never the program."""
+    fix = ("pass a mnist_int8.pt or mnist_int8.pt2 written by this script (a .pt2 from elsewhere is a "
+           "program: load only programs you trust, with torch.export.load)")
+    try:
+        with zipfile.ZipFile(path) as archive:  # a torch.save file is a zip archive too
+            if flow == "pt2e":
+                members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE
+                           and m.filename.split("/")[0].isidentifier()]  # not "", ".", ".."
+                if len(members) != 1:
+                    die(f"{path} has no single {INT8_STATE} of tensors that this script writes; {fix}")
+                if members[0].file_size > MAX_INT8_BYTES:  # checked before unpacking: no zip bomb fills the memory
+                    die(f"{path} unpacks to more than {MAX_INT8_BYTES >> 20} MiB; {fix}")
+                data = archive.read(members[0])
+            else:
+                data = Path(path).read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as tensors:  # the sizes torch.load would allocate
+            if sum(member.file_size for member in tensors.infolist()) > MAX_INT8_BYTES:
+                die(f"{path} unpacks to more than {MAX_INT8_BYTES >> 20} MiB; {fix}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
+            saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # what weights_only refuses: objects whose loading could run code
+        die(f"{path} holds more than tensors and plain values, so it is not loaded; {fix}")
+    except Exception as error:
+        die(f"cannot read {path} ({first_line(error)}); {fix}")
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        die(f"{path} is not an int8 model saved by this script (no 'state_dict' entry); {fix}")
+    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
+    if flow == "eager" and saved.get("backend") not in engines:
+        die(f"{path} was made for the quantized engine {saved.get('backend')!r}, which this torch cannot run "
+            f"(it has {', '.join(engines)})")
+    hidden_units = saved.get("hidden_units")
+    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
+            f"from 1 to 65536")
+    return saved
 
 
 # Copied from Basic_usage_of_lightning.py

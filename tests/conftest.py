@@ -142,6 +142,15 @@ def printed_accuracy(output: str, label: str = "test accuracy") -> float:
     return float(match.group(1))
 
 
+def program_kb(path) -> float:
+    """A .pt2's size without the member mnist_int8/state.pt: the program that deploys."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        state = next(info for info in archive.infolist() if info.filename.endswith("/mnist_int8/state.pt"))
+    return (path.stat().st_size - state.compress_size) / 1024
+
+
 def exit_of(function, argv, capsys) -> SimpleNamespace:
     """Call function(argv) in-process (a script's main or parse_args), which must exit through
     SystemExit: returns what assert_clean_error expects of a finished process."""
