@@ -35,6 +35,7 @@ import contextlib
 import importlib.util
 import inspect
 import io
+import logging
 import math
 import os
 import re
@@ -75,6 +76,12 @@ from torchvision.datasets import MNIST
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
+# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -751,9 +758,14 @@ def one_line(cls, width: int = 100) -> str:
 
 
 def first_paragraph(cls) -> str:
-    # Some classes document themselves in __init__; getdoc(cls) would then return the parent's text.
-    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("__init__", object).__doc__ or "(no docstring)"
-    return " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never
+    object's ("The base class of the class hierarchy.")."""
+    for owner in cls.__mro__[:-1]:
+        doc = owner.__dict__.get("__doc__") or getattr(owner.__dict__.get("__init__"), "__doc__", None)
+        if doc:
+            summary = " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+            return summary if owner is cls else f"(inherited from {owner.__module__}.{owner.__qualname__}) {summary}"
+    return "(no docstring)"
 
 
 def plain(text: str) -> str:

@@ -37,6 +37,7 @@ What it writes (under --output_dir, default outputs/check_point_save)
 import argparse
 import contextlib
 import io
+import logging
 import math
 import os
 import re
@@ -70,6 +71,10 @@ from torchvision.datasets import MNIST
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 # On --resume the folder holds this run's checkpoints by design; a fresh run refuses a non-empty
 # folder itself (see main), so Lightning's warning, once per callback, would only be noise.
 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
