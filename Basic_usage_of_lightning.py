@@ -330,6 +330,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     train = not (args.load_model or args.skip_training)
 
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
@@ -383,9 +384,7 @@ def main(argv=None) -> int:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
         if args.export:
             export_model(model, out / MODEL_FILE, args.export)
-        print(f"\nOutputs in {out.resolve()}:")
-        for path in sorted(out.glob("*")):
-            print(f"  {path.name}{'/' if path.is_dir() else ''}")
+        print_outputs(out, before)
 
     # Close the process group ourselves: a DDP process that exits with it open can abort (134).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -546,6 +545,21 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
