@@ -93,6 +93,10 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 # torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
+# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
+# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
+logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
 # Eager quantization is deprecated: torch repeats a six-line warning at every call, and its own
 # internals warn about quantized tensors, observers and storages. All hidden here: quantize_eager
 # says it once, in one line (EAGER_DEPRECATION).

@@ -96,11 +96,15 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 # torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
+# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
+# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
+logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
 # torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
 # once, in one line, by main (EAGER_DEPRECATION).
 warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
 # Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
-for retired in ("reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
+for retired in (".*reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
                 "TypedStorage is deprecated"):
     warnings.filterwarnings("ignore", retired, UserWarning)
 
