@@ -12,6 +12,7 @@ Every other line must exit with code 0, or with the code EXPECTED_EXIT gives it.
 (The Japanese twins hold the same code blocks: tests/test_readme.py checks that.)
 """
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -51,9 +52,17 @@ PYTHON_COMMAND = re.compile(r"python (\S+\.py)((?:[ \t]+(?![#&|;])\S+)*)")
 
 
 def shell_lines(page: str) -> list:
-    """The command lines of the page's bash blocks, in order, continuation lines joined."""
-    return [line for block in code_blocks(page, "bash") for line in block.replace("\\\n", " ").splitlines()
-            if line.strip()]
+    """The commands of the page's bash blocks, in order: one per line, continuation lines joined,
+    and a here-document (`python - <<'EOF'` ... `EOF`) kept whole as one command."""
+    commands = []
+    for block in code_blocks(page, "bash"):
+        lines = iter(block.replace("\\\n", " ").splitlines())
+        for line in lines:
+            if here := re.search(r"<<-?'?(\w+)'?", line):
+                line = "\n".join([line, *iter(lines.__next__, here.group(1))] + [here.group(1)])
+            if line.strip():
+                commands.append(line)
+    return commands
 
 
 def as_run_here(line: str, data_dir: Path):
@@ -78,7 +87,7 @@ def run_in_order(lines: list, data_dir: Path, folder: Path, timeout: int) -> tup
         if command is None:
             skipped.append((line, reason))
             continue
-        program += [f"echo '>>> {len(ran)}: {command}'", command, f'echo "{len(ran)} $?" >> .exit_codes']
+        program += [f"echo {shlex.quote(f'>>> {len(ran)}: {command}')}", command, f'echo "{len(ran)} $?" >> .exit_codes']
         ran.append(line)
     env = script_env(PATH_DATASETS=str(data_dir))
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` is this interpreter
