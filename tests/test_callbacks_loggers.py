@@ -228,7 +228,7 @@ def test_tensorboard_events_hold_the_scalars_and_the_image(loggers_demo):
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed")
 @LOGGERS
 def test_mlflow_store_holds_params_metrics_and_image(loggers_demo):
-    """Read back with MLflow's own client, with no MLFLOW_* variable set."""
+    """Read back with MLflow's own client, given nothing but the database's URI."""
     from mlflow import MlflowClient
     output, out = loggers_demo[0].stdout, loggers_demo[1]
     assert re.search(r"^  MLFlowLogger\s+image: artifact test_digits.png", output, re.MULTILINE), output[-3000:]
