@@ -131,7 +131,12 @@ def test_resume_recipe_works_after_the_commands_above_it(mnist_dir, tmp_path):
     assert "test accuracy" in output.split("Restoring states")[-1]
 
 
+# docs/performance.md holds only benchmark and pytest commands, all of them in SKIPPED.
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ENGLISH)
+@pytest.mark.parametrize("page", [page for page in ENGLISH if page != "docs/performance.md"])
 def test_page_runs_top_to_bottom(page, mnist_dir, tmp_path):
     check_page(page, mnist_dir, tmp_path)
+
+
+def test_only_benchmarks_and_pytest_are_left_out_of_the_performance_page():
+    assert all(as_run_here(line, Path("."))[0] is None for line in shell_lines("docs/performance.md"))
