@@ -39,7 +39,7 @@ TINY = {
 SUBSTITUTED = {"sleep 1;": "sleep 0.1;"}
 # (a pattern a command line matches, why it does not run here)
 SKIPPED = [
-    (r"^pytest|&& pytest", "the test suite itself"),
+    (r"^(\w+=\S+ )*pytest|&& pytest", "the test suite itself"),
     (r"^tensorboard ", "starts a server that runs until it is stopped"),
     (r"^torchrun |^srun |^#", "needs two machines or a SLURM cluster"),
     (r"benchmarks/", "a benchmark: tests/test_benchmarks.py runs the benchmarks in --quick mode"),
