@@ -35,10 +35,11 @@ def outputs_listing(output: str) -> dict:
 
 @pytest.fixture(scope="module")
 def three_runs(mnist_dir, tmp_path_factory):
-    """Basic_usage_of_lightning.py three times into one folder, with the default limits: a run that
-    saves the model, a rerun without --save_model, and a --fast_dev_run that writes nothing."""
+    """Basic_usage_of_lightning.py three times into one folder, with the default validation and test
+    limits: a run that saves the model, a rerun without --save_model, and a --fast_dev_run that
+    writes nothing."""
     cwd = tmp_path_factory.mktemp("three_runs")
-    flags = ("--data_dir", mnist_dir, "--epochs", "1", "--val_size", "500")
+    flags = ("--data_dir", mnist_dir, "--epochs", "1", "--val_size", "500", "--limit_train_batches", "5")
     first = run_in(cwd, "Basic_usage_of_lightning.py", *flags, "--save_model", check=True)
     second = run_in(cwd, "Basic_usage_of_lightning.py", *flags, check=True)
     fast = run_in(cwd, "Basic_usage_of_lightning.py", *flags, "--fast_dev_run", check=True)
