@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import errno
 import io
+import logging
 import math
 import os
 import socket
@@ -76,6 +77,12 @@ from torchvision.datasets import MNIST
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
+# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -380,6 +387,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     train = not (args.load_model or args.skip_training)
 
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
@@ -433,9 +441,7 @@ def main(argv=None) -> int:
         if args.export:
             with exit_if_write_fails(out):  # the ONNX exporter writes its file itself
                 export_model(model, out / MODEL_FILE, args.export)
-        print(f"\nOutputs in {out.resolve()}:")
-        for path in sorted(out.glob("*")):
-            print(f"  {path.name}{'/' if path.is_dir() else ''}")
+        print_outputs(out, before)
 
     # Close the process group ourselves: a DDP process that exits with it open can abort (134).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -580,6 +586,21 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

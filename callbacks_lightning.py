@@ -43,6 +43,7 @@ import importlib.util
 import errno
 import inspect
 import io
+import logging
 import math
 import os
 import re
@@ -87,6 +88,12 @@ from torchvision.datasets import MNIST
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
+# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -445,6 +452,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     if args.named_modules or args.named_parameters:
         print_structure(MNISTClassifier(), args.named_modules, args.named_parameters)
         return 0
@@ -508,9 +516,7 @@ def main(argv=None) -> int:
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
-        print(f"\nOutputs in {out.resolve()}:")
-        for path in sorted(out.glob("*")):
-            print(f"  {path.name}{'/' if path.is_dir() else ''}")
+        print_outputs(out, before)
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -753,9 +759,14 @@ def one_line(cls, width: int = 100) -> str:
 
 
 def first_paragraph(cls) -> str:
-    # Some classes document themselves in __init__; getdoc(cls) would then return the parent's text.
-    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("__init__", object).__doc__ or "(no docstring)"
-    return " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never
+    object's ("The base class of the class hierarchy.")."""
+    for owner in cls.__mro__[:-1]:
+        doc = owner.__dict__.get("__doc__") or getattr(owner.__dict__.get("__init__"), "__doc__", None)
+        if doc:
+            summary = " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+            return summary if owner is cls else f"(inherited from {owner.__module__}.{owner.__qualname__}) {summary}"
+    return "(no docstring)"
 
 
 def plain(text: str) -> str:
@@ -795,6 +806,23 @@ def write_text_files(folder: Path, files: dict) -> Path:
 
 
 # %% Helpers
+# Copied from Basic_usage_of_lightning.py
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 # Copied from Basic_usage_of_lightning.py
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

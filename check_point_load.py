@@ -37,6 +37,7 @@ import contextlib
 import errno
 import inspect
 import io
+import logging
 import math
 import os
 import re
@@ -67,6 +68,10 @@ from torchvision.datasets import MNIST
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -236,6 +241,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
@@ -289,9 +295,7 @@ def main(argv=None) -> int:
               f"max logit difference {difference:.1e}")
         if args.save_model:
             save_atomically(network.state_dict(), out / f"{MODEL_FILE}.pt")
-        print(f"\nOutputs in {out.resolve()}:")
-        for written in sorted(out.glob("*")):
-            print(f"  {written.name}{'/' if written.is_dir() else ''}")
+        print_outputs(out, before)
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -442,6 +446,23 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
+# Copied from Basic_usage_of_lightning.py
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"
 # --pick: the metric in the file names that check_point_save.py writes, and which end is best.
 PICKS = {"best_loss": ("valid_loss", min), "best_acc": ("valid_acc", max)}

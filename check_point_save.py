@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import errno
 import io
+import logging
 import math
 import os
 import re
@@ -82,6 +83,10 @@ from torchvision.datasets import MNIST
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 # On --resume the folder holds this run's checkpoints by design; a fresh run refuses a non-empty
 # folder itself (see main), so Lightning's warning, once per callback, would only be noise.
 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
@@ -302,6 +307,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     ckpt_dir = out / "checkpoints"
 
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
@@ -356,9 +362,7 @@ def main(argv=None) -> int:
             print(f"best by valid_loss: {Path(best_loss).name}\n"
                   f"best by valid_acc:  {Path(best).name}\n"
                   f"load one with:      python check_point_load.py --ckpt_dir {ckpt_dir} --pick best_acc")
-        print(f"\nOutputs in {out.resolve()}:")
-        for path in sorted(out.glob("*")):
-            print(f"  {path.name}{'/' if path.is_dir() else ''}")
+        print_outputs(out, before)
 
     # Close the process group ourselves: a DDP process that exits with it open can abort (134).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -514,6 +518,23 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
+# Copied from Basic_usage_of_lightning.py
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: bool, model: nn.Module) -> None:
     """Before any work: a folder this run can write, a file --resume can continue exactly, and no
     earlier run's checkpoints that a fresh run would mix with its own."""

@@ -7,7 +7,7 @@
 # script writes a catalogue of every logger Lightning ships and whether its backend is installed
 # here, offline. --demo logs hyperparameters, scalars per step and per epoch, and a grid of test
 # digits (with each logger's own image API) to CSVLogger, TensorBoardLogger and, when mlflow is
-# installed, MLFlowLogger with a local file store; loggers whose package is missing are reported
+# installed, MLFlowLogger with a local SQLite store; loggers whose package is missing are reported
 # with the pip command that enables them. Then it reads metrics.csv, where step rows and epoch
 # rows interleave, into a per-epoch table.
 #
@@ -26,7 +26,7 @@
 # loggers_info/<Name>.txt          signature, summary and methods of each logger
 # csv_logs/version_N/              with --demo: metrics.csv (every logged value) and hparams.yaml
 # tb_logs/version_N/               TensorBoard events: scalars, hyperparameters, the digit grid
-# mlruns/                          MLflow file store: params, metrics, artifacts/test_digits.png
+# mlflow.db, mlartifacts/          MLflow store (SQLite): params, metrics; mlartifacts/.../test_digits.png
 # history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
 # mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
 # ```
@@ -43,6 +43,7 @@ import importlib.util
 import errno
 import inspect
 import io
+import logging
 import math
 import os
 import re
@@ -83,6 +84,12 @@ from torchvision.datasets import MNIST
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
+# MLflow says so when it creates the tables of a new mlflow.db: nothing to act on.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -219,12 +226,13 @@ class DemoLogger:
     where: Callable = lambda logger: str(getattr(logger, "log_dir", None) or logger.save_dir)
 
 
-def mlflow_file_store(out: Path) -> MLFlowLogger:
-    # mlflow 3.x keeps the file store in maintenance mode and refuses it unless this is set; it
-    # needs no server and no database. A database store (tracking_uri="sqlite:///mlflow.db")
-    # needs the full `pip install mlflow` (SQLAlchemy), which mlflow-skinny leaves out.
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"file:{(out / 'mlruns').resolve()}")
+def mlflow_store(out: Path) -> MLFlowLogger:
+    # A SQLite database: the store MLflow recommends (its ./mlruns file store is in maintenance mode,
+    # and MLflow's own API refuses to read it without MLFLOW_ALLOW_FILE_STORE=true). No server needed;
+    # mlflow-skinny needs sqlalchemy and alembic for it. Artifacts (the digit grid) are plain files.
+    out.mkdir(parents=True, exist_ok=True)
+    return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}",
+                        artifact_location=(out / "mlartifacts").resolve().as_uri())
 
 
 # Adding a logger to the demo: one entry here.
@@ -237,11 +245,11 @@ DEMO_LOGGERS = {
         log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC"),
         image_shows_in="IMAGES tab"),
     "mlflow": DemoLogger(
-        "MLFlowLogger", "mlflow", "pip install mlflow-skinny", build=mlflow_file_store,
+        "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", build=mlflow_store,
         log_image=lambda logger, name, picture, step: logger.experiment.log_image(
             logger.run_id, picture, artifact_file=f"{name}.png"),
         image_shows_in=f"artifact {IMAGE_NAME}.png",
-        where=lambda logger: f"{Path(logger.save_dir, logger.experiment_id, logger.run_id)}/ (params/, metrics/, artifacts/)"),
+        where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}"),
     "wandb": DemoLogger(
         "WandbLogger", "wandb", "pip install wandb",
         build=lambda out: WandbLogger(project="loggers_lightning", save_dir=out, offline=True),  # `wandb sync` uploads later
@@ -378,6 +386,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     if args.named_modules or args.named_parameters:
         print_structure(MNISTClassifier(), args.named_modules, args.named_parameters)
         return 0
@@ -423,14 +432,12 @@ def main(argv=None) -> int:
                 if isinstance(logger, TensorBoardLogger):
                     print(f"\nOpen TensorBoard on this run:  tensorboard --logdir {Path(logger.root_dir).resolve()}")
                 if isinstance(logger, MLFlowLogger):
-                    print(f"Open the MLflow UI (pip install mlflow):  MLFLOW_ALLOW_FILE_STORE=true mlflow ui "
-                          f"--backend-store-uri file:{Path(logger.save_dir).resolve()}")
+                    print(f"Open the MLflow UI (pip install mlflow):  mlflow ui --backend-store-uri "
+                          f"{logger.experiment.tracking_uri}")
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
-        print(f"\nOutputs in {out.resolve()}:")
-        for path in sorted(out.glob("*")):
-            print(f"  {path.name}{'/' if path.is_dir() else ''}")
+        print_outputs(out, before)
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -648,9 +655,14 @@ def backend_status(class_name: str) -> str:
 
 # Copied from callbacks_lightning.py
 def first_paragraph(cls) -> str:
-    # Some classes document themselves in __init__; getdoc(cls) would then return the parent's text.
-    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("__init__", object).__doc__ or "(no docstring)"
-    return " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never
+    object's ("The base class of the class hierarchy.")."""
+    for owner in cls.__mro__[:-1]:
+        doc = owner.__dict__.get("__doc__") or getattr(owner.__dict__.get("__init__"), "__doc__", None)
+        if doc:
+            summary = " ".join(plain(inspect.cleandoc(doc).split("\n\n")[0]).split())
+            return summary if owner is cls else f"(inherited from {owner.__module__}.{owner.__qualname__}) {summary}"
+    return "(no docstring)"
 
 
 # Copied from callbacks_lightning.py
@@ -694,6 +706,23 @@ def write_text_files(folder: Path, files: dict) -> Path:
 
 
 # %% Helpers
+# Copied from Basic_usage_of_lightning.py
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 # Copied from Basic_usage_of_lightning.py
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -888,9 +917,11 @@ def exit_if_write_fails(out: Path):
 
 def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: Path) -> None:
     """loss.png: the step series and the epoch values on one step axis; acc.png: accuracy per epoch."""
-    steps = metrics.dropna(subset=["train_loss_step"])
-    ax = steps.plot(x="step", y="train_loss_step", color="lightgray", label="train_loss (step)", grid=True)
-    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=ax,
+    ax = plt.figure().gca()
+    if "train_loss_step" in metrics:  # absent when --log_every_n_steps is larger than the run
+        steps = metrics.dropna(subset=["train_loss_step"])
+        steps.plot(x="step", y="train_loss_step", color="lightgray", label="train_loss (step)", ax=ax)
+    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=ax, grid=True,
                  title="MNIST: cross-entropy loss per optimizer step and per epoch")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")

@@ -55,6 +55,8 @@ import contextlib
 import copy
 import errno
 import io
+import json
+import logging
 import math
 import os
 import pickle
@@ -99,8 +101,18 @@ except ImportError:
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
+# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 # torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
+# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
+# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
+logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
 # Eager quantization is deprecated: torch repeats a six-line warning at every call, and its own
 # internals warn about quantized tensors, observers and storages. All hidden here: quantize_eager
 # says it once, in one line (EAGER_DEPRECATION).
@@ -532,6 +544,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
                             eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
                             num_workers=args.num_workers, seed=args.seed)
@@ -575,9 +588,7 @@ def main(argv=None) -> int:
     latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
     append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
                        fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency), out / RESULTS_FILE)
-    print(f"\nOutputs in {out.resolve()}:")
-    for path in sorted(out.glob("*")):
-        print(f"  {path.name}{'/' if path.is_dir() else ''}")
+    print_outputs(out, before)
     return 0
 
 
@@ -742,6 +753,23 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
+# Copied from Basic_usage_of_lightning.py
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 RESULTS_FILE = "quant_results.csv"
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
                   "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",

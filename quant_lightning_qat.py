@@ -58,6 +58,8 @@ import copy
 import importlib.util
 import errno
 import io
+import json
+import logging
 import math
 import os
 import pickle
@@ -104,13 +106,23 @@ except ImportError:
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
+# it"), and a tip to install its cloud logger.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
+# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 # torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
+# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
+# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
+logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
 # torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
 # once, in one line, by main (EAGER_DEPRECATION).
 warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
 # Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
-for retired in ("reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
+for retired in (".*reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
                 "TypedStorage is deprecated"):
     warnings.filterwarnings("ignore", retired, UserWarning)
 
@@ -604,6 +616,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
+    before = file_times(out)  # to tell this run's outputs from an earlier run's
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                             lr=args.lr, qat_lr=args.qat_lr, freeze_epoch=args.freeze_epoch, flow=args.flow,
                             backend=args.backend, val_size=args.val_size, num_workers=args.num_workers,
@@ -666,9 +679,7 @@ def main(argv=None) -> int:
     method, backend = ("QAT eager", args.backend) if args.flow == "eager" else ("QAT PT2E", "x86 inductor")
     append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
                        fp32_kb=fp32_kb, int8_kb=int8_kb, size_ratio=int8_kb / fp32_kb, **latency), out / RESULTS_FILE)
-    print(f"\nOutputs in {out.resolve()}:")
-    for path in sorted(out.glob("*")):
-        print(f"  {path.name}{'/' if path.is_dir() else ''}")
+    print_outputs(out, before)
     return 0
 
 
@@ -845,6 +856,23 @@ class OriginalTutorialFlag(argparse.Action):
 
 
 # %% Helpers
+# Copied from Basic_usage_of_lightning.py
+def file_times(folder: Path) -> dict:
+    """{path: modification time} of every file under folder: what an earlier run left there."""
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+# Copied from Basic_usage_of_lightning.py
+def print_outputs(out: Path, before: dict) -> None:
+    """What out holds, marking what this run did not write (before: file_times(out) at its start)."""
+    print(f"\nOutputs in {out.resolve()}:")
+    for path in sorted(out.glob("*")):
+        files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+        earlier = [file for file in files if before.get(file) == file.stat().st_mtime_ns]
+        note = " (earlier run)" if files and earlier == files else " (partly an earlier run's)" if earlier else ""
+        print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
+
+
 def phase_history(trainer: pl.Trainer, phase: str) -> pd.DataFrame:
     """The phase's per-epoch table from its CSVLogger (empty off rank 0 and under --fast_dev_run)."""
     if trainer.fast_dev_run or not trainer.is_global_zero:

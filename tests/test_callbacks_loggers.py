@@ -223,14 +223,17 @@ def test_tensorboard_events_hold_the_scalars_and_the_image(loggers_demo):
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed")
 @LOGGERS
-def test_mlflow_file_store_holds_params_metrics_and_image(loggers_demo):
+def test_mlflow_store_holds_params_metrics_and_image(loggers_demo):
+    """Read back with MLflow's own client, given nothing but the database's URI."""
+    from mlflow import MlflowClient
     output, out = loggers_demo[0].stdout, loggers_demo[1]
     assert re.search(r"^  MLFlowLogger\s+image: artifact test_digits.png", output, re.MULTILINE), output[-3000:]
-    runs = [path for path in (out / "mlruns").glob("*/*") if (path / "params").is_dir()]
-    assert len(runs) == 1
-    assert (runs[0] / "params" / "lr").read_text().strip() == "0.01"
-    assert (runs[0] / "metrics" / "valid_acc").read_text().count("\n") == 2  # one line per epoch
-    assert (runs[0] / "artifacts" / "test_digits.png").stat().st_size > 1000
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("loggers_lightning").experiment_id])
+    assert run.data.params["lr"] == "0.01"
+    assert len(client.get_metric_history(run.info.run_id, "valid_acc")) == 2  # one value per epoch
+    [image] = client.list_artifacts(run.info.run_id)
+    assert image.path == "test_digits.png" and image.file_size > 1000
 
 
 @LOGGERS
@@ -357,10 +360,10 @@ def test_bad_input_is_one_line_and_leaves_the_earlier_run_alone(script, flags, p
     argv = ["--demo", "--data_dir", mnist_dir, "--val_size", "500", "--output_dir", "earlier", *flags]
     assert_clean_error(exit_of(load_script(script).main, argv, capsys), *phrases)
     after = files_under(tmp_path / "earlier")
-    # MLFlowLogger opens its file store (an empty default experiment) when it is built, which has to be
-    # before the Trainer can check the hardware flags; no run is recorded in it.
+    # MLFlowLogger opens its database (an empty mlflow.db) when it is built, which has to be before the
+    # Trainer can check the hardware flags; no run is recorded in it.
     if script == "loggers_lightning.py":
-        after.pop(Path("mlruns/0/meta.yaml"), None)
+        after.pop(Path("mlflow.db"), None)
     assert after == before  # nothing written, overwritten or deleted
     assert (tmp_path / "taken").read_text() == "a file, not a folder"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["earlier", "taken"]  # no data/ or outputs/ either
