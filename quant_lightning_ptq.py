@@ -55,7 +55,6 @@ import contextlib
 import copy
 import errno
 import io
-import json
 import logging
 import math
 import os

@@ -58,7 +58,6 @@ import copy
 import importlib.util
 import errno
 import io
-import json
 import logging
 import math
 import os

@@ -56,7 +56,6 @@ import dataclasses
 import importlib.util
 import errno
 import io
-import json
 import logging
 import math
 import os
