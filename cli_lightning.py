@@ -77,8 +77,6 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # %% Model
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
-    """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
-
     def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
         super().__init__()
         self.features = nn.Sequential(
@@ -86,8 +84,7 @@ class MNISTConvNet(nn.Module):
             nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
+            nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden_units, 10),
         )
 
@@ -103,15 +100,11 @@ class MNISTConvNet(nn.Module):
 # %% LightningModule
 # Copied from Basic_usage_of_lightning.py
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvNet: steps, metrics, optimizer and data."""
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42, compile_mode: str = None):
         super().__init__()
-        # Only plain types go in: checkpoints then load with torch.load(weights_only=True),
-        # the default since torch 2.6 (an argparse.Namespace here would make loading fail).
-        # compile_mode stays out: a checkpoint loads the same with or without --compile.
+        # Plain types only, so checkpoints load with weights_only=True; compile_mode stays out of them.
         self.save_hyperparameters(ignore="compile_mode")
         self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
@@ -121,16 +114,11 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
-        # For the model summary and the exports. Batch 2, so that torch.export keeps the batch
-        # dimension dynamic (a size of 1 would be specialized away).
+        # For the summary and the exports; batch 2, as torch.export would fix a batch of 1 for good.
         self.example_input_array = torch.zeros(2, 1, 28, 28)
 
     def configure_model(self):
-        # --compile: the network, not the LightningModule (torch.compile(model) in Lightning's docs
-        # also compiles the *_step hooks, whose metrics and logging only break the graph; this way
-        # it is the same work as a compiled plain loop). Here, so each process compiles after DDP
-        # starts; in place, so the state_dict keeps its names (no "_orig_mod.") and checkpoints
-        # load uncompiled. The first batch of each stage (and each new batch size) waits for a compile.
+        # --compile the network in place, in each process: why so, see docs/basics.md (--compile).
         if self.compile_mode:
             self.model.compile(mode=self.compile_mode)
 
@@ -142,17 +130,13 @@ class MNISTClassifier(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        # Only accumulate here; the epoch values are logged once, in on_train_epoch_end. A
-        # self.log call costs about half a millisecond per step on a CPU, which on this small
-        # network was most of what Lightning added to a plain loop (benchmarks/step_overhead.py).
+        # Accumulate only: a self.log per step was most of Lightning's cost here (benchmarks/step_overhead.py).
         self.train_loss.update(loss.detach(), weight=len(labels))
         self.train_acc.update(logits, labels)
         return loss  # Lightning calls backward(), optimizer.step() and zero_grad() with it
 
     def on_train_epoch_end(self):
-        # Logging the Metric objects lets Lightning compute them once, across all DDP processes,
-        # and reset them for the next epoch. Runs after the epoch's validation, so the progress
-        # bar shows the epoch's train_loss at the end of each epoch.
+        # Logging a Metric object: Lightning computes it once, across DDP processes, and resets it.
         self.log("train_loss", self.train_loss, prog_bar=True)
         self.log("train_acc", self.train_acc)
 
@@ -163,8 +147,7 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc.update(logits, labels)
 
     def on_validation_epoch_end(self):
-        # The 2.x home of what 1.x did in validation_epoch_end(outputs). As in on_train_epoch_end,
-        # the metric has kept its state over every batch, and logging the Metric object does the rest.
+        # The 2.x home of 1.x's validation_epoch_end(outputs).
         self.log("valid_acc", self.valid_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
@@ -175,8 +158,7 @@ class MNISTClassifier(pl.LightningModule):
         self.test_acc_per_digit.update(logits, labels)
 
     def on_test_epoch_end(self):
-        # Replaces 1.x test_epoch_end / test_end. A per-class result is a vector, which self.log
-        # cannot take, so compute() (synced across processes) and keep it for the report.
+        # Replaces 1.x test_epoch_end. self.log takes no vector: compute() the per-digit one (synced).
         self.log("test_acc", self.test_acc)
         self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()
         self.test_acc_per_digit.reset()
@@ -187,8 +169,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        # One-cycle: warm up, then anneal, once over the whole run; the Trainer knows how many
-        # optimizer steps that is, for any --epochs, --limit_train_batches or --devices.
+        # One-cycle over the whole run; the Trainer knows its step count for any epochs, limits or devices.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -196,8 +177,7 @@ class MNISTClassifier(pl.LightningModule):
     def setup(self, stage: str):
         # Called on every process (each DDP rank) before the stage starts.
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -210,13 +190,11 @@ class MNISTClassifier(pl.LightningModule):
     def test_dataloader(self):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def predict_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
+    predict_dataloader = test_dataloader  # predictions for the test images
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
@@ -226,14 +204,6 @@ class MNISTClassifier(pl.LightningModule):
 # %% DataModule
 # Copied from Basic_usage_of_lightning.py
 class MNISTDataModule(pl.LightningDataModule):
-    """The same data as MNISTClassifier's own hooks, as a LightningDataModule (--datamodule).
-
-    A DataModule is the standard home for data once several models or scripts share it: the
-    split, the loaders and the download live in one reusable class, and the same object feeds
-    trainer.fit, validate, test and predict. For one model in one file the hooks inside the
-    LightningModule (the original tutorial's way) are enough; both give the same split.
-    """
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
@@ -246,8 +216,7 @@ class MNISTDataModule(pl.LightningDataModule):
     def setup(self, stage: str):
         # On every process: the same seeded split as MNISTClassifier.setup.
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -260,13 +229,11 @@ class MNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def predict_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
+    predict_dataloader = test_dataloader  # predictions for the test images
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
@@ -276,11 +243,7 @@ class MNISTDataModule(pl.LightningDataModule):
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision.
-
-    MNIST is 47 MB as uint8; converting it once is far cheaper than running
-    ToTensor + Normalize on every sample of every epoch.
-    """
+    """The whole split, normalized once: far cheaper than ToTensor + Normalize per sample per epoch."""
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
@@ -452,18 +415,16 @@ def prepare_mnist(data_dir: str) -> int:
     if not all((raw / name).is_file() for name in MNIST_FILES):
         new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
         try:
-            # torchvision prints every mirror it tries; one line from us is clearer.
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()):  # not torchvision's every mirror: our one line
                 MNIST(data_dir, train=False, download=True)
                 MNIST(data_dir, train=True, download=True)
         except (RuntimeError, OSError) as error:
             for folder in new_folders:  # leave no empty MNIST/raw behind
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            reason = str(error).splitlines()[0].rstrip(":")
-            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
-                f"that holds MNIST/raw.")
+            die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
         if images != labels:

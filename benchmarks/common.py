@@ -225,8 +225,6 @@ def batch_count(available: int, limit) -> int:
 # prove it). A copy, not an import, because importing the script would load Lightning, pandas and matplotlib.
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
-    """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
-
     def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
         super().__init__()
         self.features = nn.Sequential(
@@ -234,8 +232,7 @@ class MNISTConvNet(nn.Module):
             nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
+            nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden_units, 10),
         )
 
