@@ -676,9 +676,10 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # Copied from Basic_usage_of_lightning.py
 class OriginalTutorialFlag(argparse.Action):
-    """A flag of the 1.x tutorial: prints what it does now (its note); sets dest to const if given one."""
+    """A flag of the 1.x tutorial: prints its note; its value goes to successor, or dest gets const, or nowhere."""
 
-    def __init__(self, option_strings, dest, note, **kwargs):
+    def __init__(self, option_strings, dest, note, successor=None, **kwargs):
+        self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
         if kwargs.get("nargs") != 0:
             kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
@@ -686,8 +687,8 @@ class OriginalTutorialFlag(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} (from the original tutorial): {self.help}", file=sys.stderr)
-        if self.dest != argparse.SUPPRESS:
-            setattr(namespace, self.dest, self.const)
+        if self.successor or self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
 
 
 # %% Catalogue
