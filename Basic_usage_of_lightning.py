@@ -62,9 +62,8 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
-# Notes that teach nothing here: add workers (the data are tensors in memory already), a torch 2.14
-# deprecation inside Lightning 2.6, a full checkpoint folder (a rerun replaces best.ckpt by design),
-# a limit left at its default 1.0, and a tip to install Lightning's cloud logger.
+# Notes that teach nothing here: add workers (the data are in memory), a torch 2.14 deprecation inside Lightning,
+# a full checkpoint folder (a rerun replaces best.ckpt), a limit left at 1.0, a tip to install a cloud logger.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
@@ -99,9 +98,8 @@ class MNISTConvNet(nn.Module):
 
 # %% [markdown]
 # ## LightningModule
-# The training recipe around `MNISTConvNet`: `forward` for inference, one `*_step` hook per stage,
-# epoch-level work in `on_*_epoch_end`, an optimizer with an LR scheduler, and the data (`setup` +
-# `*_dataloader`).
+# The training recipe around `MNISTConvNet`: `forward`, one `*_step` hook per stage, epoch-level work in
+# `on_*_epoch_end`, an optimizer with an LR scheduler, and the data (`setup` + `*_dataloader`).
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -204,8 +202,8 @@ class MNISTClassifier(pl.LightningModule):
 
 # %% [markdown]
 # ## DataModule
-# The same data and split as `MNISTClassifier`'s own hooks, as a `LightningDataModule` (`--datamodule`): the
-# standard home for data once several models or scripts share it (for one model, the module's hooks will do).
+# `MNISTClassifier`'s data hooks in a `LightningDataModule` (`--datamodule`): the standard home for data once
+# several models or scripts share it; for one model, the module's own hooks will do.
 
 # %% DataModule
 class MNISTDataModule(pl.LightningDataModule):
@@ -218,33 +216,15 @@ class MNISTDataModule(pl.LightningDataModule):
         # Once per machine (local rank 0 only), before setup: the place to download.
         prepare_mnist(self.hparams.data_dir)
 
-    def setup(self, stage: str):
-        # On every process: the same seeded split as MNISTClassifier.setup.
-        if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
-        if stage in ("test", "predict"):
-            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.valid_set, self.hparams.eval_batch_size)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
-
-    predict_dataloader = test_dataloader  # predictions for the test images
-
-    def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0)
+    # setup (on every process) and the loaders: MNISTClassifier's own hooks as they are (they read only self.hparams).
+    setup, _loader = MNISTClassifier.setup, MNISTClassifier._loader
+    train_dataloader, val_dataloader = MNISTClassifier.train_dataloader, MNISTClassifier.val_dataloader
+    test_dataloader = predict_dataloader = MNISTClassifier.test_dataloader
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized tensors in memory, and the train/validation split, the same for the same seed.
 
 # %% Data
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
@@ -286,8 +266,7 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
 
 def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
     model = model.to("cpu", torch.float32).eval()  # float32 inputs and weights, whatever --precision trained
-    if kind == "pt2":
-        # TorchScript's successor (to_torchscript is deprecated); load with torch.export.load(path).module().
+    if kind == "pt2":  # TorchScript's successor (to_torchscript is deprecated); load: torch.export.load(path).module()
         program = torch.export.export(model, (model.example_input_array,),
                                       dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
         write_atomically(Path(f"{stem}.pt2"), lambda file: torch.export.save(program, file))
@@ -313,8 +292,7 @@ def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
     torch_logits = model(images).detach()
     agree = (onnx_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item()
     max_diff = (onnx_logits - torch_logits).abs().max().item()
-    print(f"onnxruntime vs PyTorch on 256 test images: {agree:.0%} same predictions, "
-          f"max logit difference {max_diff:.2e}")
+    print(f"onnxruntime vs PyTorch on 256 test images: {agree:.0%} same predictions, max logit difference {max_diff:.2e}")
 
 
 # %% [markdown]
@@ -362,7 +340,7 @@ def main(argv=None) -> int:
     best = checkpoint.best_model_path if train else ""
     with exit_if_write_fails(out):
         test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
-        predictions = trainer.predict(model, datamodule=datamodule)
+        predicted, labels = trainer.predict(model, datamodule=datamodule)[0]  # the first batch
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         if train and not args.fast_dev_run:
@@ -370,7 +348,9 @@ def main(argv=None) -> int:
             print("\n" + history.to_string(float_format="{:.4f}".format))
             write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
-        report_test(model, test_metrics, predictions)
+        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
+        print("per digit:   " + " ".join(f"{d}:{a:.3f}" for d, a in enumerate(model.per_digit_accuracy)))
+        print(f"first predictions {predicted[:12].tolist()}\n     true labels  {labels[:12].tolist()}")
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
         if args.export:
@@ -725,13 +705,6 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)
-
-
-def report_test(model, test_metrics, predictions) -> None:
-    print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
-    print("per digit:   " + " ".join(f"{d}:{a:.3f}" for d, a in enumerate(model.per_digit_accuracy)))
-    predicted, labels = predictions[0]
-    print(f"first predictions {predicted[:12].tolist()}\n     true labels  {labels[:12].tolist()}")
 
 
 def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
