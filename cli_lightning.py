@@ -3,25 +3,18 @@
 # Fit, validate, test and predict MNIST from YAML configs and dotted flags, with LightningCLI.
 #
 # ## What it teaches
-# LightningCLI turns the `__init__` arguments of the LightningModule (`model.*`), the DataModule
-# (`data.*`) and the Trainer (`trainer.*`) into command-line flags and YAML keys, with no argparse
-# code: type hints and defaults are the flags. One subcommand per Trainer method (fit, validate,
-# test, predict); callbacks and loggers declared in YAML by `class_path`; `--print_config` to write
-# a full config; `link_arguments` where one value feeds two classes; the `config.yaml` saved beside
-# every run, which repeats the run. The network, the module and the data are copies of those in
-# `Basic_usage_of_lightning.py`, unchanged: the CLI is all this script adds.
+# LightningCLI makes the `__init__` arguments of the LightningModule (`model.*`), the DataModule (`data.*`) and
+# the Trainer (`trainer.*`) into flags and YAML keys, with no argparse code: subcommands per Trainer method,
+# callbacks and loggers by `class_path`, `--print_config`, `link_arguments`, and the `config.yaml` that repeats
+# a run. The network, module and data are `Basic_usage_of_lightning.py`'s, unchanged.
 #
 # ## How to run
 # ```bash
 # python cli_lightning.py fit                                       # Basic's defaults: 3 epochs, then a test of the best epoch
 # python cli_lightning.py fit --data.data_dir /path/to/datasets     # MNIST already on disk (MNIST/raw), offline
-# PATH_DATASETS=/path/to/datasets python cli_lightning.py fit       # the same, as the Lightning tutorials do
-# python cli_lightning.py fit --config configs/cli_defaults.yaml --trainer.max_epochs 15   # a config, one key changed
-# python cli_lightning.py fit --config configs/cli_callbacks_loggers.yaml   # + EarlyStopping, LearningRateMonitor, CSV, TensorBoard
+# python cli_lightning.py fit --config configs/cli_callbacks_loggers.yaml   # + EarlyStopping, LearningRateMonitor, loggers
 # python cli_lightning.py fit --print_config > my_config.yaml       # every key and its value, ready to edit
-# python cli_lightning.py fit --config outputs/cli_lightning/lightning_logs/version_0/config.yaml   # that run again
 # python cli_lightning.py test --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt
-# python cli_lightning.py fit --help                                # every key fit accepts
 # ```
 #
 # ## What it writes (under --trainer.default_root_dir, default outputs/cli_lightning)
@@ -59,12 +52,10 @@ from torchvision.datasets import MNIST
 # Copied from Basic_usage_of_lightning.py
 IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+# Notes that teach nothing here: add workers (the data are in memory), a torch 2.14 deprecation inside Lightning,
+# and that a notebook passes ARGS while sys.argv holds the kernel's own flags (which the CLI never reads).
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# A notebook passes ARGS while sys.argv holds the kernel's own flags, which the CLI never reads.
 warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended to run from within Python.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -213,27 +204,10 @@ class MNISTDataModule(pl.LightningDataModule):
         # Once per machine (local rank 0 only), before setup: the place to download.
         prepare_mnist(self.hparams.data_dir)
 
-    def setup(self, stage: str):
-        # On every process: the same seeded split as MNISTClassifier.setup.
-        if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
-        if stage in ("test", "predict"):
-            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.valid_set, self.hparams.eval_batch_size)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
-
-    predict_dataloader = test_dataloader  # predictions for the test images
-
-    def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0)
+    # setup (on every process) and the loaders: MNISTClassifier's own hooks as they are (they read only self.hparams).
+    setup, _loader = MNISTClassifier.setup, MNISTClassifier._loader
+    train_dataloader, val_dataloader = MNISTClassifier.train_dataloader, MNISTClassifier.val_dataloader
+    test_dataloader = predict_dataloader = MNISTClassifier.test_dataloader
 
 
 # %% [markdown]
@@ -264,27 +238,18 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% The CLI
 class MNISTCLI(LightningCLI):
-    """LightningCLI(MNISTClassifier, MNISTDataModule), plus what the other scripts do around fit.
-
-    The DataModule feeds every subcommand: when the Trainer gets a datamodule, the module's own
-    *_dataloader hooks are not called. MNISTClassifier still takes the data arguments (it can load
-    data itself, and its checkpoints record them), so each one is linked from data.*: set once,
-    as data.batch_size, it reaches both classes, and model.batch_size cannot disagree with it.
-    """
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The DataModule feeds every subcommand, but MNISTClassifier takes (and its checkpoints record) the data
+        # arguments too: each is linked from data.*, so model.batch_size cannot disagree with data.batch_size.
         for key in ("data_dir", "batch_size", "eval_batch_size", "val_size", "num_workers"):
             parser.link_arguments(f"data.{key}", f"model.{key}")
-        # One seed, as Basic's --seed: the weights, the shuffling and the validation split.
-        parser.link_arguments("seed_everything", "data.seed")
-        parser.link_arguments("seed_everything", "model.seed")
+        for target in ("data.seed", "model.seed"):  # one seed, as Basic's --seed: weights, shuffling and split
+            parser.link_arguments("seed_everything", target)
         parser.set_defaults({
             "data.data_dir": os.environ.get("PATH_DATASETS", "data"),
             # A default, not a fixed callback: a config's trainer.callbacks replaces this list.
-            "trainer.callbacks": [{
-                "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                "init_args": {"monitor": "valid_acc", "mode": "max", "filename": "best"},
-            }],
+            "trainer.callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                   "init_args": {"monitor": "valid_acc", "mode": "max", "filename": "best"}}],
         })
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -298,8 +263,7 @@ class MNISTCLI(LightningCLI):
             die(f"cannot build the Trainer from these trainer.* keys: {str(error).strip().splitlines()[0]}")
 
     def after_fit(self) -> None:
-        # Test the epoch with the best valid_acc, as the other scripts do. A separate `test`
-        # command runs in a new process, which cannot know which checkpoint was best.
+        # Test the epoch with the best valid_acc, as the other scripts do (a later `test` cannot know which was best).
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         metrics = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if self.trainer.is_global_zero:
@@ -313,18 +277,16 @@ class MNISTCLI(LightningCLI):
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the subcommand and flags of the parameters
-# cell (`ARGS`). Below it: the error messages, checks and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`. Then error messages, checks.
 
 # %% Main
 def main(argv=None) -> int:
     check_config_files(sys.argv[1:] if argv is None else argv)
     with exit_if_schedule_ends():
-        MNISTCLI(
-            MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
-            seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
-            # Basic_usage_of_lightning.py's defaults; every one can be changed by a flag or a config.
-            trainer_defaults={"max_epochs": 3, "deterministic": True, "default_root_dir": "outputs/cli_lightning"})
+        MNISTCLI(MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
+                 seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
+                 # Basic_usage_of_lightning.py's defaults; every one can be changed by a flag or a config.
+                 trainer_defaults={"max_epochs": 3, "deterministic": True, "default_root_dir": "outputs/cli_lightning"})
     return 0
 
 
@@ -339,8 +301,7 @@ class OneLineErrorParser(LightningArgumentParser):
 
 
 def clearer(message: str) -> str:
-    """The part of a jsonargparse message that says what is wrong: for a value that fits none of
-    a Union's types it lists every alternative it tried, a paragraph for one bad value."""
+    """What is wrong, from a jsonargparse message (which, for a Union, lists every type it tried: a paragraph)."""
     key = re.match(r'Parser key "([^"]+)": ', message)
     bad_class = re.search(r"Problem with given class_path '([^']+)': (.+?)(?: - |$)", message)
     expected = [kind or choices for kind, choices in
