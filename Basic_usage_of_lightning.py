@@ -92,8 +92,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x))  # logits: cross_entropy applies log_softmax itself
 
 
 # %% [markdown]
@@ -107,8 +106,7 @@ class MNISTClassifier(pl.LightningModule):
                  lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42, compile_mode: str = None):
         super().__init__()
-        # Plain types only, so checkpoints load with weights_only=True; compile_mode stays out of them.
-        self.save_hyperparameters(ignore="compile_mode")
+        self.save_hyperparameters(ignore="compile_mode")  # plain types only: checkpoints load with weights_only=True
         self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
         # One metric object per stage, so their running states never mix.
@@ -117,12 +115,10 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
-        # For the summary and the exports; batch 2, as torch.export would fix a batch of 1 for good.
-        self.example_input_array = torch.zeros(2, 1, 28, 28)
+        self.example_input_array = torch.zeros(2, 1, 28, 28)  # summary and exports (torch.export fixes a batch of 1)
 
     def configure_model(self):
-        # --compile the network in place, in each process: why so, see docs/basics.md (--compile).
-        if self.compile_mode:
+        if self.compile_mode:  # --compile: the network, in place, in each process (docs/basics.md says why)
             self.model.compile(mode=self.compile_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,8 +173,7 @@ class MNISTClassifier(pl.LightningModule):
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def setup(self, stage: str):
-        # Called on every process (each DDP rank) before the stage starts.
+    def setup(self, stage: str):  # on every process (each DDP rank), before the stage starts
         if stage in ("fit", "validate"):
             self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
@@ -212,8 +207,7 @@ class MNISTDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
 
-    def prepare_data(self):
-        # Once per machine (local rank 0 only), before setup: the place to download.
+    def prepare_data(self):  # once per machine (local rank 0 only), before setup: the place to download
         prepare_mnist(self.hparams.data_dir)
 
     # setup (on every process) and the loaders: MNISTClassifier's own hooks as they are (they read only self.hparams).
@@ -324,13 +318,12 @@ def main(argv=None) -> int:
     csv_logger = CSVLogger(out, name="csv_logs")
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint],
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, deterministic=True, plugins=[AtomicCheckpointIO()],
+            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint], profiler=args.profiler,
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval,
-            profiler=args.profiler, deterministic=True, plugins=[AtomicCheckpointIO()])
+            overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval)
     check_compile(args.compile, trainer.strategy.root_device)
 
     if train:
@@ -550,7 +543,8 @@ def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> 
     """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
     val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
     if training and val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); use a smaller --val_size")
+        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
     for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
         if training and getattr(args, flag, 0) > 1:
             die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
@@ -701,7 +695,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
         ax.set(xlabel=xlabel, ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
+        write_atomically(out / f"{kind}.png",
+                         lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)
@@ -724,11 +719,9 @@ def check_compile(mode: str, device: torch.device) -> None:
             f"use --compile default or --compile max-autotune-no-cudagraphs")
     if mode and device.type == "cpu":
         from torch._inductor.cpp_builder import get_cpp_compiler
-        try:
+        with exit_on_error(f"--compile on a CPU needs a C++ compiler (install g++ or set CXX to one, or run without "
+                           f"--compile), and {os.environ.get('CXX', 'g++')} does not run"):
             get_cpp_compiler()  # what inductor runs first: $CXX (else g++) --version
-        except Exception:
-            die(f"--compile on a CPU needs a C++ compiler and {os.environ.get('CXX', 'g++')} does not run; "
-                f"install g++ (or set CXX to one), or run without --compile")
 
 
 def die(message: str) -> None:

@@ -80,8 +80,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x))  # logits: cross_entropy applies log_softmax itself
 
 
 # %% [markdown]
@@ -95,8 +94,7 @@ class MNISTClassifier(pl.LightningModule):
                  lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42, compile_mode: str = None):
         super().__init__()
-        # Plain types only, so checkpoints load with weights_only=True; compile_mode stays out of them.
-        self.save_hyperparameters(ignore="compile_mode")
+        self.save_hyperparameters(ignore="compile_mode")  # plain types only: checkpoints load with weights_only=True
         self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
         # One metric object per stage, so their running states never mix.
@@ -105,12 +103,10 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
-        # For the summary and the exports; batch 2, as torch.export would fix a batch of 1 for good.
-        self.example_input_array = torch.zeros(2, 1, 28, 28)
+        self.example_input_array = torch.zeros(2, 1, 28, 28)  # summary and exports (torch.export fixes a batch of 1)
 
     def configure_model(self):
-        # --compile the network in place, in each process: why so, see docs/basics.md (--compile).
-        if self.compile_mode:
+        if self.compile_mode:  # --compile: the network, in place, in each process (docs/basics.md says why)
             self.model.compile(mode=self.compile_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,8 +161,7 @@ class MNISTClassifier(pl.LightningModule):
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def setup(self, stage: str):
-        # Called on every process (each DDP rank) before the stage starts.
+    def setup(self, stage: str):  # on every process (each DDP rank), before the stage starts
         if stage in ("fit", "validate"):
             self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
@@ -200,8 +195,7 @@ class MNISTDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
 
-    def prepare_data(self):
-        # Once per machine (local rank 0 only), before setup: the place to download.
+    def prepare_data(self):  # once per machine (local rank 0 only), before setup: the place to download
         prepare_mnist(self.hparams.data_dir)
 
     # setup (on every process) and the loaders: MNISTClassifier's own hooks as they are (they read only self.hparams).

@@ -934,7 +934,8 @@ def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> 
     """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
     val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
     if training and val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); use a smaller --val_size")
+        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
+            f"use a smaller --val_size")
     for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
         if training and getattr(args, flag, 0) > 1:
             die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
@@ -1066,7 +1067,8 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
         ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
         ax.set(xlabel=xlabel, ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
+        write_atomically(out / f"{kind}.png",
+                         lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)

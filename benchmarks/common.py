@@ -237,8 +237,7 @@ class MNISTConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x))  # logits: cross_entropy applies log_softmax itself
 
 
 # %% The machine
