@@ -220,7 +220,6 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
 
 # Copied from Basic_usage_of_lightning.py
 def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
-    """The training images split into train and validation sets, the same for the same seed."""
     full = mnist_tensors(data_dir, train=True)
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)

@@ -122,8 +122,7 @@ class MNISTClassifier(pl.LightningModule):
         self.train_acc.update(logits, labels)
         return loss  # Lightning calls backward(), optimizer.step() and zero_grad() with it
 
-    def on_train_epoch_end(self):
-        # Logging a Metric object: Lightning computes it once, across DDP processes, and resets it.
+    def on_train_epoch_end(self):  # a logged Metric object: Lightning computes it across processes, then resets it
         self.log("train_loss", self.train_loss, prog_bar=True)
         self.log("train_acc", self.train_acc)
 
@@ -133,8 +132,7 @@ class MNISTClassifier(pl.LightningModule):
         self.log("valid_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
         self.valid_acc.update(logits, labels)
 
-    def on_validation_epoch_end(self):
-        # The 2.x home of 1.x's validation_epoch_end(outputs).
+    def on_validation_epoch_end(self):  # the 2.x home of 1.x's validation_epoch_end(outputs)
         self.log("valid_acc", self.valid_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
@@ -144,10 +142,9 @@ class MNISTClassifier(pl.LightningModule):
         self.test_acc.update(logits, labels)
         self.test_acc_per_digit.update(logits, labels)
 
-    def on_test_epoch_end(self):
-        # Replaces 1.x test_epoch_end. self.log takes no vector: compute() the per-digit one (synced).
+    def on_test_epoch_end(self):  # replaces 1.x test_epoch_end
         self.log("test_acc", self.test_acc)
-        self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()
+        self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()  # a vector, which self.log cannot take
         self.test_acc_per_digit.reset()
 
     def predict_step(self, batch, batch_idx):
@@ -156,8 +153,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        # One-cycle over the whole run; the Trainer knows its step count for any epochs, limits or devices.
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(  # one cycle over the whole run, whose length the Trainer knows
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -184,10 +180,26 @@ class MNISTClassifier(pl.LightningModule):
 
 
 # %% [markdown]
-# ## DataModule
-# Basic's `MNISTDataModule`, unchanged: its `__init__` arguments become the `data.*` keys, and it feeds every subcommand.
+# ## Data
+# MNIST as normalized tensors in memory, the seeded train/validation split, and Basic's `MNISTDataModule`,
+# unchanged: its `__init__` arguments become the `data.*` keys, and it feeds every subcommand.
 
-# %% DataModule
+# %% Data
+# Copied from Basic_usage_of_lightning.py
+def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
+    """The whole split, normalized once: far cheaper than ToTensor + Normalize per sample per epoch."""
+    dataset = MNIST(data_dir, train=train, download=False)
+    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
+    return TensorDataset(images, dataset.targets)
+
+
+# Copied from Basic_usage_of_lightning.py
+def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
+    full = mnist_tensors(data_dir, train=True)
+    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
+    return random_split(full, [len(full) - val_size, val_size], generator=generator)
+
+
 # Copied from Basic_usage_of_lightning.py
 class MNISTDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
@@ -202,27 +214,6 @@ class MNISTDataModule(pl.LightningDataModule):
     setup, _loader = MNISTClassifier.setup, MNISTClassifier._loader
     train_dataloader, val_dataloader = MNISTClassifier.train_dataloader, MNISTClassifier.val_dataloader
     test_dataloader = predict_dataloader = MNISTClassifier.test_dataloader
-
-
-# %% [markdown]
-# ## Data
-# MNIST as normalized tensors in memory, and the seeded train/validation split.
-
-# %% Data
-# Copied from Basic_usage_of_lightning.py
-def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split, normalized once: far cheaper than ToTensor + Normalize per sample per epoch."""
-    dataset = MNIST(data_dir, train=train, download=False)
-    images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
-    return TensorDataset(images, dataset.targets)
-
-
-# Copied from Basic_usage_of_lightning.py
-def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
-    """The training images split into train and validation sets, the same for the same seed."""
-    full = mnist_tensors(data_dir, train=True)
-    generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
-    return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
 # %% [markdown]

@@ -302,7 +302,6 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
 
 # Copied from Basic_usage_of_lightning.py
 def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
-    """The training images split into train and validation sets, the same for the same seed."""
     full = mnist_tensors(data_dir, train=True)
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
@@ -1181,8 +1180,7 @@ def epoch_history(metrics_csv: Path) -> pd.DataFrame:
     """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
     metrics = pd.read_csv(metrics_csv)
     columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
-    # last(): the end-of-epoch validation when --val_check_interval validates more often.
-    return metrics.groupby("epoch")[columns].last().dropna(how="all")
+    return metrics.groupby("epoch")[columns].last().dropna(how="all")  # last(): the epoch's final validation
 
 
 # Copied from Basic_usage_of_lightning.py
