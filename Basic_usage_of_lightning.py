@@ -121,8 +121,7 @@ class MNISTClassifier(pl.LightningModule):
         if self.compile_mode:  # --compile: the network, in place, in each process (docs/basics.md says why)
             self.model.compile(mode=self.compile_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: images in, logits out. The *_step hooks below call this."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # inference: images in, logits out; the *_step hooks call it
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
@@ -232,7 +231,6 @@ class MNISTDataModule(pl.LightningDataModule):
 
 # %% Saving and exporting
 def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a .pt state_dict of MNISTConvNet or a Lightning .ckpt into model.model."""
     try:  # weights_only=True: tensors and plain containers only, no arbitrary code on load
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -435,8 +433,7 @@ def batch_count(text: str):
 
 def existing_file(text: str) -> str:
     if not Path(text).is_file():
-        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
-        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+        raise argparse.ArgumentTypeError(f"{text}: {'is a folder, not a file' if Path(text).is_dir() else 'no such file'}")
     return text
 
 
@@ -464,8 +461,7 @@ class OriginalTutorialFlag(argparse.Action):
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
         self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
-        if kwargs.get("nargs") != 0:
-            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):

@@ -647,8 +647,7 @@ def batch_count(text: str):
 # Copied from Basic_usage_of_lightning.py
 def existing_file(text: str) -> str:
     if not Path(text).is_file():
-        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
-        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+        raise argparse.ArgumentTypeError(f"{text}: {'is a folder, not a file' if Path(text).is_dir() else 'no such file'}")
     return text
 
 
@@ -679,8 +678,7 @@ class OriginalTutorialFlag(argparse.Action):
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
         self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
-        if kwargs.get("nargs") != 0:
-            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):

@@ -496,8 +496,7 @@ class OriginalTutorialFlag(argparse.Action):
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
         self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
-        if kwargs.get("nargs") != 0:
-            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):

@@ -109,8 +109,7 @@ class MNISTClassifier(pl.LightningModule):
         if self.compile_mode:  # --compile: the network, in place, in each process (docs/basics.md says why)
             self.model.compile(mode=self.compile_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: images in, logits out. The *_step hooks below call this."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # inference: images in, logits out; the *_step hooks call it
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
