@@ -446,8 +446,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def output_folder(text: str) -> str:
     """A folder the run can write to: not a file, and under a writable folder when new."""
-    path = Path(text)
-    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    existing = next(p for p in [Path(text), *Path(text).parents] if p.exists() or p == Path(p.anchor or "."))
     if existing.exists() and not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
     if not os.access(existing if existing.exists() else ".", os.W_OK):
@@ -564,8 +563,7 @@ def check_multi_node(num_nodes: int) -> None:
     """Several machines need a rendezvous: check it before the Trainer waits on one."""
     if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         return  # srun and torchrun set up the rendezvous themselves
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
-    if missing:
+    if missing := [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
             f"(or run under torchrun or srun); see the README's 'Past one machine'")
     address, port, rank = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["NODE_RANK"]

@@ -400,8 +400,7 @@ def existing_file(text: str) -> str:
 # Copied from Basic_usage_of_lightning.py
 def output_folder(text: str) -> str:
     """A folder the run can write to: not a file, and under a writable folder when new."""
-    path = Path(text)
-    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    existing = next(p for p in [Path(text), *Path(text).parents] if p.exists() or p == Path(p.anchor or "."))
     if existing.exists() and not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
     if not os.access(existing if existing.exists() else ".", os.W_OK):
