@@ -485,8 +485,7 @@ def print_outputs(out: Path, before: dict) -> None:
         print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
 
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def prepare_mnist(data_dir: str) -> int:

@@ -717,8 +717,7 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
 
 
 # Copied from Basic_usage_of_lightning.py
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # Copied from Basic_usage_of_lightning.py

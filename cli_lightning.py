@@ -349,8 +349,7 @@ def check_config(config) -> None:
 
 # %% Helpers
 # Copied from Basic_usage_of_lightning.py
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # Copied from Basic_usage_of_lightning.py

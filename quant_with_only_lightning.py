@@ -1136,8 +1136,7 @@ def read_int8_file(path: str, flow: str) -> dict:
 
 
 # Copied from Basic_usage_of_lightning.py
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # Copied from Basic_usage_of_lightning.py
