@@ -43,7 +43,6 @@ import warnings
 from pathlib import Path
 
 import matplotlib
-
 IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
 if not IN_NOTEBOOK:
     matplotlib.use("Agg")  # a shell run draws into files; no display is needed
