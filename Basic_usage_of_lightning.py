@@ -183,8 +183,8 @@ class MNISTClassifier(pl.LightningModule):
     predict_dataloader = test_dataloader  # predictions for the test images
 
     def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
 
 # %% [markdown]
