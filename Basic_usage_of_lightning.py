@@ -3,34 +3,24 @@
 # Train, validate, test and export an MNIST CNN with the Lightning 2.x Trainer.
 #
 # ## What it teaches
-# A plain `nn.Module` (the network) wrapped by a `LightningModule` (the training recipe):
-# `forward` for inference, one `*_step` hook per stage, epoch-level work in
-# `on_validation_epoch_end` / `on_test_epoch_end`, an optimizer with an LR scheduler,
-# data loading inside the module (`setup` + `*_dataloader`) or in a `LightningDataModule`,
-# and the `Trainer` flags for devices, nodes, precision, debugging and profiling.
+# A plain `nn.Module` wrapped by a `LightningModule`: one `*_step` hook per stage, epoch-level work in
+# `on_*_epoch_end`, an LR scheduler, data in the module's hooks or a `LightningDataModule`, and the
+# `Trainer` flags for devices, precision, debugging and profiling.
 #
 # ## How to run
 # ```bash
 # python Basic_usage_of_lightning.py                                 # 3 epochs, about 99.1% test accuracy
 # python Basic_usage_of_lightning.py --data_dir /path/to/datasets    # MNIST already on disk (MNIST/raw), offline
-# PATH_DATASETS=/path/to/datasets python Basic_usage_of_lightning.py # the same, as the Lightning tutorials do
-# python Basic_usage_of_lightning.py --epochs 15                     # the classic 15-epoch table
-# python Basic_usage_of_lightning.py --datamodule                    # data from a LightningDataModule
 # python Basic_usage_of_lightning.py --fast_dev_run                  # one batch per stage, a smoke test
-# python Basic_usage_of_lightning.py --accelerator cpu --devices 2 --strategy ddp
-# python Basic_usage_of_lightning.py --save_model --export onnx
-# python Basic_usage_of_lightning.py --compile                       # torch.compile the network: slow first steps
-# python Basic_usage_of_lightning.py --load_model outputs/Basic_usage_of_lightning/mnist_classifier.pt
+# python Basic_usage_of_lightning.py --save_model --export onnx      # more in docs/basics.md
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
 # ```text
-# csv_logs/version_N/metrics.csv   every logged value (CSVLogger)
-# tb_logs/version_N/               the same for TensorBoard: tensorboard --logdir outputs/Basic_usage_of_lightning/tb_logs
-# checkpoints/best.ckpt            the epoch with the best valid_acc, used for the test
-# history.csv, loss.png, acc.png   the per-epoch table and its curves
-# mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
-# mnist_classifier.onnx / .pt2     with --export onnx / --export pt2
+# csv_logs/, tb_logs/             every logged value, as CSV and for TensorBoard (a version_N/ per run)
+# checkpoints/best.ckpt           the epoch with the best valid_acc, used for the test
+# history.csv, loss.png, acc.png  the per-epoch table and its curves
+# mnist_classifier.pt|.onnx|.pt2  with --save_model / --export: the network's state_dict, its exports
 # ```
 
 # %% Parameters tags=["parameters"]
@@ -53,7 +43,6 @@ import warnings
 from pathlib import Path
 
 import matplotlib
-
 IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
 if not IN_NOTEBOOK:
     matplotlib.use("Agg")  # a shell run draws into files; no display is needed
@@ -72,17 +61,13 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+# Notes that teach nothing here: add workers (the data are in memory), a torch 2.14 deprecation inside Lightning,
+# a full checkpoint folder (a rerun replaces best.ckpt), a limit left at 1.0, a tip to install a cloud logger.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -90,48 +75,35 @@ MODEL_FILE = "mnist_classifier"
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module`, no Lightning in it: two conv blocks, two linear layers; 1x28x28 image in, 10 logits out.
 
 # %% Model
 class MNISTConvNet(nn.Module):
-    """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
-
     def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
-        )
+            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2))  # 32x7x7
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
+            nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_units, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x))  # logits: cross_entropy applies log_softmax itself
 
 
 # %% [markdown]
 # ## LightningModule
-# The training recipe around `MNISTConvNet`: `forward` for inference, one `*_step` hook per stage,
-# epoch-level work in `on_*_epoch_end`, an optimizer with an LR scheduler, and the data (`setup` +
-# `*_dataloader`).
+# The training recipe around `MNISTConvNet`: `forward`, one `*_step` hook per stage, epoch-level work in
+# `on_*_epoch_end`, an optimizer with an LR scheduler, and the data (`setup` + `*_dataloader`).
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvNet: steps, metrics, optimizer and data."""
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42, compile_mode: str = None):
         super().__init__()
-        # Only plain types go in: checkpoints then load with torch.load(weights_only=True),
-        # the default since torch 2.6 (an argparse.Namespace here would make loading fail).
-        # compile_mode stays out: a checkpoint loads the same with or without --compile.
-        self.save_hyperparameters(ignore="compile_mode")
+        self.save_hyperparameters(ignore="compile_mode")  # plain types only: checkpoints load with weights_only=True
         self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
         # One metric object per stage, so their running states never mix.
@@ -140,38 +112,25 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
-        # For the model summary and the exports. Batch 2, so that torch.export keeps the batch
-        # dimension dynamic (a size of 1 would be specialized away).
-        self.example_input_array = torch.zeros(2, 1, 28, 28)
+        self.example_input_array = torch.zeros(2, 1, 28, 28)  # summary and exports (torch.export fixes a batch of 1)
 
     def configure_model(self):
-        # --compile: the network, not the LightningModule (torch.compile(model) in Lightning's docs
-        # also compiles the *_step hooks, whose metrics and logging only break the graph; this way
-        # it is the same work as a compiled plain loop). Here, so each process compiles after DDP
-        # starts; in place, so the state_dict keeps its names (no "_orig_mod.") and checkpoints
-        # load uncompiled. The first batch of each stage (and each new batch size) waits for a compile.
-        if self.compile_mode:
+        if self.compile_mode:  # --compile: the network, in place, in each process (docs/basics.md says why)
             self.model.compile(mode=self.compile_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: images in, logits out. The *_step hooks below call this."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # inference: images in, logits out; the *_step hooks call it
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        # Only accumulate here; the epoch values are logged once, in on_train_epoch_end. A
-        # self.log call costs about half a millisecond per step on a CPU, which on this small
-        # network was most of what Lightning added to a plain loop (benchmarks/step_overhead.py).
+        # Accumulate only: a self.log per step was most of Lightning's cost here (benchmarks/step_overhead.py).
         self.train_loss.update(loss.detach(), weight=len(labels))
         self.train_acc.update(logits, labels)
         return loss  # Lightning calls backward(), optimizer.step() and zero_grad() with it
 
-    def on_train_epoch_end(self):
-        # Logging the Metric objects lets Lightning compute them once, across all DDP processes,
-        # and reset them for the next epoch. Runs after the epoch's validation, so the progress
-        # bar shows the epoch's train_loss at the end of each epoch.
+    def on_train_epoch_end(self):  # a logged Metric object: Lightning computes it across processes, then resets it
         self.log("train_loss", self.train_loss, prog_bar=True)
         self.log("train_acc", self.train_acc)
 
@@ -181,9 +140,7 @@ class MNISTClassifier(pl.LightningModule):
         self.log("valid_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
         self.valid_acc.update(logits, labels)
 
-    def on_validation_epoch_end(self):
-        # The 2.x home of what 1.x did in validation_epoch_end(outputs). As in on_train_epoch_end,
-        # the metric has kept its state over every batch, and logging the Metric object does the rest.
+    def on_validation_epoch_end(self):  # the 2.x home of 1.x's validation_epoch_end(outputs)
         self.log("valid_acc", self.valid_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
@@ -193,11 +150,9 @@ class MNISTClassifier(pl.LightningModule):
         self.test_acc.update(logits, labels)
         self.test_acc_per_digit.update(logits, labels)
 
-    def on_test_epoch_end(self):
-        # Replaces 1.x test_epoch_end / test_end. A per-class result is a vector, which self.log
-        # cannot take, so compute() (synced across processes) and keep it for the report.
+    def on_test_epoch_end(self):  # replaces 1.x test_epoch_end
         self.log("test_acc", self.test_acc)
-        self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()
+        self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()  # a vector, which self.log cannot take
         self.test_acc_per_digit.reset()
 
     def predict_step(self, batch, batch_idx):
@@ -206,17 +161,13 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        # One-cycle: warm up, then anneal, once over the whole run; the Trainer knows how many
-        # optimizer steps that is, for any --epochs, --limit_train_batches or --devices.
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(  # one cycle over the whole run, whose length the Trainer knows
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def setup(self, stage: str):
-        # Called on every process (each DDP rank) before the stage starts.
+    def setup(self, stage: str):  # on every process (each DDP rank), before the stage starts
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -229,125 +180,75 @@ class MNISTClassifier(pl.LightningModule):
     def test_dataloader(self):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def predict_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
+    predict_dataloader = test_dataloader  # predictions for the test images
 
     def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
-
-
-# %% [markdown]
-# ## DataModule
-# The same data as `MNISTClassifier`'s own hooks, as a `LightningDataModule` (`--datamodule`): the
-# standard home for data once several models or scripts share it.
-
-# %% DataModule
-class MNISTDataModule(pl.LightningDataModule):
-    """The same data as MNISTClassifier's own hooks, as a LightningDataModule (--datamodule).
-
-    A DataModule is the standard home for data once several models or scripts share it: the
-    split, the loaders and the download live in one reusable class, and the same object feeds
-    trainer.fit, validate, test and predict. For one model in one file the hooks inside the
-    LightningModule (the original tutorial's way) are enough; both give the same split.
-    """
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
-        super().__init__()
-        self.save_hyperparameters()
-
-    def prepare_data(self):
-        # Once per machine (local rank 0 only), before setup: the place to download.
-        prepare_mnist(self.hparams.data_dir)
-
-    def setup(self, stage: str):
-        # On every process: the same seeded split as MNISTClassifier.setup.
-        if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
-        if stage in ("test", "predict"):
-            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.valid_set, self.hparams.eval_batch_size)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
-
-    def predict_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
-
-    def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized tensors in memory, the train/validation split (the same for the same seed), and
+# `MNISTClassifier`'s data hooks in a `LightningDataModule` (`--datamodule`): the standard home for data once
+# several models or scripts share it; for one model, the module's own hooks will do.
 
 # %% Data
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision.
-
-    MNIST is 47 MB as uint8; converting it once is far cheaper than running
-    ToTensor + Normalize on every sample of every epoch.
-    """
+    """The whole split, normalized once: far cheaper than ToTensor + Normalize per sample per epoch."""
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
 
 
 def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
-    """The training images split into train and validation sets, the same for the same seed."""
     full = mnist_tensors(data_dir, train=True)
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
 
 
+class MNISTDataModule(pl.LightningDataModule):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def prepare_data(self):  # once per machine (local rank 0 only), before setup: the place to download
+        prepare_mnist(self.hparams.data_dir)
+
+    # setup (on every process) and the loaders: MNISTClassifier's own hooks as they are (they read only self.hparams).
+    setup, _loader = MNISTClassifier.setup, MNISTClassifier._loader
+    train_dataloader, val_dataloader = MNISTClassifier.train_dataloader, MNISTClassifier.val_dataloader
+    test_dataloader = predict_dataloader = MNISTClassifier.test_dataloader
+
 
 # %% [markdown]
 # ## Saving and exporting
-# Weights in and out: a plain `state_dict` of the network or a Lightning `.ckpt` loaded into it, and
-# the trained model exported with `torch.export` (`.pt2`) or to ONNX.
+# Weights in (a `state_dict` of the network, or a Lightning `.ckpt`) and out: `torch.export` (`.pt2`) or ONNX.
 
 # %% Saving and exporting
 def load_weights(model: MNISTClassifier, path: str) -> None:
-    """Load a .pt state_dict of MNISTConvNet or a Lightning .ckpt into model.model."""
-    try:
-        # weights_only=True: tensors and plain containers only, no arbitrary code on load.
+    try:  # weights_only=True: tensors and plain containers only, no arbitrary code on load
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         die(f"cannot read {path} ({error.__class__.__name__}); pass a .pt state_dict saved with "
             f"--save_model or a Lightning .ckpt")
     if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
         saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
-    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in saved.items()):
+    if not (isinstance(saved, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in saved.items())):
         die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a .pt saved with "
             f"--save_model or a Lightning .ckpt")
     try:
         model.model.load_state_dict(saved)
     except Exception as error:  # names or shapes of another network; a meta tensor
-        first_line = str(error).strip().splitlines()[0]
-        die(f"{path} does not hold weights for MNISTConvNet ({first_line})")
+        die(f"{path} does not hold weights for MNISTConvNet ({str(error).strip().splitlines()[0]})")
 
 
 def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
     model = model.to("cpu", torch.float32).eval()  # float32 inputs and weights, whatever --precision trained
-    if kind == "pt2":
-        # torch.export is the successor of TorchScript (LightningModule.to_torchscript is
-        # deprecated since Lightning 2.6.1). Load with torch.export.load(path).module().
-        batch = torch.export.Dim("batch", min=1, max=4096)
+    if kind == "pt2":  # TorchScript's successor (to_torchscript is deprecated); load: torch.export.load(path).module()
         program = torch.export.export(model, (model.example_input_array,),
-                                      dynamic_shapes={"x": {0: batch}})
+                                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
         write_atomically(Path(f"{stem}.pt2"), lambda file: torch.export.save(program, file))
         print(f"exported {stem}.pt2 (torch.export)")
         return
@@ -368,19 +269,15 @@ def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
     images = mnist_tensors(model.hparams.data_dir, train=False).tensors[0][:256]
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     onnx_logits = torch.from_numpy(session.run(None, {"image": images.numpy()})[0])
-    with torch.no_grad():
-        torch_logits = model(images)
+    torch_logits = model(images).detach()
     agree = (onnx_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item()
     max_diff = (onnx_logits - torch_logits).abs().max().item()
-    print(f"onnxruntime vs PyTorch on 256 test images: {agree:.0%} same predictions, "
-          f"max logit difference {max_diff:.2e}")
-
+    print(f"onnxruntime vs PyTorch on 256 test images: {agree:.0%} same predictions, max logit difference {max_diff:.2e}")
 
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`. Then flags, checks, helpers.
 
 # %% Main
 def main(argv=None) -> int:
@@ -390,18 +287,16 @@ def main(argv=None) -> int:
     before = file_times(out)  # to tell this run's outputs from an earlier run's
     train = not (args.load_model or args.skip_training)
 
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
-                            eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
-                            num_workers=args.num_workers, seed=args.seed, compile_mode=args.compile)
+    data = dict(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
+    model = MNISTClassifier(**data, lr=args.lr, compile_mode=args.compile)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
     if args.load_model:
         load_weights(model, args.load_model)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=train)
-    datamodule = MNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size,
-                                 eval_batch_size=args.eval_batch_size, val_size=args.val_size,
-                                 num_workers=args.num_workers, seed=args.seed) if args.datamodule else None
+    datamodule = MNISTDataModule(**data) if args.datamodule else None
     check_multi_node(args.num_nodes)
 
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
@@ -409,25 +304,22 @@ def main(argv=None) -> int:
     csv_logger = CSVLogger(out, name="csv_logs")
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint],
-            plugins=[AtomicCheckpointIO()],
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, deterministic=True, plugins=[AtomicCheckpointIO()],
+            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint], profiler=args.profiler,
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval,
-            profiler=args.profiler, deterministic=True)
+            overfit_batches=args.overfit_batches, val_check_interval=args.val_check_interval)
     check_compile(args.compile, trainer.strategy.root_device)
 
     if train:
         with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
             trainer.fit(model, datamodule=datamodule)
-    # Test the best checkpoint when there is one (Lightning's own examples do the same);
-    # otherwise the weights in memory: loaded with --load_model, fresh with --skip_training.
+    # Test the best checkpoint, as Lightning's examples do; else the weights in memory (--load_model, --skip_training).
     best = checkpoint.best_model_path if train else ""
     with exit_if_write_fails(out):
         test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
-        predictions = trainer.predict(model, datamodule=datamodule)
+        predicted, labels = trainer.predict(model, datamodule=datamodule)[0]  # the first batch
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         if train and not args.fast_dev_run:
@@ -435,7 +327,9 @@ def main(argv=None) -> int:
             print("\n" + history.to_string(float_format="{:.4f}".format))
             write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
-        report_test(model, test_metrics, predictions)
+        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
+        print("per digit:   " + " ".join(f"{d}:{a:.3f}" for d, a in enumerate(model.per_digit_accuracy)))
+        print(f"first predictions {predicted[:12].tolist()}\n     true labels  {labels[:12].tolist()}")
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
         if args.export:
@@ -461,9 +355,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="where logs, plots and models go")
     data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-    data.add_argument("--datamodule", action="store_true",
-                      help="feed the Trainer from MNISTDataModule instead of the module's own dataloader hooks")
-
+    data.add_argument("--datamodule", action="store_true", help="feed the Trainer from MNISTDataModule, not the module's hooks")
     train = parser.add_argument_group("training")
     train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
     train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
@@ -473,7 +365,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
     train.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                        metavar="MODE", help="torch.compile the network in this mode (default when given alone; reduce-overhead needs a GPU)")
-
     hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
@@ -481,7 +372,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
                           help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
     debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
@@ -492,9 +382,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="train and validate on the same few batches: the model should reach ~100%%")
     debug.add_argument("--val_check_interval", "--val-check-interval", type=batch_count, default=1.0, metavar="N|F",
                        help="validate every N training batches, or every fraction of an epoch")
-    debug.add_argument("--profiler", choices=["simple", "advanced", "pytorch"], default=None,
-                       help="print where the time went after fit")
-
+    debug.add_argument("--profiler", choices=["simple", "advanced", "pytorch"], help="print where the time went after fit")
     model = parser.add_argument_group("model files and inspection")
     model.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
     model.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
@@ -503,9 +391,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="test the model as it is, untrained (~10%%): a check that the pipeline is wired")
     model.add_argument("--export", choices=["onnx", "pt2"], help="export the model after training or loading")
     model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
-
+    model.add_argument("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
@@ -522,9 +408,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def number(kind: type, min=None, max=None, above=None, below=None):
     """A flag type: the text as kind (int or float) in the given range, else one line."""
-    low = f"at least {min}" if min is not None else f"above {above}" if above is not None else ""
-    high = f"at most {max}" if max is not None else f"below {below}" if below is not None else ""
-    allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(filter(None, (low, high)))
+    bounds = {"at least": min, "above": above, "at most": max, "below": below}
+    allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(
+        f"{word} {bound}" for word, bound in bounds.items() if bound is not None)
 
     def parse(text: str):
         value = kind(text)
@@ -544,8 +430,7 @@ def batch_count(text: str):
 
 def existing_file(text: str) -> str:
     if not Path(text).is_file():
-        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
-        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+        raise argparse.ArgumentTypeError(f"{text}: {'is a folder, not a file' if Path(text).is_dir() else 'no such file'}")
     return text
 
 
@@ -558,8 +443,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def output_folder(text: str) -> str:
     """A folder the run can write to: not a file, and under a writable folder when new."""
-    path = Path(text)
-    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    existing = next(p for p in [Path(text), *Path(text).parents] if p.exists() or p == Path(p.anchor or "."))
     if existing.exists() and not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
     if not os.access(existing if existing.exists() else ".", os.W_OK):
@@ -568,21 +452,18 @@ def output_folder(text: str) -> str:
 
 
 class OriginalTutorialFlag(argparse.Action):
-    """A flag of the 1.x tutorial: prints what it does now; its value goes to dest (const), successor, or nowhere."""
+    """A flag of the 1.x tutorial: prints its note; its value goes to successor, or dest gets const, or nowhere."""
 
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
-        self.note, self.successor = note, successor
+        self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
-        if kwargs.get("nargs") != 0:
-            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
-        if self.successor:
-            setattr(namespace, self.successor, values)
-        elif self.dest != argparse.SUPPRESS:
-            setattr(namespace, self.dest, self.const)
+        print(f"note: {option_string} (from the original tutorial): {self.help}", file=sys.stderr)
+        if self.successor or self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
 
 
 # %% Helpers
@@ -601,8 +482,7 @@ def print_outputs(out: Path, before: dict) -> None:
         print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
 
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def prepare_mnist(data_dir: str) -> int:
@@ -611,18 +491,16 @@ def prepare_mnist(data_dir: str) -> int:
     if not all((raw / name).is_file() for name in MNIST_FILES):
         new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
         try:
-            # torchvision prints every mirror it tries; one line from us is clearer.
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()):  # not torchvision's every mirror: our one line
                 MNIST(data_dir, train=False, download=True)
                 MNIST(data_dir, train=True, download=True)
         except (RuntimeError, OSError) as error:
             for folder in new_folders:  # leave no empty MNIST/raw behind
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            reason = str(error).splitlines()[0].rstrip(":")
-            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
-                f"that holds MNIST/raw.")
+            die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
         if images != labels:
@@ -644,10 +522,10 @@ def idx_length(path: Path) -> int:
 
 
 def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
-    """Flags that are each valid but do not fit the data or each other: one line now, rather than
-    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
-    if training and getattr(args, "val_size", 0) >= train_images:
-        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+    """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    if training and val_size >= train_images:
+        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
             f"use a smaller --val_size")
     for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
         if training and getattr(args, flag, 0) > 1:
@@ -657,7 +535,6 @@ def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> 
     if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
         die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
             f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
-    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
     processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
     batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
                "val": math.ceil(val_size / args.eval_batch_size / processes),
@@ -682,8 +559,7 @@ def check_multi_node(num_nodes: int) -> None:
     """Several machines need a rendezvous: check it before the Trainer waits on one."""
     if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         return  # srun and torchrun set up the rendezvous themselves
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
-    if missing:
+    if missing := [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
             f"(or run under torchrun or srun); see the README's 'Past one machine'")
     address, port, rank = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["NODE_RANK"]
@@ -763,20 +639,17 @@ def write_atomically(path: Path, write) -> None:
 def write_failure(error: BaseException) -> str:
     """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+                                                          errno.EACCES, errno.EPERM, errno.EIO):
             return error.strerror
         error = error.__cause__ or error.__context__
     return ""
 
 
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-
-
 @contextlib.contextmanager
 def exit_if_write_fails(out: Path):
     """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
-    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
-    # it to the main thread's next flush: report it there, once.
+    # TensorBoard's writer thread prints its failure as a traceback, then raises it here at the next flush.
     previous_hook = threading.excepthook
     threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
     try:
@@ -792,8 +665,7 @@ def epoch_history(metrics_csv: Path) -> pd.DataFrame:
     """One row per epoch from CSVLogger's file, where train and valid values sit on separate rows."""
     metrics = pd.read_csv(metrics_csv)
     columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc") if c in metrics]
-    # last(): the end-of-epoch validation when --val_check_interval validates more often.
-    return metrics.groupby("epoch")[columns].last().dropna(how="all")
+    return metrics.groupby("epoch")[columns].last().dropna(how="all")  # last(): the epoch's final validation
 
 
 def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel: str = "epoch") -> None:
@@ -801,21 +673,13 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
     for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
         columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
         ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(label)
+        ax.set(xlabel=xlabel, ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100,
-                                                                            bbox_inches="tight"))
+        write_atomically(out / f"{kind}.png",
+                         lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)
-
-
-def report_test(model, test_metrics, predictions) -> None:
-    print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
-    print("per digit:   " + " ".join(f"{d}:{a:.3f}" for d, a in enumerate(model.per_digit_accuracy)))
-    predicted, labels = predictions[0]
-    print(f"first predictions {predicted[:12].tolist()}\n     true labels  {labels[:12].tolist()}")
 
 
 def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
@@ -835,11 +699,9 @@ def check_compile(mode: str, device: torch.device) -> None:
             f"use --compile default or --compile max-autotune-no-cudagraphs")
     if mode and device.type == "cpu":
         from torch._inductor.cpp_builder import get_cpp_compiler
-        try:
+        with exit_on_error(f"--compile on a CPU needs a C++ compiler (install g++ or set CXX to one, or run without "
+                           f"--compile), and {os.environ.get('CXX', 'g++')} does not run"):
             get_cpp_compiler()  # what inductor runs first: $CXX (else g++) --version
-        except Exception:
-            die(f"--compile on a CPU needs a C++ compiler and {os.environ.get('CXX', 'g++')} does not run; "
-                f"install g++ (or set CXX to one), or run without --compile")
 
 
 def die(message: str) -> None:

@@ -3,25 +3,18 @@
 # Fit, validate, test and predict MNIST from YAML configs and dotted flags, with LightningCLI.
 #
 # ## What it teaches
-# LightningCLI turns the `__init__` arguments of the LightningModule (`model.*`), the DataModule
-# (`data.*`) and the Trainer (`trainer.*`) into command-line flags and YAML keys, with no argparse
-# code: type hints and defaults are the flags. One subcommand per Trainer method (fit, validate,
-# test, predict); callbacks and loggers declared in YAML by `class_path`; `--print_config` to write
-# a full config; `link_arguments` where one value feeds two classes; the `config.yaml` saved beside
-# every run, which repeats the run. The network, the module and the data are copies of those in
-# `Basic_usage_of_lightning.py`, unchanged: the CLI is all this script adds.
+# LightningCLI makes the `__init__` arguments of the LightningModule (`model.*`), the DataModule (`data.*`) and
+# the Trainer (`trainer.*`) into flags and YAML keys, with no argparse code: subcommands per Trainer method,
+# callbacks and loggers by `class_path`, `--print_config`, `link_arguments`, and the `config.yaml` that repeats
+# a run. The network, module and data are `Basic_usage_of_lightning.py`'s, unchanged.
 #
 # ## How to run
 # ```bash
 # python cli_lightning.py fit                                       # Basic's defaults: 3 epochs, then a test of the best epoch
 # python cli_lightning.py fit --data.data_dir /path/to/datasets     # MNIST already on disk (MNIST/raw), offline
-# PATH_DATASETS=/path/to/datasets python cli_lightning.py fit       # the same, as the Lightning tutorials do
-# python cli_lightning.py fit --config configs/cli_defaults.yaml --trainer.max_epochs 15   # a config, one key changed
-# python cli_lightning.py fit --config configs/cli_callbacks_loggers.yaml   # + EarlyStopping, LearningRateMonitor, CSV, TensorBoard
+# python cli_lightning.py fit --config configs/cli_callbacks_loggers.yaml   # + EarlyStopping, LearningRateMonitor, loggers
 # python cli_lightning.py fit --print_config > my_config.yaml       # every key and its value, ready to edit
-# python cli_lightning.py fit --config outputs/cli_lightning/lightning_logs/version_0/config.yaml   # that run again
 # python cli_lightning.py test --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt
-# python cli_lightning.py fit --help                                # every key fit accepts
 # ```
 #
 # ## What it writes (under --trainer.default_root_dir, default outputs/cli_lightning)
@@ -59,12 +52,10 @@ from torchvision.datasets import MNIST
 # Copied from Basic_usage_of_lightning.py
 IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPython defines it
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+# Notes that teach nothing here: add workers (the data are in memory), a torch 2.14 deprecation inside Lightning,
+# and that a notebook passes ARGS while sys.argv holds the kernel's own flags (which the CLI never reads).
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# A notebook passes ARGS while sys.argv holds the kernel's own flags, which the CLI never reads.
 warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended to run from within Python.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -77,23 +68,17 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # %% Model
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
-    """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
-
     def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
-        )
+            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2))  # 32x7x7
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
+            nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_units, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x))  # logits: cross_entropy applies log_softmax itself
 
 
 # %% [markdown]
@@ -103,16 +88,11 @@ class MNISTConvNet(nn.Module):
 # %% LightningModule
 # Copied from Basic_usage_of_lightning.py
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvNet: steps, metrics, optimizer and data."""
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
                  num_workers: int = 0, seed: int = 42, compile_mode: str = None):
         super().__init__()
-        # Only plain types go in: checkpoints then load with torch.load(weights_only=True),
-        # the default since torch 2.6 (an argparse.Namespace here would make loading fail).
-        # compile_mode stays out: a checkpoint loads the same with or without --compile.
-        self.save_hyperparameters(ignore="compile_mode")
+        self.save_hyperparameters(ignore="compile_mode")  # plain types only: checkpoints load with weights_only=True
         self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
         # One metric object per stage, so their running states never mix.
@@ -121,38 +101,25 @@ class MNISTClassifier(pl.LightningModule):
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
-        # For the model summary and the exports. Batch 2, so that torch.export keeps the batch
-        # dimension dynamic (a size of 1 would be specialized away).
-        self.example_input_array = torch.zeros(2, 1, 28, 28)
+        self.example_input_array = torch.zeros(2, 1, 28, 28)  # summary and exports (torch.export fixes a batch of 1)
 
     def configure_model(self):
-        # --compile: the network, not the LightningModule (torch.compile(model) in Lightning's docs
-        # also compiles the *_step hooks, whose metrics and logging only break the graph; this way
-        # it is the same work as a compiled plain loop). Here, so each process compiles after DDP
-        # starts; in place, so the state_dict keeps its names (no "_orig_mod.") and checkpoints
-        # load uncompiled. The first batch of each stage (and each new batch size) waits for a compile.
-        if self.compile_mode:
+        if self.compile_mode:  # --compile: the network, in place, in each process (docs/basics.md says why)
             self.model.compile(mode=self.compile_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: images in, logits out. The *_step hooks below call this."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # inference: images in, logits out; the *_step hooks call it
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        # Only accumulate here; the epoch values are logged once, in on_train_epoch_end. A
-        # self.log call costs about half a millisecond per step on a CPU, which on this small
-        # network was most of what Lightning added to a plain loop (benchmarks/step_overhead.py).
+        # Accumulate only: a self.log per step was most of Lightning's cost here (benchmarks/step_overhead.py).
         self.train_loss.update(loss.detach(), weight=len(labels))
         self.train_acc.update(logits, labels)
         return loss  # Lightning calls backward(), optimizer.step() and zero_grad() with it
 
-    def on_train_epoch_end(self):
-        # Logging the Metric objects lets Lightning compute them once, across all DDP processes,
-        # and reset them for the next epoch. Runs after the epoch's validation, so the progress
-        # bar shows the epoch's train_loss at the end of each epoch.
+    def on_train_epoch_end(self):  # a logged Metric object: Lightning computes it across processes, then resets it
         self.log("train_loss", self.train_loss, prog_bar=True)
         self.log("train_acc", self.train_acc)
 
@@ -162,9 +129,7 @@ class MNISTClassifier(pl.LightningModule):
         self.log("valid_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
         self.valid_acc.update(logits, labels)
 
-    def on_validation_epoch_end(self):
-        # The 2.x home of what 1.x did in validation_epoch_end(outputs). As in on_train_epoch_end,
-        # the metric has kept its state over every batch, and logging the Metric object does the rest.
+    def on_validation_epoch_end(self):  # the 2.x home of 1.x's validation_epoch_end(outputs)
         self.log("valid_acc", self.valid_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
@@ -174,11 +139,9 @@ class MNISTClassifier(pl.LightningModule):
         self.test_acc.update(logits, labels)
         self.test_acc_per_digit.update(logits, labels)
 
-    def on_test_epoch_end(self):
-        # Replaces 1.x test_epoch_end / test_end. A per-class result is a vector, which self.log
-        # cannot take, so compute() (synced across processes) and keep it for the report.
+    def on_test_epoch_end(self):  # replaces 1.x test_epoch_end
         self.log("test_acc", self.test_acc)
-        self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()
+        self.per_digit_accuracy = self.test_acc_per_digit.compute().tolist()  # a vector, which self.log cannot take
         self.test_acc_per_digit.reset()
 
     def predict_step(self, batch, batch_idx):
@@ -187,17 +150,13 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        # One-cycle: warm up, then anneal, once over the whole run; the Trainer knows how many
-        # optimizer steps that is, for any --epochs, --limit_train_batches or --devices.
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(  # one cycle over the whole run, whose length the Trainer knows
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def setup(self, stage: str):
-        # Called on every process (each DDP rank) before the stage starts.
+    def setup(self, stage: str):  # on every process (each DDP rank), before the stage starts
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -210,77 +169,22 @@ class MNISTClassifier(pl.LightningModule):
     def test_dataloader(self):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def predict_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
+    predict_dataloader = test_dataloader  # predictions for the test images
 
     def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
-
-
-# %% [markdown]
-# ## DataModule
-# Basic's `MNISTDataModule`, unchanged: its `__init__` arguments become the `data.*` keys, and it feeds every subcommand.
-
-# %% DataModule
-# Copied from Basic_usage_of_lightning.py
-class MNISTDataModule(pl.LightningDataModule):
-    """The same data as MNISTClassifier's own hooks, as a LightningDataModule (--datamodule).
-
-    A DataModule is the standard home for data once several models or scripts share it: the
-    split, the loaders and the download live in one reusable class, and the same object feeds
-    trainer.fit, validate, test and predict. For one model in one file the hooks inside the
-    LightningModule (the original tutorial's way) are enough; both give the same split.
-    """
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
-        super().__init__()
-        self.save_hyperparameters()
-
-    def prepare_data(self):
-        # Once per machine (local rank 0 only), before setup: the place to download.
-        prepare_mnist(self.hparams.data_dir)
-
-    def setup(self, stage: str):
-        # On every process: the same seeded split as MNISTClassifier.setup.
-        if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
-        if stage in ("test", "predict"):
-            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.valid_set, self.hparams.eval_batch_size)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
-
-    def predict_dataloader(self):
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
-
-    def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# MNIST as normalized tensors in memory, and the seeded train/validation split.
+# MNIST as normalized tensors in memory, the seeded train/validation split, and Basic's `MNISTDataModule`,
+# unchanged: its `__init__` arguments become the `data.*` keys, and it feeds every subcommand.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision.
-
-    MNIST is 47 MB as uint8; converting it once is far cheaper than running
-    ToTensor + Normalize on every sample of every epoch.
-    """
+    """The whole split, normalized once: far cheaper than ToTensor + Normalize per sample per epoch."""
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
@@ -288,10 +192,25 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
 
 # Copied from Basic_usage_of_lightning.py
 def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
-    """The training images split into train and validation sets, the same for the same seed."""
     full = mnist_tensors(data_dir, train=True)
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
+
+
+# Copied from Basic_usage_of_lightning.py
+class MNISTDataModule(pl.LightningDataModule):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def prepare_data(self):  # once per machine (local rank 0 only), before setup: the place to download
+        prepare_mnist(self.hparams.data_dir)
+
+    # setup (on every process) and the loaders: MNISTClassifier's own hooks as they are (they read only self.hparams).
+    setup, _loader = MNISTClassifier.setup, MNISTClassifier._loader
+    train_dataloader, val_dataloader = MNISTClassifier.train_dataloader, MNISTClassifier.val_dataloader
+    test_dataloader = predict_dataloader = MNISTClassifier.test_dataloader
 
 
 # %% [markdown]
@@ -301,27 +220,18 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% The CLI
 class MNISTCLI(LightningCLI):
-    """LightningCLI(MNISTClassifier, MNISTDataModule), plus what the other scripts do around fit.
-
-    The DataModule feeds every subcommand: when the Trainer gets a datamodule, the module's own
-    *_dataloader hooks are not called. MNISTClassifier still takes the data arguments (it can load
-    data itself, and its checkpoints record them), so each one is linked from data.*: set once,
-    as data.batch_size, it reaches both classes, and model.batch_size cannot disagree with it.
-    """
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The DataModule feeds every subcommand, but MNISTClassifier takes (and its checkpoints record) the data
+        # arguments too: each is linked from data.*, so model.batch_size cannot disagree with data.batch_size.
         for key in ("data_dir", "batch_size", "eval_batch_size", "val_size", "num_workers"):
             parser.link_arguments(f"data.{key}", f"model.{key}")
-        # One seed, as Basic's --seed: the weights, the shuffling and the validation split.
-        parser.link_arguments("seed_everything", "data.seed")
-        parser.link_arguments("seed_everything", "model.seed")
+        for target in ("data.seed", "model.seed"):  # one seed, as Basic's --seed: weights, shuffling and split
+            parser.link_arguments("seed_everything", target)
         parser.set_defaults({
             "data.data_dir": os.environ.get("PATH_DATASETS", "data"),
             # A default, not a fixed callback: a config's trainer.callbacks replaces this list.
-            "trainer.callbacks": [{
-                "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                "init_args": {"monitor": "valid_acc", "mode": "max", "filename": "best"},
-            }],
+            "trainer.callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                   "init_args": {"monitor": "valid_acc", "mode": "max", "filename": "best"}}],
         })
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -335,8 +245,7 @@ class MNISTCLI(LightningCLI):
             die(f"cannot build the Trainer from these trainer.* keys: {str(error).strip().splitlines()[0]}")
 
     def after_fit(self) -> None:
-        # Test the epoch with the best valid_acc, as the other scripts do. A separate `test`
-        # command runs in a new process, which cannot know which checkpoint was best.
+        # Test the epoch with the best valid_acc, as the other scripts do (a later `test` cannot know which was best).
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         metrics = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if self.trainer.is_global_zero:
@@ -350,18 +259,16 @@ class MNISTCLI(LightningCLI):
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the subcommand and flags of the parameters
-# cell (`ARGS`). Below it: the error messages, checks and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`. Then error messages, checks.
 
 # %% Main
 def main(argv=None) -> int:
     check_config_files(sys.argv[1:] if argv is None else argv)
     with exit_if_schedule_ends():
-        MNISTCLI(
-            MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
-            seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
-            # Basic_usage_of_lightning.py's defaults; every one can be changed by a flag or a config.
-            trainer_defaults={"max_epochs": 3, "deterministic": True, "default_root_dir": "outputs/cli_lightning"})
+        MNISTCLI(MNISTClassifier, MNISTDataModule, args=argv, parser_class=OneLineErrorParser,
+                 seed_everything_default=42,  # LightningCLI's own default, True, draws a random seed
+                 # Basic_usage_of_lightning.py's defaults; every one can be changed by a flag or a config.
+                 trainer_defaults={"max_epochs": 3, "deterministic": True, "default_root_dir": "outputs/cli_lightning"})
     return 0
 
 
@@ -376,8 +283,7 @@ class OneLineErrorParser(LightningArgumentParser):
 
 
 def clearer(message: str) -> str:
-    """The part of a jsonargparse message that says what is wrong: for a value that fits none of
-    a Union's types it lists every alternative it tried, a paragraph for one bad value."""
+    """What is wrong, from a jsonargparse message (which, for a Union, lists every type it tried: a paragraph)."""
     key = re.match(r'Parser key "([^"]+)": ', message)
     bad_class = re.search(r"Problem with given class_path '([^']+)': (.+?)(?: - |$)", message)
     expected = [kind or choices for kind, choices in
@@ -441,8 +347,7 @@ def check_config(config) -> None:
 
 # %% Helpers
 # Copied from Basic_usage_of_lightning.py
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -452,18 +357,16 @@ def prepare_mnist(data_dir: str) -> int:
     if not all((raw / name).is_file() for name in MNIST_FILES):
         new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
         try:
-            # torchvision prints every mirror it tries; one line from us is clearer.
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()):  # not torchvision's every mirror: our one line
                 MNIST(data_dir, train=False, download=True)
                 MNIST(data_dir, train=True, download=True)
         except (RuntimeError, OSError) as error:
             for folder in new_folders:  # leave no empty MNIST/raw behind
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            reason = str(error).splitlines()[0].rstrip(":")
-            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
-                f"that holds MNIST/raw.")
+            die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
         if images != labels:

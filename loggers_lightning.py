@@ -104,23 +104,17 @@ IMAGE_NAME = "test_digits"
 # %% Model
 # Copied from Basic_usage_of_lightning.py
 class MNISTConvNet(nn.Module):
-    """Two conv blocks and two linear layers: 1x28x28 image in, 10 class logits out."""
-
     def __init__(self, hidden_units: int = 128, dropout: float = 0.25):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
-            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
-        )
+            nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2))  # 32x7x7
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
+            nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_units, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Logits, not log-probabilities: cross_entropy applies log_softmax itself.
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x))  # logits: cross_entropy applies log_softmax itself
 
 
 # %% [markdown]
@@ -359,11 +353,7 @@ def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
 # %% Data
 # Copied from Basic_usage_of_lightning.py
 def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
-    """The whole split as normalized float tensors, decoded once by torchvision.
-
-    MNIST is 47 MB as uint8; converting it once is far cheaper than running
-    ToTensor + Normalize on every sample of every epoch.
-    """
+    """The whole split, normalized once: far cheaper than ToTensor + Normalize per sample per epoch."""
     dataset = MNIST(data_dir, train=train, download=False)
     images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
     return TensorDataset(images, dataset.targets)
@@ -371,7 +361,6 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
 
 # Copied from Basic_usage_of_lightning.py
 def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
-    """The training images split into train and validation sets, the same for the same seed."""
     full = mnist_tensors(data_dir, train=True)
     generator = torch.Generator().manual_seed(seed)  # same split every run, in every process
     return random_split(full, [len(full) - val_size, val_size], generator=generator)
@@ -538,9 +527,9 @@ def logger_names(text: str) -> list:
 # Copied from Basic_usage_of_lightning.py
 def number(kind: type, min=None, max=None, above=None, below=None):
     """A flag type: the text as kind (int or float) in the given range, else one line."""
-    low = f"at least {min}" if min is not None else f"above {above}" if above is not None else ""
-    high = f"at most {max}" if max is not None else f"below {below}" if below is not None else ""
-    allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(filter(None, (low, high)))
+    bounds = {"at least": min, "above": above, "at most": max, "below": below}
+    allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(
+        f"{word} {bound}" for word, bound in bounds.items() if bound is not None)
 
     def parse(text: str):
         value = kind(text)
@@ -562,16 +551,14 @@ def batch_count(text: str):
 # Copied from Basic_usage_of_lightning.py
 def existing_file(text: str) -> str:
     if not Path(text).is_file():
-        problem = "is a folder, not a file" if Path(text).is_dir() else "no such file"
-        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+        raise argparse.ArgumentTypeError(f"{text}: {'is a folder, not a file' if Path(text).is_dir() else 'no such file'}")
     return text
 
 
 # Copied from Basic_usage_of_lightning.py
 def output_folder(text: str) -> str:
     """A folder the run can write to: not a file, and under a writable folder when new."""
-    path = Path(text)
-    existing = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor or "."))
+    existing = next(p for p in [Path(text), *Path(text).parents] if p.exists() or p == Path(p.anchor or "."))
     if existing.exists() and not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder; pick another --output_dir")
     if not os.access(existing if existing.exists() else ".", os.W_OK):
@@ -589,21 +576,18 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # Copied from Basic_usage_of_lightning.py
 class OriginalTutorialFlag(argparse.Action):
-    """A flag of the 1.x tutorial: prints what it does now; its value goes to dest (const), successor, or nowhere."""
+    """A flag of the 1.x tutorial: prints its note; its value goes to successor, or dest gets const, or nowhere."""
 
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
-        self.note, self.successor = note, successor
+        self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
-        if kwargs.get("nargs") != 0:
-            kwargs.setdefault("metavar", "VALUE")  # argparse would show the suppressed dest
+        kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
         super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: {option_string} (from the original tutorial): {self.note}", file=sys.stderr)
-        if self.successor:
-            setattr(namespace, self.successor, values)
-        elif self.dest != argparse.SUPPRESS:
-            setattr(namespace, self.dest, self.const)
+        print(f"note: {option_string} (from the original tutorial): {self.help}", file=sys.stderr)
+        if self.successor or self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
 
 
 # %% Catalogue
@@ -724,8 +708,7 @@ def print_outputs(out: Path, before: dict) -> None:
 
 
 # Copied from Basic_usage_of_lightning.py
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -735,18 +718,16 @@ def prepare_mnist(data_dir: str) -> int:
     if not all((raw / name).is_file() for name in MNIST_FILES):
         new_folders = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # deepest first
         try:
-            # torchvision prints every mirror it tries; one line from us is clearer.
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()):  # not torchvision's every mirror: our one line
                 MNIST(data_dir, train=False, download=True)
                 MNIST(data_dir, train=True, download=True)
         except (RuntimeError, OSError) as error:
             for folder in new_folders:  # leave no empty MNIST/raw behind
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            reason = str(error).splitlines()[0].rstrip(":")
-            die(f"MNIST is not in {raw} and could not be downloaded ({reason}). Copy the four raw files "
-                f"({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS at a folder "
-                f"that holds MNIST/raw.")
+            die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
         if images != labels:
@@ -770,10 +751,10 @@ def idx_length(path: Path) -> int:
 
 # Copied from Basic_usage_of_lightning.py
 def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
-    """Flags that are each valid but do not fit the data or each other: one line now, rather than
-    an error (or an out-of-memory kill) from deep inside Lightning or torch later."""
-    if training and getattr(args, "val_size", 0) >= train_images:
-        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
+    """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
+    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
+    if training and val_size >= train_images:
+        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
             f"use a smaller --val_size")
     for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
         if training and getattr(args, flag, 0) > 1:
@@ -783,7 +764,6 @@ def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> 
     if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
         die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
             f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
-    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
     processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
     batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
                "val": math.ceil(val_size / args.eval_batch_size / processes),
@@ -809,8 +789,7 @@ def check_multi_node(num_nodes: int) -> None:
     """Several machines need a rendezvous: check it before the Trainer waits on one."""
     if num_nodes == 1 or "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         return  # srun and torchrun set up the rendezvous themselves
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
-    if missing:
+    if missing := [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]:
         die(f"--num_nodes {num_nodes} needs {', '.join(missing)} in the environment of every machine "
             f"(or run under torchrun or srun); see the README's 'Past one machine'")
     address, port, rank = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["NODE_RANK"]
@@ -888,22 +867,18 @@ def write_atomically(path: Path, write) -> None:
 def write_failure(error: BaseException) -> str:
     """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+                                                          errno.EACCES, errno.EPERM, errno.EIO):
             return error.strerror
         error = error.__cause__ or error.__context__
     return ""
 
 
 # Copied from Basic_usage_of_lightning.py
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-
-
-# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
 def exit_if_write_fails(out: Path):
     """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
-    # TensorBoard writes from a thread of its own, which prints its failure as a traceback and hands
-    # it to the main thread's next flush: report it there, once.
+    # TensorBoard's writer thread prints its failure as a traceback, then raises it here at the next flush.
     previous_hook = threading.excepthook
     threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
     try:
