@@ -79,8 +79,7 @@ MODEL_FILE = "mnist_classifier"
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module`, no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -233,8 +232,7 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs (a notebook: with the parameters cell's `ARGS`); below it, flags, checks and helpers.
 
 # %% Main
 def main(argv=None) -> int:
