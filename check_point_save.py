@@ -616,12 +616,8 @@ def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> st
 
 # Copied from check_point_load.py
 def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
-    """torch.load on the CPU, or exit with one line that says what is wrong with the file.
-
-    weights_only=True (torch's default since 2.6) rebuilds tensors and plain containers only.
-    weights_only=False runs the full pickle machinery, which can call any function the file
-    names: only for files you made yourself.
-    """
+    """torch.load on the CPU, or exit with one line that says what is wrong with the file. weights_only=False
+    runs the full pickle machinery, which can call any function the file names: only for files you made yourself."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
@@ -630,8 +626,7 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
             warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
             return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
-        unsafe = re.search(r"GLOBAL (\S+)", str(error))
-        if unsafe:
+        if unsafe := re.search(r"GLOBAL (\S+)", str(error)):
             die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
                 f"since unpickling it can run any code; {unsafe_fix}")
         with open(path, "rb") as file:
