@@ -27,19 +27,7 @@
 ARGS = []
 
 # %% Imports
-import argparse
-import contextlib
-import errno
-import inspect
-import io
-import logging
-import math
-import os
-import re
-import struct
-import sys
-import threading
-import warnings
+import argparse, contextlib, errno, inspect, io, logging, math, os, re, struct, sys, threading, warnings
 from pathlib import Path
 
 import matplotlib
@@ -102,9 +90,8 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()
         self.model = MNISTConvNet(hidden_units, dropout)
@@ -127,8 +114,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def test_dataloader(self):
         workers = self.hparams.num_workers
-        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(self.test_set, self.hparams.eval_batch_size, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
@@ -280,8 +266,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error = die  # every bad flag value: one line, exit 2
     add = parser.add_argument_group("which checkpoint").add_argument
     add("--ckpt", metavar="PATH", type=existing_file, help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
-    add("--ckpt_dir", "--ckpt-dir", metavar="DIR",
-        help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
+    add("--ckpt_dir", "--ckpt-dir", metavar="DIR", help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
     add("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
         help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
     add("--trust_checkpoint", "--trust-checkpoint", action="store_true",
@@ -323,10 +308,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--load_model", "--load-model", metavar="PATH", type=existing_file,
         help="the checkpoint to load and test: the same as --ckpt")
     args = parser.parse_args(argv)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
-        args.ckpt = args.load_model
+    if args.load_model and args.ckpt not in (None, args.load_model):
+        die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
+    args.ckpt = args.ckpt or args.load_model
     if args.ckpt and args.ckpt_dir:
         die("pass --ckpt PATH or --ckpt_dir DIR, not both")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
