@@ -126,11 +126,10 @@ class MNISTClassifier(pl.LightningModule):
 def load_model(path: Path, checkpoint: dict, weights: dict, overrides: dict, trust: bool) -> MNISTClassifier:
     """The file as an MNISTClassifier ready to test, with `overrides` replacing saved arguments."""
     if is_lightning_checkpoint(checkpoint):
-        # A classmethod: a new model from the saved hyper_parameters (overrides win), with the weights loaded.
-        # map_location: a GPU-saved file loads without a GPU.
+        # A classmethod: a new model from the saved hyper_parameters (overrides win); map_location: no GPU needed.
         return MNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=not trust, **overrides)
-    # A .pt state_dict has no hyper_parameters, and load_from_checkpoint cannot apply overrides
-    # to a 1.x file's argparse.Namespace: build the model from what there is, then load the weights.
+    # A .pt state_dict has no hyper_parameters, and load_from_checkpoint cannot apply overrides to a 1.x file's
+    # argparse.Namespace: build the model from what there is, then load the weights.
     saved = checkpoint.get("hyper_parameters") or {}
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
     accepted = inspect.signature(MNISTClassifier).parameters
@@ -252,7 +251,7 @@ def main(argv=None) -> int:
         plot_predictions(images, labels, logits.argmax(1), out / "predictions.png")
         print(f"\nplain MNISTConvNet with the file's weights, no Lightning involved: max logit difference {difference:.1e}")
         if args.save_model:
-            save_atomically(network.state_dict(), out / f"{MODEL_FILE}.pt")
+            write_atomically(out / f"{MODEL_FILE}.pt", lambda file: torch.save(network.state_dict(), file))
         print_outputs(out, before)
     if torch.distributed.is_available() and torch.distributed.is_initialized():  # else DDP may abort (134)
         torch.distributed.destroy_process_group()
@@ -603,11 +602,6 @@ def exit_on_error(what: str):
         yield
     except Exception as error:
         die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
-
-
-# Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path) -> None:
-    write_atomically(path, lambda file: torch.save(obj, file))
 
 
 # Copied from Basic_usage_of_lightning.py

@@ -3,10 +3,9 @@
 # Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.
 #
 # ## What it teaches
-# `ModelCheckpoint` in depth (several callbacks at once, `dirpath`, `filename` templates, `save_top_k`,
-# `save_last`, `save_weights_only`, `every_n_epochs`), `trainer.save_checkpoint`, resuming with
-# `trainer.fit(ckpt_path="last")`, what an exact resume needs beyond Lightning's own state (the random
-# generators that dropout and shuffling draw from), and atomic writes: never half a checkpoint.
+# `ModelCheckpoint` in depth (several callbacks, `dirpath`, `filename` templates, `save_top_k`, `save_last`,
+# `save_weights_only`, `every_n_epochs`), `trainer.save_checkpoint`, `trainer.fit(ckpt_path="last")`, what an exact
+# resume needs beyond Lightning's state (the random generators), and atomic writes: never half a checkpoint.
 #
 # ## How to run
 # ```bash
@@ -198,8 +197,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% Checkpointing
 def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
-    # enable_version_counter=False: the epoch is in every name, so a same-named file can only be an
-    # interrupted attempt at this very epoch; overwrite it rather than add a "-v1" copy.
+    # No version counter: a same-named file can only be an interrupted try at this epoch; replace it, no "-v1".
     common = dict(dirpath=ckpt_dir, save_weights_only=args.save_weights_only, enable_version_counter=False)
     return {  # Lightning runs them in this order; the last one writes last.ckpt after the others saved
         # No monitor: a snapshot every N epochs; save_top_k=-1 keeps them all.
@@ -257,18 +255,16 @@ def main(argv=None) -> int:
     state = ResumableState({name: getattr(args, name) for name in RUN_SETTINGS})
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, deterministic=True, fast_dev_run=args.fast_dev_run,
             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
             callbacks=[state, *callbacks.values()], plugins=[AtomicCheckpointIO()],  # every file whole or not at all
-            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            deterministic=True)
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+            limit_test_batches=args.limit_test_batches)
     check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero, model)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
 
-    # ckpt_path="last": Lightning finds last.ckpt through the callbacks' dirpath, restores weights, optimizer,
-    # scheduler, loop counters and callback states, and goes on from the next epoch.
+    # ckpt_path="last": last.ckpt in the callbacks' dirpath; every state comes back, and the next epoch follows.
     with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])), exit_if_write_fails(out):
         with earlier_run_kept_until_replaced(ckpt_dir, args.overwrite and trainer.is_global_zero):
             trainer.fit(model, ckpt_path=args.resume, weights_only=True)
