@@ -10,8 +10,8 @@
 #
 # ## How to run
 # ```bash
-# python check_point_save.py && python check_point_load.py     # the best-accuracy checkpoint
-# python check_point_load.py --pick best_loss                  # or last: --pick last
+# python check_point_save.py && python check_point_load.py   # the best-accuracy checkpoint
+# python check_point_load.py --pick best_loss                # or the lowest valid_loss; --pick last: last.ckpt
 # python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
 # python check_point_load.py --ckpt outputs/check_point_load/mnist_classifier.pt  # a plain state_dict
 # ```
@@ -109,12 +109,9 @@ class MNISTClassifier(pl.LightningModule):
     def on_test_epoch_end(self):
         self.log("test_acc", self.test_acc)
 
-    def setup(self, stage: str):
-        self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
-
     def test_dataloader(self):
-        workers = self.hparams.num_workers
-        return DataLoader(self.test_set, self.hparams.eval_batch_size, num_workers=workers, persistent_workers=workers > 0)
+        test_set, workers = mnist_tensors(self.hparams.data_dir, train=False), self.hparams.num_workers
+        return DataLoader(test_set, self.hparams.eval_batch_size, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
@@ -456,8 +453,7 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
         with warnings.catch_warnings():
-            # Random bytes can look like a pickle header; torch warns about it before failing.
-            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
+            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")  # random bytes can look like one
             return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
         if unsafe := re.search(r"GLOBAL (\S+)", str(error)):

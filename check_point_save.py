@@ -600,8 +600,7 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
         with warnings.catch_warnings():
-            # Random bytes can look like a pickle header; torch warns about it before failing.
-            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
+            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")  # random bytes can look like one
             return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
         if unsafe := re.search(r"GLOBAL (\S+)", str(error)):
