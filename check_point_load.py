@@ -262,7 +262,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error = die  # every bad flag value: one line, exit 2
     add = parser.add_argument_group("which checkpoint").add_argument
     add("--ckpt", metavar="PATH", type=existing_file, help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
-    add("--ckpt_dir", "--ckpt-dir", metavar="DIR", help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
+    add("--ckpt_dir", "--ckpt-dir", metavar="DIR",
+        help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
     add("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
         help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
     add("--trust_checkpoint", "--trust-checkpoint", action="store_true",
@@ -293,7 +294,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="test batches: a count, or a fraction")
     add = parser.add_argument_group("model inspection").add_argument
     add("--named_modules", "--named-modules", action="store_true", help="print the loaded model's modules and exit")
-    add("--named_parameters", "--named-parameters", action="store_true", help="print every parameter's name and shape and exit")
+    add("--named_parameters", "--named-parameters", action="store_true",
+        help="print every parameter's name and shape and exit")
     add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
     add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
         note="it is --accelerator cpu now")

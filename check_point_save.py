@@ -314,15 +314,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
     add("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
     add = parser.add_argument_group("checkpoints").add_argument
-    add("--save_top_k", "--save-top-k", type=top_k, default=2, metavar="K",
-        help="best files kept per monitored metric; -1 keeps every epoch")
-    add("--save_weights_only", "--save-weights-only", action="store_true",
-        help="files hold the weights only: about a third the size, but cannot resume")
+    add("--save_top_k", "--save-top-k", type=top_k, default=2, metavar="K", help="best files per metric; -1: all")
+    add("--save_weights_only", "--save-weights-only", action="store_true", help="weights only: 1/3 the size, no resume")
     add("--every_n_epochs", "--every-n-epochs", type=number(int, min=1), default=2, metavar="N",
         help="also keep a snapshot every N epochs")
-    add("--resume", nargs="?", const="last", metavar="PATH", help="continue the run from checkpoints/last.ckpt (alone) or from PATH")
-    add("--overwrite", action="store_true",
-        help="replace the checkpoints of an earlier run in --output_dir (kept until this run has saved its own)")
+    add("--resume", nargs="?", const="last", metavar="PATH",
+        help="continue the run from checkpoints/last.ckpt (alone) or from PATH")
+    add("--overwrite", action="store_true", help="replace an earlier run's checkpoints (kept until this run saved its own)")
     add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
     add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
@@ -337,7 +335,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             help=f"{stage} batches per epoch: a count, or a fraction")
     add = parser.add_argument_group("model inspection").add_argument
     add("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    add("--named_parameters", "--named-parameters", action="store_true", help="print every parameter's name and shape and exit")
+    add("--named_parameters", "--named-parameters", action="store_true",
+        help="print every parameter's name and shape and exit")
     add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
     add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
         note="it is --accelerator cpu now")
