@@ -3,28 +3,23 @@
 # Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST.
 #
 # ## What it teaches
-# `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that
-# returns a new model (called on an instance it raises); what a `.ckpt` holds (epoch,
-# global_step, hyper_parameters, weights, optimizer, scheduler, callback and loop states);
-# loading the weights into a plain `nn.Module` with `torch.load(weights_only=True)`, no
-# Lightning needed; why `weights_only=True` is the safe default; and refusing bad files
-# (missing, empty, truncated, not a checkpoint, another model) with one clear line.
+# `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that returns a new
+# model; what a `.ckpt` holds (epoch, hyper_parameters, weights, optimizer, scheduler, callback and loop
+# states); the weights in a plain `nn.Module` with `torch.load(weights_only=True)`, no Lightning needed;
+# why `weights_only=True` is the safe default; and refusing bad files with one clear line.
 #
 # ## How to run
 # ```bash
-# python check_point_save.py && python check_point_load.py     # the best-accuracy checkpoint
-# python check_point_load.py --pick best_loss                  # or last: --pick last
-# python check_point_load.py --ckpt_dir outputs/check_point_save/checkpoints --pick best_acc
+# python check_point_save.py && python check_point_load.py   # the best-accuracy checkpoint
+# python check_point_load.py --pick best_loss                # or the lowest valid_loss; --pick last: last.ckpt
 # python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
 # python check_point_load.py --ckpt outputs/check_point_load/mnist_classifier.pt  # a plain state_dict
-# python check_point_load.py --data_dir /path/to/datasets --eval_batch_size 1000  # overrides at load time
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/check_point_load)
 # ```text
-# predictions.png             a grid of test digits with their true and predicted labels
-# csv_logs/version_N/         the test metrics (CSVLogger)
-# mnist_classifier.pt         with --save_model: the plain nn.Module's state_dict
+# predictions.png, csv_logs/version_N/   test digits with true and predicted labels; the test metrics
+# mnist_classifier.pt                    with --save_model: the plain nn.Module's state_dict
 # ```
 
 # %% Parameters tags=["parameters"]
@@ -32,19 +27,7 @@
 ARGS = []
 
 # %% Imports
-import argparse
-import contextlib
-import errno
-import inspect
-import io
-import logging
-import math
-import os
-import re
-import struct
-import sys
-import threading
-import warnings
+import argparse, contextlib, errno, inspect, io, logging, math, os, re, struct, sys, threading, warnings
 from pathlib import Path
 
 import matplotlib
@@ -63,13 +46,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# The test set is a tensor in memory, so loader workers have nothing to speed up; Lightning's hint
-# about adding workers would only be noise here.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
-warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
+# Noise here: the workers hint (the test set is a tensor in memory), a pytree deprecation inside Lightning,
+# notes on limits left at 1.0 ("all of it") and a tip for Lightning's cloud logger.
+for noise in (".*does not have many workers.*", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):
+    warnings.filterwarnings("ignore", noise)
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 
@@ -79,8 +59,7 @@ MODEL_FILE = "mnist_classifier"
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module`, no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -100,21 +79,13 @@ class MNISTConvNet(nn.Module):
 
 # %% [markdown]
 # ## LightningModule
-# The module `check_point_save.py` trains, reduced to what testing needs: a checkpoint stores the
-# `__init__` arguments and the weights under attribute names, not the code.
+# The module `check_point_save.py` trains, reduced to what testing needs: a checkpoint stores the `__init__`
+# arguments and the weights under attribute names (`model.features.0.weight`, ...), not the code.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The module check_point_save.py trains, reduced to what testing needs.
-
-    A checkpoint stores the __init__ arguments (hyper_parameters) and the weights under
-    attribute names (model.features.0.weight, ...), not the code: any class with the same
-    arguments and the same attribute names loads it. The training hooks are not needed here.
-    """
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()
         self.model = MNISTConvNet(hidden_units, dropout)
@@ -132,13 +103,9 @@ class MNISTClassifier(pl.LightningModule):
     def on_test_epoch_end(self):
         self.log("test_acc", self.test_acc)
 
-    def setup(self, stage: str):
-        self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
-
     def test_dataloader(self):
-        workers = self.hparams.num_workers
-        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size,
-                          num_workers=workers, persistent_workers=workers > 0)
+        test_set, workers = mnist_tensors(self.hparams.data_dir, train=False), self.hparams.num_workers
+        return DataLoader(test_set, self.hparams.eval_batch_size, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
@@ -150,12 +117,10 @@ class MNISTClassifier(pl.LightningModule):
 def load_model(path: Path, checkpoint: dict, weights: dict, overrides: dict, trust: bool) -> MNISTClassifier:
     """The file as an MNISTClassifier ready to test, with `overrides` replacing saved arguments."""
     if is_lightning_checkpoint(checkpoint):
-        # A classmethod: it builds a new model from the saved hyper_parameters (overrides win),
-        # loads the weights and returns it. map_location: a GPU-saved file loads without a GPU.
-        return MNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=not trust,
-                                                    **overrides)
-    # A .pt state_dict has no hyper_parameters, and load_from_checkpoint cannot apply overrides
-    # to a 1.x file's argparse.Namespace: build the model from what there is, then load the weights.
+        # A classmethod: a new model from the saved hyper_parameters (overrides win); map_location: no GPU needed.
+        return MNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=not trust, **overrides)
+    # A .pt state_dict has no hyper_parameters, and load_from_checkpoint cannot apply overrides to a 1.x file's
+    # argparse.Namespace: build the model from what there is, then load the weights.
     saved = checkpoint.get("hyper_parameters") or {}
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
     accepted = inspect.signature(MNISTClassifier).parameters
@@ -181,26 +146,22 @@ def describe(path: Path, checkpoint: dict) -> None:
         print(f"  {'optimizer_states':26s} (not in this file: weights only, so it cannot resume training)")
         return
     for optimizer in checkpoint["optimizer_states"]:
-        group = optimizer["param_groups"][0]
-        print(f"  {'optimizer_states':26s} lr {group['lr']:.2e}, betas {group.get('betas')}, "
-              f"moments for {len(optimizer['state'])} tensors")
+        print(f"  {'optimizer_states':26s} lr {optimizer['param_groups'][0]['lr']:.2e}, betas "
+              f"{optimizer['param_groups'][0].get('betas')}, moments for {len(optimizer['state'])} tensors")
     for scheduler in checkpoint["lr_schedulers"]:
         print(f"  {'lr_schedulers':26s} step {scheduler.get('last_epoch')} of {scheduler.get('total_steps', '?')}")
     for name, state in checkpoint["callbacks"].items():
+        summary = ", ".join(state)
         if "best_model_path" in state:  # a ModelCheckpoint: what it had kept when this file was written
             kept = [Path(kept_path).name for kept_path in state.get("best_k_models", {})]
             summary = f"best_model_path {Path(state['best_model_path']).name or '-'}, best_k_models {kept}"
-        else:
-            summary = ", ".join(state)
         print(f"  {'callbacks':26s} {name}: {summary}")
     print(f"  {'loops':26s} {', '.join(checkpoint['loops'])}")
 
 
 def show_classmethod_pitfall(path: Path) -> None:
-    model = MNISTClassifier()
-    try:
-        # Looks as if it fills `model`; a classmethod can only build and return a new one.
-        model.load_from_checkpoint(path)
+    try:  # looks as if it fills the model; a classmethod can only build and return a new one
+        MNISTClassifier().load_from_checkpoint(path)
     except TypeError as error:
         print(f"\nmodel.load_from_checkpoint(path) on an instance raises TypeError: {error}\n"
               f"  (Lightning 1.x returned a new model and left `model` untouched, untrained.)\n"
@@ -209,8 +170,7 @@ def show_classmethod_pitfall(path: Path) -> None:
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# The whole split as normalized float tensors, decoded once by torchvision.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -223,8 +183,7 @@ def mnist_tensors(data_dir: str, train: bool) -> TensorDataset:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs (a notebook: with the parameters cell's `ARGS`); below it, flags, checks and helpers.
 
 # %% Main
 def main(argv=None) -> int:
@@ -234,10 +193,9 @@ def main(argv=None) -> int:
     before = file_times(out)  # to tell this run's outputs from an earlier run's
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, logger=CSVLogger(out, name="csv_logs"),
-            enable_checkpointing=False, fast_dev_run=args.fast_dev_run,
-            limit_test_batches=args.limit_test_batches)
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, logger=CSVLogger(out, name="csv_logs"), enable_checkpointing=False,
+            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
 
     # Everything about the file and the data is checked (Helpers) before anything is written.
     path = find_checkpoint(args)
@@ -269,95 +227,78 @@ def main(argv=None) -> int:
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         images, labels = mnist_tensors(args.data_dir, train=False)[:args.num_images]
-        model = model.to("cpu").eval()
-        with torch.no_grad():
-            logits = model(images)
-        print(f"first predictions {logits.argmax(1).tolist()}\n     true labels  {labels.tolist()}")
-        plot_predictions(images, labels, logits.argmax(1), out / "predictions.png")
-
-        # Lightning checkpoints work without Lightning: torch.load gives a dict whose "state_dict"
-        # holds the tensors under the LightningModule's names ("model." + the nn.Module's names).
+        # Lightning checkpoints work without Lightning: the file's "state_dict" holds the tensors under the
+        # LightningModule's names, "model." + the nn.Module's (network_weights strips the prefix).
         network = MNISTConvNet(model.hparams.hidden_units, model.hparams.dropout)
         network.load_state_dict(weights)
         with torch.no_grad():
+            logits = model.to("cpu").eval()(images)
             difference = (network.eval()(images) - logits).abs().max().item()
-        print(f"\nplain MNISTConvNet with the file's weights, no Lightning involved: "
-              f"max logit difference {difference:.1e}")
+        print(f"first predictions {logits.argmax(1).tolist()}\n     true labels  {labels.tolist()}")
+        plot_predictions(images, labels, logits.argmax(1), out / "predictions.png")
+        print(f"\nplain MNISTConvNet with the file's weights, no Lightning involved: max logit difference {difference:.1e}")
         if args.save_model:
-            save_atomically(network.state_dict(), out / f"{MODEL_FILE}.pt")
+            write_atomically(out / f"{MODEL_FILE}.pt", lambda file: torch.save(network.state_dict(), file))
         print_outputs(out, before)
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # else DDP may abort (134)
         torch.distributed.destroy_process_group()
     return 0
 
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST.",
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, description=(
+        "Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST."))
     parser.error = die  # every bad flag value: one line, exit 2
-    ckpt = parser.add_argument_group("which checkpoint")
-    ckpt.add_argument("--ckpt", metavar="PATH", type=existing_file,
-                      help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
-    ckpt.add_argument("--ckpt_dir", "--ckpt-dir", metavar="DIR",
-                      help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
-    ckpt.add_argument("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
-                      help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
-    ckpt.add_argument("--trust_checkpoint", "--trust-checkpoint", action="store_true",
-                      help="load with weights_only=False, which can run code from the file: only files you made")
-
-    data = parser.add_argument_group("data and outputs (data_dir, batch sizes and num_workers override the saved ones)")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_load",
-                      help="where the outputs go")
-    data.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N",
-                      help="the training batch size to record (nothing is trained here)")
-    data.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                      type=number(int, min=1), metavar="N", help="test batch size (default: --batch_size)")
-    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-    data.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds everything (testing draws nothing random)")
-    data.add_argument("--num_images", "--num-images", type=number(int, min=1), default=16, metavar="N",
-                      help="test digits to predict and draw")
-    data.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-
-    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                       help="test on N batches (1 when given alone)")
-    debug.add_argument("--limit_test_batches", "--limit-test-batches", type=batch_count, default=1.0,
-                       metavar="N|F", help="test batches: a count, or a fraction")
-
-    model = parser.add_argument_group("model inspection")
-    model.add_argument("--named_modules", "--named-modules", action="store_true",
-                       help="print the loaded model's modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
-
-    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
-    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
-                          const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
-        "no effect: this script always tests the checkpoint it loads"))
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
-        "no effect: nothing is trained here"))
-    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1),
-                          metavar="N", note=(
-        "no effect: nothing is trained here; the test metrics are logged once"))
-    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
-                          help="the checkpoint to load and test: the same as --ckpt")
+    add = parser.add_argument_group("which checkpoint").add_argument
+    add("--ckpt", metavar="PATH", type=existing_file, help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
+    add("--ckpt_dir", "--ckpt-dir", metavar="DIR",
+        help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
+    add("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
+        help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
+    add("--trust_checkpoint", "--trust-checkpoint", action="store_true",
+        help="load with weights_only=False, which can run code from the file: only files you made")
+    add = parser.add_argument_group(
+        "data and outputs (data_dir, batch sizes and num_workers override the saved ones)").add_argument
+    add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+        help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_load", help="where the outputs go")
+    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N",
+        help="the training batch size to record (nothing is trained here)")
+    add("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size", type=number(int, min=1),
+        metavar="N", help="test batch size (default: --batch_size)")
+    add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    add("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds everything (testing draws nothing random)")
+    add("--num_images", "--num-images", type=number(int, min=1), default=16, metavar="N", help="test digits to predict and draw")
+    add("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+    add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
+    add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
+    add("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    add = parser.add_argument_group("debugging (passed to pl.Trainer)").add_argument
+    add("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+        help="test on N batches (1 when given alone)")
+    add("--limit_test_batches", "--limit-test-batches", type=batch_count, default=1.0, metavar="N|F",
+        help="test batches: a count, or a fraction")
+    add = parser.add_argument_group("model inspection").add_argument
+    add("--named_modules", "--named-modules", action="store_true", help="print the loaded model's modules and exit")
+    add("--named_parameters", "--named-parameters", action="store_true",
+        help="print every parameter's name and shape and exit")
+    add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
+    add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
+        note="it is --accelerator cpu now")
+    add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: this script always tests the checkpoint it loads")
+    add("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note="no effect: nothing is trained here")
+    add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
+        note="no effect: nothing is trained here; the test metrics are logged once")
+    add("--load_model", "--load-model", metavar="PATH", type=existing_file,
+        help="the checkpoint to load and test: the same as --ckpt")
     args = parser.parse_args(argv)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
-        args.ckpt = args.load_model
+    if args.load_model and args.ckpt not in (None, args.load_model):
+        die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
+    args.ckpt = args.ckpt or args.load_model
     if args.ckpt and args.ckpt_dir:
         die("pass --ckpt PATH or --ckpt_dir DIR, not both")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
@@ -449,8 +390,6 @@ def print_outputs(out: Path, before: dict) -> None:
 
 
 DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"
-# --pick: the metric in the file names that check_point_save.py writes, and which end is best.
-PICKS = {"best_loss": ("valid_loss", min), "best_acc": ("valid_acc", max)}
 
 
 def find_checkpoint(args) -> Path:
@@ -460,57 +399,51 @@ def find_checkpoint(args) -> Path:
     folder = Path(args.ckpt_dir or DEFAULT_CKPT_DIR)
     if not folder.is_dir():
         die(f"--ckpt_dir {folder}: no such folder; train first (python check_point_save.py) or pass --ckpt")
-    files = sorted(folder.glob("*.ckpt"))  # sorted: by epoch, since the names start with it
-    if not files:
+    if not (files := sorted(folder.glob("*.ckpt"))):  # sorted: by epoch, since the names start with it
         die(f"{folder} holds no .ckpt files; train first (python check_point_save.py) or pass --ckpt")
     names = ", ".join(path.name for path in files[:6]) + (", ..." if len(files) > 6 else "")
     if args.pick == "last":
         if not (folder / "last.ckpt").is_file():
             die(f"--pick last: no last.ckpt in {folder} (it holds {names}); pick best_loss or best_acc")
         return folder / "last.ckpt"
-    metric, best = PICKS[args.pick]
+    # The metric in the names that check_point_save.py writes, and which end is best.
+    metric, best = {"best_loss": ("valid_loss", min), "best_acc": ("valid_acc", max)}[args.pick]
     scores = {path: float(match.group(1)) for path in files
               if (match := re.search(rf"{metric}=(\d+\.\d+)\.ckpt$", path.name))}
     if not scores:
         die(f"--pick {args.pick}: no file in {folder} has {metric} in its name (like "
             f"epoch=03-{metric}=0.1234.ckpt); it holds {names}")
-    # Ties go to the earlier epoch, as in ModelCheckpoint.
-    return best(scores, key=scores.get)
+    return best(scores, key=scores.get)  # ties go to the earlier epoch, as in ModelCheckpoint
 
 
 def read_checkpoint(path: Path, trust: bool) -> dict:
     """A Lightning checkpoint, or a bare .pt state_dict as {"state_dict": ...}; else one error line."""
-    loaded = load_checkpoint_file(path, weights_only=not trust, unsafe_fix=(
-        "only if you made the file yourself, load it with --trust_checkpoint"))
+    def tensors_by_name(weights: dict) -> bool:
+        return all(isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in weights.items())
+
+    loaded = load_checkpoint_file(path, not trust, "only if you made the file yourself, load it with --trust_checkpoint")
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         if not tensors_by_name(loaded["state_dict"]):
             die(f"{path}: its state_dict does not map layer names to tensors; use another checkpoint")
         return loaded
     if isinstance(loaded, dict) and loaded and tensors_by_name(loaded):
-        # A bare .pt state_dict: accepted on purpose, as weights without anything else.
-        return {"state_dict": loaded}
+        return {"state_dict": loaded}  # a bare .pt state_dict: accepted on purpose, as weights without anything else
     kind = f"a dict with keys {list(loaded)[:4]}" if isinstance(loaded, dict) else f"a {type(loaded).__name__}"
     die(f"{path} is not a checkpoint: it holds {kind}, neither a Lightning checkpoint (with "
         f"'state_dict') nor a state_dict of tensors")
 
 
 def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
-    """torch.load on the CPU, or exit with one line that says what is wrong with the file.
-
-    weights_only=True (torch's default since 2.6) rebuilds tensors and plain containers only.
-    weights_only=False runs the full pickle machinery, which can call any function the file
-    names: only for files you made yourself.
-    """
+    """torch.load on the CPU, or exit with one line that says what is wrong with the file. weights_only=False
+    runs the full pickle machinery, which can call any function the file names: only for files you made yourself."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
         with warnings.catch_warnings():
-            # Random bytes can look like a pickle header; torch warns about it before failing.
-            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
+            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")  # random bytes can look like one
             return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
-        unsafe = re.search(r"GLOBAL (\S+)", str(error))
-        if unsafe:
+        if unsafe := re.search(r"GLOBAL (\S+)", str(error)):
             die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
                 f"since unpickling it can run any code; {unsafe_fix}")
         with open(path, "rb") as file:
@@ -519,13 +452,9 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
         die(f"{path} is not a PyTorch checkpoint ({error.__class__.__name__})")
 
 
-def tensors_by_name(weights: dict) -> bool:
-    return all(isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in weights.items())
-
-
 def network_weights(path: Path, checkpoint: dict) -> dict:
-    """The MNISTConvNet weights in the file, checked name by name and shape by shape, after the
-    hyper-parameters that size the network (nothing is built from a width of 1e9 or "abc")."""
+    """The file's MNISTConvNet weights, checked by name and shape after the hyper-parameters that size the
+    network (nothing is built from a width of 1e9 or "abc")."""
     hparams = checkpoint.get("hyper_parameters") or {}
     hparams = vars(hparams) if isinstance(hparams, argparse.Namespace) else hparams
     if not isinstance(hparams, dict):
@@ -553,9 +482,8 @@ def network_weights(path: Path, checkpoint: dict) -> dict:
 
 
 def plot_predictions(images, labels, predicted, path: Path) -> None:
-    columns = 8
-    rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.8), squeeze=False)
+    rows = -(-len(images) // 8)  # 8 columns
+    figure, axes = plt.subplots(rows, 8, figsize=(8 * 1.3, rows * 1.8), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label, guess in zip(axes.flat, images, labels, predicted):
@@ -653,11 +581,6 @@ def exit_on_error(what: str):
         yield
     except Exception as error:
         die(f"{what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
-
-
-# Copied from Basic_usage_of_lightning.py
-def save_atomically(obj, path: Path) -> None:
-    write_atomically(path, lambda file: torch.save(obj, file))
 
 
 # Copied from Basic_usage_of_lightning.py

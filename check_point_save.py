@@ -3,37 +3,24 @@
 # Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.
 #
 # ## What it teaches
-# `ModelCheckpoint` in depth: several callbacks at once (lowest valid_loss, highest valid_acc,
-# one file every N epochs), `dirpath`, a `filename` template with the epoch and the metric,
-# `save_top_k`, `save_last`, `save_weights_only`, `every_n_epochs`; `trainer.save_checkpoint`
-# for a manual save; `trainer.fit(ckpt_path="last")` to resume; what an exact resume needs
-# beyond Lightning's own state (the random number generators that dropout and shuffling draw
-# from); and writing each file atomically, so that a kill or a full disk never leaves half a
-# checkpoint where a whole one was.
+# `ModelCheckpoint` in depth (several callbacks, `dirpath`, `filename` templates, `save_top_k`, `save_last`,
+# `save_weights_only`, `every_n_epochs`), `trainer.save_checkpoint`, `trainer.fit(ckpt_path="last")`, what an exact
+# resume needs beyond Lightning's state (the random generators), and atomic writes: never half a checkpoint.
 #
 # ## How to run
 # ```bash
-# python check_point_save.py                              # 3 epochs: best 2 by loss, best 2 by accuracy, every 2 epochs, last
-# python check_point_save.py --data_dir /path/to/datasets # MNIST already on disk (MNIST/raw), offline
-# python check_point_save.py --resume                     # after a crash or kill: continue from checkpoints/last.ckpt
-# python check_point_save.py --overwrite --save_top_k 3 --every_n_epochs 1
-# python check_point_save.py --overwrite --save_weights_only  # smaller files, but none of them can resume
-# python check_point_load.py --pick best_acc              # then load, inspect and test one of them
+# python check_point_save.py              # 3 epochs: best 2 by loss, best 2 by accuracy, every 2 epochs, last
+# python check_point_save.py --resume     # after a crash, Ctrl-C or SIGTERM (which print this command)
+# python check_point_save.py --overwrite --save_top_k 3 --every_n_epochs 1   # replace the earlier run's files
+# python check_point_load.py --pick best_acc                                 # then load and test one of them
 # ```
-#
-# SIGTERM or Ctrl-C stops a run between two steps: it exits with 143 or 130 and prints the exact
-# --resume command. --overwrite keeps the earlier run's checkpoints until this run has saved its
-# own, and puts them back if it stops before that.
 #
 # ## What it writes (under --output_dir, default outputs/check_point_save)
 # ```text
-# checkpoints/epoch=NN-valid_loss=X.ckpt   the --save_top_k epochs with the lowest valid_loss
-# checkpoints/epoch=NN-valid_acc=X.ckpt    the --save_top_k epochs with the highest valid_acc
-# checkpoints/epoch=NN.ckpt                one every --every_n_epochs epochs, all kept
-# checkpoints/last.ckpt                    the latest epoch, what --resume continues from
-# checkpoints/manual.ckpt                  trainer.save_checkpoint after training
-# csv_logs/version_N/metrics.csv, tb_logs/version_N/   the loggers (a resumed run adds a version)
-# history.csv, loss.png, acc.png           the per-epoch table of the whole run, across --resume
+# checkpoints/epoch=NN-valid_{loss,acc}=X.ckpt   the --save_top_k best epochs by each metric
+# checkpoints/epoch=NN.ckpt                      one every --every_n_epochs epochs, all kept
+# checkpoints/last.ckpt, manual.ckpt             the latest epoch (what --resume continues), trainer.save_checkpoint
+# csv_logs/, tb_logs/, history.csv, loss.png, acc.png   the loggers; the per-epoch table of the whole run
 # ```
 
 # %% Parameters tags=["parameters"]
@@ -41,20 +28,7 @@
 ARGS = []
 
 # %% Imports
-import argparse
-import contextlib
-import errno
-import io
-import logging
-import math
-import os
-import re
-import shlex
-import shutil
-import struct
-import sys
-import threading
-import warnings
+import argparse, contextlib, errno, io, logging, math, os, re, shlex, shutil, struct, sys, threading, warnings
 from pathlib import Path
 
 import matplotlib
@@ -78,18 +52,14 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
-warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
+# Noise here: the workers hint (the data are tensors in memory), a pytree deprecation inside Lightning,
+# "checkpoint directory not empty" (a fresh run refuses a non-empty folder itself; --resume wants it),
+# notes on limits left at 1.0 ("all of it") and a tip for Lightning's cloud logger.
+for noise in (".*does not have many workers.*", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+              ".*Checkpoint directory .* exists and is not empty.*"):
+    warnings.filterwarnings("ignore", noise)
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# On --resume the folder holds this run's checkpoints by design; a fresh run refuses a non-empty
-# folder itself (see main), so Lightning's warning, once per callback, would only be noise.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 HISTORY_COLUMNS = ("train_loss", "valid_loss", "train_acc", "valid_acc")
@@ -99,8 +69,7 @@ RUN_SETTINGS = ("epochs", "batch_size", "lr", "seed", "val_size", "limit_train_b
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module`, no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -124,20 +93,13 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvNet: steps, metrics, optimizer and data."""
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
-        # Plain types only: the checkpoint then loads with torch.load(weights_only=True), which
-        # refuses any other Python object (an argparse.Namespace here would make loading fail).
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # plain types only: the checkpoint then loads with weights_only=True
         self.model = MNISTConvNet(hidden_units, dropout)
         # One metric object per stage, so their running states never mix.
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
-        self.valid_acc = Accuracy(task="multiclass", num_classes=10)
-        self.test_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc, self.valid_acc, self.test_acc = (Accuracy(task="multiclass", num_classes=10) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -171,23 +133,19 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        # The one-cycle length is fixed here from --epochs and --limit_train_batches; a resumed run
-        # gets its position back from the checkpoint, which is why it must keep the same flags.
+        # Its length follows --epochs and --limit_train_batches: why a resume must keep those flags.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
     def train_dataloader(self):
-        # shuffle=True draws each epoch's order from the global random generator, which
-        # ResumableState saves and restores: a resumed run shuffles epoch N as an uninterrupted one.
-        # (Under DDP Lightning swaps in a DistributedSampler, whose order depends on seed + epoch.)
+        # The order comes from the global generator, which ResumableState saves: a resume shuffles alike.
         return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
@@ -198,14 +156,12 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# The whole split as normalized float tensors, decoded once, and a train/validation split fixed by the seed.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -230,54 +186,36 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% Checkpointing
 def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
-    """Three ModelCheckpoint callbacks side by side, each with its own rule for what to keep.
-
-    Lightning runs them in this order at the end of every epoch. last.ckpt is written by the
-    last one, so it records what the other two kept this epoch: a run killed right after it
-    resumes with the same files ranked the same way.
-    """
-    common = dict(dirpath=ckpt_dir, save_weights_only=args.save_weights_only,
-                  # The epoch is in every name, so a same-named file can only be an interrupted
-                  # attempt at this very epoch: overwrite it rather than add a "-v1" copy.
-                  enable_version_counter=False)
-    return {
+    # No version counter: a same-named file can only be an interrupted try at this epoch; replace it, no "-v1".
+    common = dict(dirpath=ckpt_dir, save_weights_only=args.save_weights_only, enable_version_counter=False)
+    return {  # Lightning runs them in this order; the last one writes last.ckpt after the others saved
         # No monitor: a snapshot every N epochs; save_top_k=-1 keeps them all.
-        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs,
-                                    save_top_k=-1, **common),
+        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs, save_top_k=-1, **common),
         # filename: "{epoch:02d}-{valid_acc:.4f}" becomes "epoch=03-valid_acc=0.9912.ckpt".
         "best_acc": ModelCheckpoint(filename="{epoch:02d}-{valid_acc:.4f}", monitor="valid_acc",
                                     mode="max", save_top_k=args.save_top_k, **common),
-        # save_last: also write last.ckpt. Lightning writes it only in an epoch where this callback
-        # saved, which for a top-k callback is every epoch.
+        # save_last: also write last.ckpt, in every epoch where this (top-k) callback runs.
         "best_loss": ModelCheckpoint(filename="{epoch:02d}-{valid_loss:.4f}", monitor="valid_loss",
                                      mode="min", save_top_k=args.save_top_k, save_last=True, **common),
     }
 
 
 class ResumableState(pl.Callback):
-    """What an exact resume needs that Lightning leaves out of a checkpoint.
-
-    Lightning saves and restores the weights, optimizer, LR scheduler, loop counters and the
-    state of every callback, but not the random number generators (dropout draws from them).
-    This callback's state goes into every full checkpoint: the generators, the per-epoch
-    history (the CSV log of a killed process stops at its last flush) and the flags of the run.
-    """
+    """What an exact resume needs beyond Lightning's state: the random generators (dropout and shuffling
+    draw from them), the per-epoch history (a killed run's CSV log stops at its last flush) and the flags."""
 
     def __init__(self, settings: dict):
-        self.settings = settings
-        self.history = []
+        self.settings, self.history = settings, []
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # Lightning calls this before ModelCheckpoint's hook (checkpoint callbacks go last), so
-        # the checkpoint of this epoch already holds this row; callback_metrics holds epoch means.
+        # Runs before ModelCheckpoint's hook, so this epoch's checkpoint holds this row of epoch means.
         metrics = trainer.callback_metrics
         row = {name: float(metrics[name]) for name in HISTORY_COLUMNS if name in metrics}
         self.history.append({"epoch": trainer.current_epoch, **row})
 
     def state_dict(self):
         cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-        return {"settings": self.settings, "history": self.history,
-                "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+        return {"settings": self.settings, "history": self.history, "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
 
     def load_state_dict(self, state_dict):
         self.history = state_dict["history"]
@@ -288,8 +226,7 @@ class ResumableState(pl.Callback):
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs (a notebook: with the parameters cell's `ARGS`); below it, flags, checks and helpers.
 
 # %% Main
 def main(argv=None) -> int:
@@ -298,10 +235,8 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     before = file_times(out)  # to tell this run's outputs from an earlier run's
     ckpt_dir = out / "checkpoints"
-
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
-                            eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
-                            num_workers=args.num_workers, seed=args.seed)
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                            lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
@@ -309,31 +244,23 @@ def main(argv=None) -> int:
     state = ResumableState({name: getattr(args, name) for name in RUN_SETTINGS})
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, deterministic=True, fast_dev_run=args.fast_dev_run,
             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
-            callbacks=[state, *callbacks.values()],
-            # Each file is written beside its final name, then renamed into place (save_atomically).
-            plugins=[AtomicCheckpointIO()],
-            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            deterministic=True)
+            callbacks=[state, *callbacks.values()], plugins=[AtomicCheckpointIO()],  # every file whole or not at all
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+            limit_test_batches=args.limit_test_batches)
     check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero, model)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
 
-    # ckpt_path="last": Lightning finds last.ckpt through the callbacks' dirpath, restores weights,
-    # optimizer, scheduler, loop counters and callback states, and goes on from the next epoch.
-    # SIGTERM or Ctrl-C: exit 143 or 130 with the --resume command. --overwrite: the earlier run's
-    # checkpoints wait in a hidden folder until this run has saved a last.ckpt of its own.
+    # ckpt_path="last": last.ckpt in the callbacks' dirpath; every state comes back, and the next epoch follows.
     with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])), exit_if_write_fails(out):
         with earlier_run_kept_until_replaced(ckpt_dir, args.overwrite and trainer.is_global_zero):
             trainer.fit(model, ckpt_path=args.resume, weights_only=True)
     if not args.fast_dev_run:  # fast_dev_run turns the callbacks off; keep the folder as it was
-        # A manual save: this moment, this path, no ranking and no clean-up; the callbacks decide
-        # when to save and which files to keep. On every rank: under DDP all take part, rank 0 writes.
+        # A manual save: this moment, this path, no ranking or clean-up. Under DDP all ranks call it, rank 0 writes.
         trainer.save_checkpoint(ckpt_dir / "manual.ckpt", weights_only=args.save_weights_only)
-    # Read what the callbacks kept now: test(ckpt_path=...) restores every callback's state from
-    # that file, so afterwards they would describe the run as it was at the best epoch.
+    # Read what the callbacks kept now: test(ckpt_path=...) restores their states as of the best epoch.
     best, best_loss = callbacks["best_acc"].best_model_path, callbacks["best_loss"].best_model_path
     history = pd.DataFrame(state.history).set_index("epoch")
     table = checkpoint_table(ckpt_dir, callbacks, args.every_n_epochs) if trainer.is_global_zero else ""
@@ -347,88 +274,72 @@ def main(argv=None) -> int:
             plot_history(history, out)
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}   ({Path(best).name or 'weights in memory'})")
         if not args.fast_dev_run:
-            print(f"\nCheckpoints in {ckpt_dir.resolve()}:\n{table}")
-            print(f"best by valid_loss: {Path(best_loss).name}\n"
+            print(f"\nCheckpoints in {ckpt_dir.resolve()}:\n{table}\nbest by valid_loss: {Path(best_loss).name}\n"
                   f"best by valid_acc:  {Path(best).name}\n"
                   f"load one with:      python check_point_load.py --ckpt_dir {ckpt_dir} --pick best_acc")
         print_outputs(out, before)
-
-    # Close the process group ourselves: a DDP process that exits with it open can abort (134).
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # else DDP may abort (134)
         torch.distributed.destroy_process_group()
     return 0
 
 
 # %% Flags
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.",
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, description=(
+        "Keep the best and last MNIST checkpoints with several callbacks, and resume exactly."))
     parser.error = die  # every bad flag value: one line, exit 2
-    data = parser.add_argument_group("data and outputs")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_save",
-                      help="where checkpoints/, logs and plots go")
-    data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
-    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                       type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
-    train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
-    train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-
-    ckpt = parser.add_argument_group("checkpoints")
-    ckpt.add_argument("--save_top_k", "--save-top-k", type=top_k, default=2, metavar="K",
-                      help="best files kept per monitored metric; -1 keeps every epoch")
-    ckpt.add_argument("--save_weights_only", "--save-weights-only", action="store_true",
-                      help="files hold the weights only: about a third the size, but cannot resume")
-    ckpt.add_argument("--every_n_epochs", "--every-n-epochs", type=number(int, min=1), default=2, metavar="N",
-                      help="also keep a snapshot every N epochs")
-    ckpt.add_argument("--resume", nargs="?", const="last", metavar="PATH",
-                      help="continue the run from checkpoints/last.ckpt (alone) or from PATH")
-    ckpt.add_argument("--overwrite", action="store_true",
-                      help="replace the checkpoints of an earlier run in --output_dir (kept until this run has saved its own)")
-
-    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no checkpoints")
+    add = parser.add_argument_group("data and outputs").add_argument
+    add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+        help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_save",
+        help="where checkpoints/, logs and plots go")
+    add("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    add = parser.add_argument_group("training").add_argument
+    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
+    add("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size", type=number(int, min=1),
+        metavar="N", help="validation and test batch size (default: --batch_size)")
+    add("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
+    add("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
+    add("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    add = parser.add_argument_group("checkpoints").add_argument
+    add("--save_top_k", "--save-top-k", type=top_k, default=2, metavar="K", help="best files per metric; -1: all")
+    add("--save_weights_only", "--save-weights-only", action="store_true", help="weights only: 1/3 the size, no resume")
+    add("--every_n_epochs", "--every-n-epochs", type=number(int, min=1), default=2, metavar="N",
+        help="also keep a snapshot every N epochs")
+    add("--resume", nargs="?", const="last", metavar="PATH",
+        help="continue the run from checkpoints/last.ckpt (alone) or from PATH")
+    add("--overwrite", action="store_true", help="replace an earlier run's checkpoints (kept until this run saved its own)")
+    add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
+    add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
+    add("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    add = parser.add_argument_group("debugging (passed to pl.Trainer)").add_argument
+    add("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+        help="run N batches of each stage (1 when given alone), write no checkpoints")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
-    model = parser.add_argument_group("model inspection")
-    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
-
-    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
-    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
-                          const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
-        "no effect: training always ends with a test of the best checkpoint; to test a saved "
-        "checkpoint use check_point_load.py"))
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
-        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
-    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1),
-                          metavar="N", note=(
-        "no effect: metrics are logged once per epoch; the progress bar shows the running loss"))
-    original.add_argument("--save_model", "--save-model", action="store_true",
-                          help="no effect here: every run saves its checkpoints")
+        add(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0, metavar="N|F",
+            help=f"{stage} batches per epoch: a count, or a fraction")
+    add = parser.add_argument_group("model inspection").add_argument
+    add("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    add("--named_parameters", "--named-parameters", action="store_true",
+        help="print every parameter's name and shape and exit")
+    add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
+    add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
+        note="it is --accelerator cpu now")
+    add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: training always ends with a test of the best "
+        "checkpoint; to test a saved checkpoint use check_point_load.py")
+    add("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
+        note="no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma")
+    add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
+        note="no effect: metrics are logged once per epoch; the progress bar shows the running loss")
+    add("--save_model", "--save-model", action="store_true", help="no effect here: every run saves its checkpoints")
     args = parser.parse_args(argv)
     if args.save_model:
-        print("note: --save_model (from the original tutorial): no effect, this script always saves "
-              "checkpoints in --output_dir/checkpoints; check_point_load.py --save_model writes the "
-              "plain state_dict", file=sys.stderr)
+        print("note: --save_model (from the original tutorial): no effect, this script always saves checkpoints in "
+              "--output_dir/checkpoints; check_point_load.py --save_model writes the plain state_dict", file=sys.stderr)
     if args.resume and args.overwrite:
         die("--resume continues the earlier run and --overwrite replaces it; pass one of them")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
@@ -436,12 +347,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def top_k(text: str) -> int:
-    value = int(text)
-    if value == 0 or value < -1:
+    if (value := int(text)) == 0 or value < -1:
         raise argparse.ArgumentTypeError(f"must be -1 (keep all) or at least 1, got {value} "
                                          f"(with 0 Lightning would not write last.ckpt either)")
     return value
-
 
 # Copied from Basic_usage_of_lightning.py
 def number(kind: type, min=None, max=None, above=None, below=None):
@@ -521,8 +430,7 @@ def print_outputs(out: Path, before: dict) -> None:
 
 
 def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: bool, model: nn.Module) -> None:
-    """Before any work: a folder this run can write, a file --resume can continue exactly, and no
-    earlier run's checkpoints that a fresh run would mix with its own."""
+    """Before any work: a writable folder, a file --resume can continue exactly, no earlier run to mix with."""
     if ckpt_dir.exists() and not (ckpt_dir.is_dir() and os.access(ckpt_dir, os.W_OK)):
         die(f"{ckpt_dir} is not a folder this run can write to; pick another --output_dir")
     if rank_zero:  # under DDP the other ranks start once rank 0 has set the earlier run aside
@@ -538,28 +446,20 @@ def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: boo
 
 
 def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module) -> None:
-    """Refuse, before anything is written or deleted, a checkpoint this run cannot continue exactly.
-
-    Lightning trusts what it restores: it deletes the files a ModelCheckpoint state of this folder
-    names as worse top-k or earlier last checkpoints, and steps the optimizer, scheduler and RNG
-    states as they are. So each such path must be a checkpoint name this run writes, directly in
-    its checkpoint folder (no "..", path elsewhere or symlink), and every state must have the shape
-    this script saves; else one line, and nothing is touched.
-    """
+    """Refuse, before anything is touched, a checkpoint this run cannot continue exactly, or whose callback
+    states name files Lightning would delete outside this run's checkpoints (see docs/checkpoints.md)."""
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         held = f"keys {list(checkpoint)[:4]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
-        die(f"{path} is not a Lightning checkpoint (it holds {held}); resume from a last.ckpt "
-            f"that check_point_save.py wrote")
+        die(f"{path} is not a Lightning checkpoint (it holds {held}); resume from a last.ckpt that check_point_save.py wrote")
     if "optimizer_states" not in checkpoint:
-        die(f"{path} was saved with save_weights_only=True: it holds the weights but no optimizer, "
-            f"LR-scheduler or callback state, so training cannot resume from it. Load it for "
-            f"inference with check_point_load.py, or train again without --save_weights_only")
+        die(f"{path} was saved with save_weights_only=True: it holds the weights but no optimizer, LR-scheduler or "
+            f"callback state, so training cannot resume from it. Load it for inference with check_point_load.py, "
+            f"or train again without --save_weights_only")
     callbacks = checkpoint.get("callbacks")
     state = callbacks.get(ResumableState.__qualname__) if isinstance(callbacks, dict) else None
     if not isinstance(state, dict):
-        die(f"{path} was not written by check_point_save.py (it has no ResumableState); "
-            f"resume from this script's own last.ckpt")
+        die(f"{path} was not written by check_point_save.py (it has no ResumableState); resume from this script's own last.ckpt")
 
     def problem() -> str:  # the first thing in the checkpoint that this script would not have saved
         folder = ckpt_dir.resolve()
@@ -567,8 +467,8 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
             if name.startswith("ModelCheckpoint"):
                 if not isinstance(saved, dict) or not isinstance(saved.get("best_k_models", {}), dict):
                     return f"the state of {name.split('{')[0]} is not a table"
-                if saved.get("dirpath") != str(folder):  # a moved folder: Lightning restores only
-                    continue  # best_model_path then, which these callbacks never delete
+                if saved.get("dirpath") != str(folder):  # moved: Lightning restores only best_model_path, never deleted
+                    continue
                 paths = [saved.get(key) for key in ("best_model_path", "kth_best_model_path", "last_model_path")]
                 for file in filter(None, [*paths, *saved.get("best_k_models", {})]):
                     if not (isinstance(file, str) and Path(file).resolve().parent == folder and not Path(file).is_symlink()
@@ -601,13 +501,12 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
         return ""
 
     if reason := problem():
-        die(f"{path} cannot be resumed: {reason}. Resume from a last.ckpt that check_point_save.py "
-            f"wrote, or start over with --overwrite (nothing was changed)")
-    changed = [f"--{name} {state['settings'][name]} (now {value})" for name, value in settings.items()
-               if state["settings"].get(name) != value]
-    if changed:
-        die(f"{path} was trained with {', '.join(changed)}; resume with the same flags, or start "
-            f"over with --overwrite (a one-cycle schedule cannot be stretched)")
+        die(f"{path} cannot be resumed: {reason}. Resume from a last.ckpt that check_point_save.py wrote, or start "
+            f"over with --overwrite (nothing was changed)")
+    if changed := [f"--{name} {state['settings'][name]} (now {value})" for name, value in settings.items()
+                   if state["settings"].get(name) != value]:
+        die(f"{path} was trained with {', '.join(changed)}; resume with the same flags, or start over with "
+            f"--overwrite (a one-cycle schedule cannot be stretched)")
 
 
 EARLIER_RUN = ".earlier_run"  # hidden, and not *.ckpt: no loader and no ModelCheckpoint looks inside
@@ -615,11 +514,9 @@ EARLIER_RUN = ".earlier_run"  # hidden, and not *.ckpt: no loader and no ModelCh
 
 @contextlib.contextmanager
 def earlier_run_kept_until_replaced(ckpt_dir: Path, overwrite: bool):
-    """--overwrite without losing anything: the earlier run's checkpoints wait in a hidden folder
-    until this run has saved a last.ckpt of its own, and come back if it stops before that."""
+    """--overwrite losing nothing: the earlier run's checkpoints wait aside until this run has a last.ckpt."""
     if overwrite and any(ckpt_dir.glob("*.ckpt")):
-        aside = ckpt_dir / EARLIER_RUN
-        aside.mkdir(exist_ok=True)
+        (aside := ckpt_dir / EARLIER_RUN).mkdir(exist_ok=True)
         for path in ckpt_dir.glob("*.ckpt"):
             path.rename(aside / path.name)
         for path in ckpt_dir.glob(".*.partial"):  # left by a killed write: never a whole file
@@ -632,8 +529,7 @@ def earlier_run_kept_until_replaced(ckpt_dir: Path, overwrite: bool):
 
 def settle_earlier_run(ckpt_dir: Path) -> None:
     """Drop the set-aside checkpoints once this run has a last.ckpt of its own; else put them back."""
-    aside = ckpt_dir / EARLIER_RUN
-    if not aside.is_dir():
+    if not (aside := ckpt_dir / EARLIER_RUN).is_dir():
         return
     if not (ckpt_dir / "last.ckpt").is_file():
         for path in ckpt_dir.glob("*.ckpt"):  # the first files of a run that stopped: nothing to resume
@@ -646,23 +542,18 @@ def settle_earlier_run(ckpt_dir: Path) -> None:
 def resume_hint(argv, last: ModelCheckpoint):
     """For exit_if_interrupted: the command that goes on with this run, once it has stopped."""
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
-    script = sys.argv[0] if Path(sys.argv[0]).name == "check_point_save.py" else "check_point_save.py"  # no __file__ in a notebook
+    script = sys.argv[0] if Path(sys.argv[0]).name == "check_point_save.py" else "check_point_save.py"  # a notebook
 
     def hint() -> str:
         if not last.last_model_path:  # no last.ckpt of this run (an --overwrite got the earlier one back)
             return f"; it saved no checkpoint yet, so run it again: {shlex.join(['python', script, *argv])}"
-        kept, resume_path_next = [], False
-        for token in argv:  # the same flags, without --overwrite and --resume [PATH]
+        kept, path_next = [], False
+        for token in argv:  # the same flags without --overwrite and --resume [PATH], or their prefixes (--res)
             flag = token.split("=", 1)[0]
-            if resume_path_next and not token.startswith("-"):
-                resume_path_next = False
-                continue
-            # argparse also accepts unambiguous prefixes: --over, --res
-            if len(flag) > 2 and ("--overwrite".startswith(flag) or "--resume".startswith(flag)):
-                resume_path_next = "--resume".startswith(flag) and "=" not in token
-                continue
-            resume_path_next = False
-            kept.append(token)
+            dropped = len(flag) > 2 and ("--overwrite".startswith(flag) or "--resume".startswith(flag))
+            if not dropped and not (path_next and not token.startswith("-")):
+                kept.append(token)
+            path_next = dropped and "--resume".startswith(flag) and "=" not in token
         return f"; resume with: {shlex.join(['python', script, *kept, '--resume'])}"
     return hint
 
@@ -672,8 +563,7 @@ def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> st
     kept = {}
     for name in ("best_loss", "best_acc"):
         callback = callbacks[name]
-        ranked = sorted(callback.best_k_models.items(), key=lambda item: float(item[1]),
-                        reverse=callback.mode == "max")
+        ranked = sorted(callback.best_k_models.items(), key=lambda item: float(item[1]), reverse=callback.mode == "max")
         for rank, (path, score) in enumerate(ranked, start=1):
             kept[Path(path).name] = (name, f"{callback.monitor}={float(score):.4f}", str(rank))
     named = {"last.ckpt": "save_last", "manual.ckpt": "trainer.save_checkpoint"}
@@ -681,31 +571,23 @@ def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> st
     for path in sorted(ckpt_dir.glob("*.ckpt")):
         periodic = re.fullmatch(r"epoch=\d+\.ckpt", path.name) and f"every_n_epochs={every_n_epochs}"
         # Untracked: an epoch saved by an interrupted attempt that the resumed run ranked otherwise.
-        kept_by, value, rank = kept.get(path.name, (named.get(path.name) or periodic
-                                                     or "(not tracked by this run)", "", ""))
-        size = f"{path.stat().st_size / 1e3:.0f} kB"
-        lines.append(f"  {path.name:34s} {kept_by:24s} {value:18s} {rank:4s} {size:>8s}")
+        kept_by, value, rank = kept.get(path.name, (named.get(path.name) or periodic or "(not tracked by this run)", "", ""))
+        lines.append(f"  {path.name:34s} {kept_by:24s} {value:18s} {rank:4s} {path.stat().st_size / 1e3:>5.0f} kB")
     return "\n".join(lines)
 
 
 # Copied from check_point_load.py
 def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
-    """torch.load on the CPU, or exit with one line that says what is wrong with the file.
-
-    weights_only=True (torch's default since 2.6) rebuilds tensors and plain containers only.
-    weights_only=False runs the full pickle machinery, which can call any function the file
-    names: only for files you made yourself.
-    """
+    """torch.load on the CPU, or exit with one line that says what is wrong with the file. weights_only=False
+    runs the full pickle machinery, which can call any function the file names: only for files you made yourself."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
         with warnings.catch_warnings():
-            # Random bytes can look like a pickle header; torch warns about it before failing.
-            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")
+            warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")  # random bytes can look like one
             return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
-        unsafe = re.search(r"GLOBAL (\S+)", str(error))
-        if unsafe:
+        if unsafe := re.search(r"GLOBAL (\S+)", str(error)):
             die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
                 f"since unpickling it can run any code; {unsafe_fix}")
         with open(path, "rb") as file:
