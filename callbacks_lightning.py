@@ -3,30 +3,22 @@
 # Read what every built-in callback does, then train MNIST with a chosen set of them.
 #
 # ## What it teaches
-# Callbacks add behaviour to the Trainer without touching the LightningModule. Run without
-# flags, the script writes a catalogue of every callback Lightning ships (signature, docstring,
-# the hooks it implements), offline. --demo trains with EarlyStopping, LearningRateMonitor,
-# ModelSummary, Timer, GradientAccumulationScheduler, EMAWeightAveraging, LambdaCallback,
-# ModelCheckpoint, LearningRateFinder and a custom Callback that prints each 2.x hook as it runs,
-# then reports what each one did. The 1.x hooks that no longer exist are listed in REMOVED_HOOKS.
+# Callbacks add behaviour to the Trainer without touching the LightningModule. Without flags the script writes
+# a catalogue of every callback Lightning ships (signature, docstring, hooks), offline. --demo trains with the
+# built-in callbacks of --callbacks and a custom Callback that prints each 2.x hook as it runs, then reports what
+# each one did. REMOVED_HOOKS lists the 1.x hooks that no longer exist.
 #
 # ## How to run
 # ```bash
-# python callbacks_lightning.py                                          # the catalogue: callbacks_info/
-# python callbacks_lightning.py --list                                   # the catalogue as a table
-# python callbacks_lightning.py --demo --data_dir /path/to/datasets      # the demo, 3 epochs
-# PATH_DATASETS=/path/to/datasets python callbacks_lightning.py --demo   # the same
-# python callbacks_lightning.py --demo --stop_at_acc 0.985               # EarlyStopping ends the run early
+# python callbacks_lightning.py --list                                          # the catalogue as a table
+# python callbacks_lightning.py --demo --data_dir /path/to/datasets             # the demo, 3 epochs
 # python callbacks_lightning.py --demo --callbacks hooks,lr_finder,checkpoint   # choose the callbacks
-# python callbacks_lightning.py --demo --callbacks hooks --raise_at_step 5      # watch on_exception run
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/callbacks_lightning)
 # ```text
-# callbacks_info/AVAILABLE.txt     every callback and a one-line summary (without --demo, or with --info)
-# callbacks_info/<Name>.txt        signature, summary and hooks of each callback
-# csv_logs/version_N/metrics.csv   with --demo: every logged value, the learning rate (lr-AdamW) included
-# tb_logs/version_N/               the same for TensorBoard
+# callbacks_info/                  AVAILABLE.txt and one <Name>.txt per callback (without --demo, or with --info)
+# csv_logs/, tb_logs/              with --demo: every logged value, the learning rate (lr-AdamW) included
 # checkpoints/best.ckpt            ModelCheckpoint: the epoch with the best valid_acc
 # history.csv, loss.png, acc.png   the per-epoch table and its curves
 # mnist_classifier.pt              with --save_model: the tested weights of the plain nn.Module
@@ -83,13 +75,11 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+# In-memory tensors: loader workers would not help (README: data-pipeline benchmark), so skip the hint.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
+# Notes that teach nothing here: a limit left at its default 1.0 ("all of it"), a cloud-logger tip.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 # A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
@@ -101,8 +91,7 @@ MODEL_FILE = "mnist_classifier"
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module` with no Lightning in it: two conv blocks, two linear layers; 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -132,8 +121,6 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvNet. It knows nothing about the callbacks around it."""
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.003, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
@@ -176,15 +163,13 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        # Sized in epochs, not steps: GradientAccumulationScheduler changes the number of optimizer
-        # steps per epoch after this runs, so a step-based plan (OneCycle) would be sized wrong.
+        # Per epoch: GradientAccumulationScheduler changes the steps per epoch later, which would mis-size OneCycle.
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage == "test":
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -199,19 +184,16 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Callbacks
-# Callbacks add behaviour to the Trainer without touching the LightningModule: the 1.x hooks that
-# 2.x no longer calls, a custom `Callback` that prints each 2.x hook as it runs, and the built-in
-# callbacks of the demo with what each one reports.
+# The 1.x hooks that 2.x no longer calls, a custom `Callback` that prints each 2.x hook as it runs, and the
+# built-in callbacks of the demo with what each one reports.
 
 # %% Callbacks
-# Lightning 1.x hooks that 2.x no longer calls, and where their code goes now. A method with one of
-# these names on a 2.x Callback raises no error: it is silently never called.
+# 1.x hooks that 2.x never calls (a method of that name raises no error, it is just ignored), and their 2.x home.
 REMOVED_HOOKS = {
     "on_init_start": "the callback's __init__ (the Trainer no longer announces its own construction)",
     "on_init_end": "the callback's __init__, or setup(trainer, pl_module, stage)",
@@ -228,16 +210,11 @@ REMOVED_HOOKS = {
 
 
 class HookReporter(Callback):
-    """A custom Callback: prints each 2.x hook when Lightning calls it, numbered, so the order shows.
-
-    Per-batch hooks are counted rather than printed. --raise_at_step makes training fail on purpose
-    so that on_exception runs.
-    """
+    """A custom Callback: prints each 2.x hook as Lightning calls it, numbered, so the order shows. Per-batch hooks
+    are counted, not printed; --raise_at_step makes training fail on purpose, so that on_exception runs."""
 
     def __init__(self, raise_at_step=None):
-        self.calls = 0
-        self.train_batches = 0
-        self.raise_at_step = raise_at_step
+        self.calls, self.train_batches, self.raise_at_step = 0, 0, raise_at_step
 
     def _say(self, pl_module, hook: str, detail: str = "") -> None:
         self.calls += 1
@@ -260,8 +237,7 @@ class HookReporter(Callback):
         self._say(pl_module, "on_sanity_check_end",
                   f"  ({batches} validation batches ran before training, to catch bugs early)")
 
-    def on_train_start(self, trainer, pl_module):
-        self._say(pl_module, "on_train_start")
+    def on_train_start(self, trainer, pl_module): self._say(pl_module, "on_train_start")
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._say(pl_module, "on_train_epoch_start", f"  epoch {trainer.current_epoch}")
@@ -272,31 +248,22 @@ class HookReporter(Callback):
             raise RuntimeError(f"simulated failure at optimizer step {trainer.global_step} (--raise_at_step)")
 
     def on_validation_end(self, trainer, pl_module):
-        # Not on_validation_epoch_end: a callback's hook runs before the LightningModule's hook of the
-        # same name, so valid_acc (logged in the module's on_validation_epoch_end) is not there yet.
+        # Not on_validation_epoch_end: a callback's runs before the module's, which is where valid_acc is logged.
         if not trainer.sanity_checking:
             self._say(pl_module, "on_validation_end", f"  valid_acc {trainer.callback_metrics['valid_acc']:.4f}")
 
     def on_train_epoch_end(self, trainer, pl_module):
         # In 2.x this runs after the epoch's validation, so it sees the validation metrics too.
-        self._say(pl_module, "on_train_epoch_end", f"    epoch {trainer.current_epoch}: {self.train_batches} "
-                  f"batches so far, {trainer.global_step} optimizer steps, "
-                  f"accumulate_grad_batches={trainer.accumulate_grad_batches}")
+        self._say(pl_module, "on_train_epoch_end", f"    epoch {trainer.current_epoch}: {self.train_batches} batches so far, "
+                  f"{trainer.global_step} optimizer steps, accumulate_grad_batches={trainer.accumulate_grad_batches}")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._say(pl_module, "on_save_checkpoint", f"  epoch {checkpoint['epoch']}")
 
-    def on_train_end(self, trainer, pl_module):
-        self._say(pl_module, "on_train_end")
-
-    def on_fit_end(self, trainer, pl_module):
-        self._say(pl_module, "on_fit_end")
-
-    def on_test_start(self, trainer, pl_module):
-        self._say(pl_module, "on_test_start")
-
-    def on_test_end(self, trainer, pl_module):
-        self._say(pl_module, "on_test_end")
+    def on_train_end(self, trainer, pl_module): self._say(pl_module, "on_train_end")
+    def on_fit_end(self, trainer, pl_module): self._say(pl_module, "on_fit_end")
+    def on_test_start(self, trainer, pl_module): self._say(pl_module, "on_test_start")
+    def on_test_end(self, trainer, pl_module): self._say(pl_module, "on_test_end")
 
     def teardown(self, trainer, pl_module, stage):
         self._say(pl_module, "teardown", f"(stage={getattr(stage, 'value', stage)!r})")
@@ -311,8 +278,7 @@ class EMAWithReport(EMAWeightAveraging):
 
     def __init__(self, decay: float):
         super().__init__(decay=decay)
-        self.decay = decay
-        self.relative_distance = None
+        self.decay, self.relative_distance = decay, None
 
     def on_train_end(self, trainer, pl_module):
         raw = parameters_to_vector(pl_module.parameters()).detach().clone()
@@ -333,23 +299,20 @@ def model_summary() -> ModelSummary:
     """The layer table at fit start: drawn by rich when it is installed, plain text otherwise."""
     if importlib.util.find_spec("rich"):
         return RichModelSummary(max_depth=2)
-    print("note: rich is not installed, so ModelSummary prints the plain table (pip install rich for "
-          "RichModelSummary)")
+    print("note: rich is not installed, so ModelSummary prints the plain table (pip install rich for RichModelSummary)")
     return ModelSummary(max_depth=2)
 
 
 @dataclass(frozen=True)
 class DemoCallback:
-    """One --callbacks name: the Lightning class it shows, what the demo does with it, how to build
-    it from the flags, and what to report after the run (the callback keeps its results)."""
+    """One --callbacks name: the class it shows, its purpose here, how to build it, and what to report after the run."""
     shows: str
     purpose: str
     build: Callable  # (args, out) -> the callback
     report: Callable  # (callback, trainer) -> one line
 
 
-# Adding a callback to the demo: one entry here. --callbacks runs them in this order; lr_finder is
-# off by default, since it spends extra training steps before the real run.
+# Adding a callback to the demo: one entry here, in run order. lr_finder is off by default: it costs extra steps.
 DEMO_CALLBACKS = {
     "hooks": DemoCallback(
         "Callback", "HookReporter, a custom Callback: prints each hook as Lightning calls it",
@@ -370,49 +333,43 @@ DEMO_CALLBACKS = {
             f"{key} = {', '.join(f'{v:.5f}' for v in values)}" for key, values in monitor.lrs.items()) + " (one per epoch)"),
     "model_summary": DemoCallback(
         "ModelSummary", "print the layer table at fit start (RichModelSummary when rich is installed)",
-        build=lambda args, out: model_summary(),
-        report=lambda summary, trainer: "printed the layer table at fit start (above)"),
+        build=lambda args, out: model_summary(), report=lambda summary, trainer: "printed the layer table at fit start (above)"),
     "timer": DemoCallback(
         "Timer", "time training, validation and test; stop training at --time_limit",
         build=lambda args, out: Timer(duration={"seconds": args.time_limit} if args.time_limit else None, verbose=True),
-        report=lambda timer, trainer: (
-            f"train {timer.time_elapsed('train'):.2f} s, last validation {timer.time_elapsed('validate'):.2f} s, "
-            f"test {timer.time_elapsed('test'):.2f} s"
-            + ("; the time limit stopped training" if timer.time_remaining() == 0 else ""))),
+        report=lambda timer, trainer: f"train {timer.time_elapsed('train'):.2f} s, last validation "
+            f"{timer.time_elapsed('validate'):.2f} s, test {timer.time_elapsed('test'):.2f} s"
+            + ("; the time limit stopped training" if timer.time_remaining() == 0 else "")),
     "grad_accum": DemoCallback(
         "GradientAccumulationScheduler", "1 batch per optimizer step in epoch 0, 2 from epoch 1",
         build=lambda args, out: GradientAccumulationScheduler(scheduling={0: 1, 1: 2}),
-        report=lambda scheduler, trainer: (
-            "batches per optimizer step by epoch "
+        report=lambda scheduler, trainer: "batches per optimizer step by epoch "
             f"{ {epoch: scheduler.get_accumulate_grad_batches(epoch) for epoch in range(trainer.current_epoch)} }; "
-            f"{trainer.global_step} optimizer steps in all")),
+            f"{trainer.global_step} optimizer steps in all"),
     "ema": DemoCallback(
         "EMAWeightAveraging", "validate with, and end on, a moving average of the weights (--ema_decay)",
         build=lambda args, out: EMAWithReport(decay=args.ema_decay),
-        report=lambda ema, trainer: (
-            f"the model now holds the averaged weights (decay {ema.decay}); they differ from the "
-            f"last raw weights by {ema.relative_distance:.2%} (relative L2 distance)")),
+        report=lambda ema, trainer: f"the model now holds the averaged weights (decay {ema.decay}); they differ from the "
+            f"last raw weights by {ema.relative_distance:.2%} (relative L2 distance)"),
     "lambda": DemoCallback(
         "LambdaCallback", "record the gradient norm before each optimizer step",
         build=lambda args, out: gradient_norm_recorder(),
-        report=lambda recorder, trainer: (
-            f"recorded the gradient norm at {len(recorder.grad_norms)} optimizer steps: first "
-            f"{recorder.grad_norms[0]:.3f}, last {recorder.grad_norms[-1]:.3f}" if recorder.grad_norms
-            else "recorded no optimizer step")),
+        report=lambda recorder, trainer: f"recorded the gradient norm at {len(recorder.grad_norms)} optimizer steps: "
+            f"first {recorder.grad_norms[0]:.3f}, last {recorder.grad_norms[-1]:.3f}" if recorder.grad_norms
+            else "recorded no optimizer step"),
     "checkpoint": DemoCallback(
         "ModelCheckpoint", "keep checkpoints/best.ckpt, the epoch with the best valid_acc",
         build=lambda args, out: ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="valid_acc",
                                                 mode="max", enable_version_counter=False),
-        report=lambda checkpoint, trainer: (
-            f"best valid_acc {checkpoint.best_model_score:.4f} saved in {checkpoint.best_model_path}"
-            if checkpoint.best_model_score is not None else "saved nothing (--fast_dev_run turns checkpointing off)")),
+        report=lambda checkpoint, trainer: f"best valid_acc {checkpoint.best_model_score:.4f} saved in "
+            f"{checkpoint.best_model_path}" if checkpoint.best_model_score is not None
+            else "saved nothing (--fast_dev_run turns checkpointing off)"),
     "lr_finder": DemoCallback(
         "LearningRateFinder", "try learning rates for 50 steps, then train from the suggested one",
         build=lambda args, out: LearningRateFinder(min_lr=1e-5, max_lr=0.1, num_training_steps=50),
-        report=lambda finder, trainer: (
-            f"suggested lr {finder.optimal_lr.suggestion():.2e} after {len(finder.optimal_lr.results['lr'])} "
-            f"trial steps; training started from it" if finder.optimal_lr and finder.optimal_lr.suggestion()
-            else "found no suggestion; kept --lr")),
+        report=lambda finder, trainer: f"suggested lr {finder.optimal_lr.suggestion():.2e} after "
+            f"{len(finder.optimal_lr.results['lr'])} trial steps; training started from it"
+            if finder.optimal_lr and finder.optimal_lr.suggestion() else "found no suggestion; kept --lr"),
 }
 DEFAULT_CALLBACKS = [name for name in DEMO_CALLBACKS if name != "lr_finder"]
 
