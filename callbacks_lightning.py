@@ -428,13 +428,12 @@ def main(argv=None) -> int:
     csv_logger = CSVLogger(out, name="csv_logs")
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=list(chosen.values()),
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, callbacks=list(chosen.values()),
+            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")],
             # Without these two the Trainer would add a ModelSummary and a ModelCheckpoint of its own.
             enable_model_summary="model_summary" in chosen, enable_checkpointing="checkpoint" in chosen,
-            # The progress bar is a callback too; it redraws over printed lines, so the hook printout replaces it.
-            enable_progress_bar="hooks" not in chosen,
+            enable_progress_bar="hooks" not in chosen,  # it redraws over printed lines: the hook printout replaces it
             plugins=[AtomicCheckpointIO()],  # a checkpoint is replaced whole or not at all
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
@@ -449,15 +448,9 @@ def main(argv=None) -> int:
             # Lightning ran on_exception on every callback, then re-raised the error to us.
             print(f"\ntraining failed on purpose ({error}); on_exception ran first, see the last [hook] line")
             return 1
-    if "ema" in chosen:
-        # Test the weights fit left in the model: the average. Restoring a checkpoint on this Trainer
-        # would run EMAWeightAveraging.on_load_checkpoint, which puts the raw weights back.
-        best, tested = "", "the weights in memory (the EMA average)"
-    elif "checkpoint" in chosen and chosen["checkpoint"].best_model_path:
-        best = tested = chosen["checkpoint"].best_model_path
-    else:
-        best, tested = "", "the weights in memory"
-    print(f"testing {tested}")
+    # With EMA, test the average in memory: restoring a checkpoint would put the raw weights back (on_load_checkpoint).
+    best = chosen["checkpoint"].best_model_path if "checkpoint" in chosen and "ema" not in chosen else ""
+    print(f"testing {best or 'the weights in memory' + (' (the EMA average)' if 'ema' in chosen else '')}")
     with exit_if_write_fails(out):
         test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False)[0]
 
@@ -485,76 +478,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Read what every built-in callback does, then train MNIST with a chosen set of them.",
                                      formatter_class=DefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
-    catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
+    catalogue = parser.add_argument_group("without --demo: the catalogue, or the model's structure")
     catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/callbacks_lightning",
                            help="where the catalogue, logs, plots and checkpoints go")
     catalogue.add_argument("--list", action="store_true", help="print every built-in callback as a table "
                            "(and write callbacks_info/ only with --info)")
     catalogue.add_argument("--info", action="store_true",
                            help="write callbacks_info/, one file per callback (the default without --list)")
+    catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                           help="print every parameter's name and shape and exit")
 
-    data = parser.add_argument_group("the training demo: data")
-    data.add_argument("--demo", action="store_true", help="train MNIST with the callbacks of --callbacks")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+    demo = parser.add_argument_group("the training demo")
+    demo.add_argument("--demo", action="store_true", help="train MNIST with the callbacks of --callbacks")
+    demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("the training demo: training")
-    train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
-    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                       type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
-    train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
-    train.add_argument("--lr", type=number(float, above=0), default=0.003, help="starting learning rate of the cosine schedule")
-    train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-    train.add_argument("--save_model", "--save-model", action="store_true",
-                       help=f"save {MODEL_FILE}.pt (state_dict of the tested weights)")
-
-    demo = parser.add_argument_group("the training demo: callbacks")
+    demo.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    demo.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    demo.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
+    demo.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                      type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
+    demo.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
+    demo.add_argument("--lr", type=number(float, above=0), default=0.003, help="starting learning rate of the cosine schedule")
+    demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (the tested weights)")
     demo.add_argument("--callbacks", type=callback_names, default=",".join(DEFAULT_CALLBACKS), metavar="NAMES",
-                      help="comma-separated, run in this order: " + "; ".join(
-                          f"{name}: {callback.purpose}" for name, callback in DEMO_CALLBACKS.items()))
+                      help="comma-separated, run in this order: " + "; ".join(f"{n}: {c.purpose}" for n, c in DEMO_CALLBACKS.items()))
     demo.add_argument("--patience", type=number(int, min=0), default=3, help="EarlyStopping: epochs without a better valid_acc")
     demo.add_argument("--stop_at_acc", "--stop-at-acc", type=number(float, above=0, max=1), metavar="ACC",
                       help="EarlyStopping: stop as soon as valid_acc reaches ACC (stopping_threshold)")
     demo.add_argument("--ema_decay", "--ema-decay", type=number(float, above=0, below=1), default=0.99,
                       help="EMAWeightAveraging: weight of the old average at each step (0.99: about the last 100 steps)")
-    demo.add_argument("--time_limit", "--time-limit", type=number(int, min=1), metavar="SECONDS",
-                      help="Timer: stop training after this long")
+    demo.add_argument("--time_limit", "--time-limit", type=number(int, min=1), metavar="SECONDS", help="Timer: stop training after this long")
     demo.add_argument("--raise_at_step", "--raise-at-step", type=number(int, min=1), metavar="N",
                       help="hooks: raise an error at optimizer step N, to show on_exception")
 
-    hardware = parser.add_argument_group("the training demo: hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
-                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("the training demo: debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
+    trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
+    trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    trainer.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    trainer.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
+                         help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    trainer.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    trainer.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+                         help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
-    model = parser.add_argument_group("model inspection")
-    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
+        trainer.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
+                             metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
 
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
-        "no effect: the demo (--demo) always ends with a test; this script tests no saved weights "
-        "(Basic_usage_of_lightning.py --load_model does)"))
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
-        "no effect: the learning rate follows a cosine schedule, not StepLR's decay by gamma"))
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: the demo (--demo) always ends "
+                          "with a test; this script tests no saved weights (Basic_usage_of_lightning.py --load_model does)")
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
+                          note="no effect: the learning rate follows a cosine schedule, not StepLR's decay by gamma")
     original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1),
-                          metavar="N", note=(
-        "no effect: metrics are logged once per epoch; the hooks printout and the progress bar show progress"))
+                          metavar="N", note="no effect: metrics are logged once per epoch; the hooks printout and the "
+                          "progress bar show progress")
     original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
                           help="refused with a pointer: this script tests no saved weights")
     args = parser.parse_args(argv)
@@ -567,10 +548,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ignored = [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
                    and name not in ("list", "info", "named_modules", "named_parameters")]
         if ignored:
-            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script "
-                f"writes the catalogue)")
-    needs = {"stop_at_acc": "early_stopping", "time_limit": "timer", "raise_at_step": "hooks"}
-    for flag, name in needs.items():
+            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script writes the catalogue)")
+    for flag, name in {"stop_at_acc": "early_stopping", "time_limit": "timer", "raise_at_step": "hooks"}.items():
         if getattr(args, flag) is not None and name not in args.callbacks:
             die(f"--{flag} needs the {name} callback: add {name} to --callbacks")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
@@ -681,7 +660,9 @@ def callback_table() -> str:
     rows = [f"{'callback':30s} {'--callbacks':15s} {'hooks':>5s}  summary"]
     for name in pl_callbacks.__all__:
         cls = getattr(pl_callbacks, name)
-        rows.append(f"{name:30s} {demo.get(name, '-'):15s} {len(hooks_of(cls)):5d}  {one_line(cls)}")
+        summary = first_paragraph(cls).split(". ")[0].rstrip(".") + "."
+        rows.append(f"{name:30s} {demo.get(name, '-'):15s} {len(hooks_of(cls)):5d}  "
+                    f"{summary if len(summary) <= 100 else summary[:97] + '...'}")
     return "\n".join(rows)
 
 
@@ -691,15 +672,13 @@ def callback_page(name: str) -> str:
     lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})"]
     if demo:
         lines.append(f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo].purpose}")
-    lines += ["", "What it does", indented(first_paragraph(cls)), "", "Signature",
-              "\n".join("  " + line for line in signature_of(cls).splitlines()), ""]
+    lines += ["", "What it does", indented(first_paragraph(cls)), "", "Signature", textwrap.indent(signature_of(cls), "  "), ""]
     if cls is Callback:
         lines += ["Hooks a subclass can override (Lightning 2.x)", indented(", ".join(HOOKS)), "",
                   "Removed 1.x hooks (never called in 2.x) and where their code goes now"]
         lines += [f"  {old:36s} -> {new}" for old, new in REMOVED_HOOKS.items()]
     else:
-        hooks = hooks_of(cls)
-        lines += ["Hooks it implements", indented(", ".join(hooks) if hooks else "(none of its own)")]
+        lines += ["Hooks it implements", indented(", ".join(hooks_of(cls)) or "(none of its own)")]
     lines += ["", f"Full documentation: python -c \"help('pytorch_lightning.callbacks.{name}')\""]
     return "\n".join(lines) + "\n"
 
@@ -710,14 +689,8 @@ def hooks_of(cls) -> list:
     return [hook for hook in HOOKS if hook in own or hook in inspect.signature(cls).parameters]
 
 
-def one_line(cls, width: int = 100) -> str:
-    sentence = first_paragraph(cls).split(". ")[0].rstrip(".") + "."
-    return sentence if len(sentence) <= width else sentence[:width - 3] + "..."
-
-
 def first_paragraph(cls) -> str:
-    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never
-    object's ("The base class of the class hierarchy.")."""
+    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never object's."""
     for owner in cls.__mro__[:-1]:
         doc = owner.__dict__.get("__doc__") or getattr(owner.__dict__.get("__init__"), "__doc__", None)
         if doc:
@@ -736,8 +709,7 @@ def plain(text: str) -> str:
 def signature_of(cls) -> str:
     parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
     text = f"{cls.__name__}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{cls.__name__}()"
-    # Same bytes on every run: no memory addresses, no "typing." noise.
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))  # same bytes every run
 
 
 def indented(text: str) -> str:

@@ -655,8 +655,7 @@ def backend_status(class_name: str) -> str:
 
 # Copied from callbacks_lightning.py
 def first_paragraph(cls) -> str:
-    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never
-    object's ("The base class of the class hierarchy.")."""
+    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never object's."""
     for owner in cls.__mro__[:-1]:
         doc = owner.__dict__.get("__doc__") or getattr(owner.__dict__.get("__init__"), "__doc__", None)
         if doc:
@@ -677,8 +676,7 @@ def plain(text: str) -> str:
 def signature_of(cls) -> str:
     parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
     text = f"{cls.__name__}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{cls.__name__}()"
-    # Same bytes on every run: no memory addresses, no "typing." noise.
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))  # same bytes every run
 
 
 # Copied from callbacks_lightning.py
