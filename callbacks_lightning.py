@@ -3,10 +3,9 @@
 # Read what every built-in callback does, then train MNIST with a chosen set of them.
 #
 # ## What it teaches
-# Callbacks add behaviour to the Trainer without touching the LightningModule. Without flags the script writes
-# a catalogue of every callback Lightning ships (signature, docstring, hooks), offline. --demo trains with the
-# built-in callbacks of --callbacks and a custom Callback that prints each 2.x hook as it runs, then reports what
-# each one did. REMOVED_HOOKS lists the 1.x hooks that no longer exist.
+# Callbacks add behaviour to the Trainer without touching the LightningModule. Without flags: a catalogue of every
+# callback Lightning ships (signature, docstring, hooks), offline. --demo trains with the callbacks of --callbacks and
+# a custom one that prints each 2.x hook as it runs, then reports what each did. REMOVED_HOOKS: the 1.x hooks gone.
 #
 # ## How to run
 # ```bash
@@ -45,9 +44,8 @@ import sys
 import textwrap
 import threading
 import warnings
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -75,15 +73,14 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# In-memory tensors: loader workers would not help (README: data-pipeline benchmark), so skip the hint.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
-warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Warnings that teach nothing here: the loader-workers hint (the data are in memory; see the README's data-pipeline
+# benchmark), a pytree deprecation inside Lightning 2.6, and a full checkpoint folder (a rerun replaces best.ckpt).
+for noise in ("does not have many workers", "isinstance\\(treespec, LeafSpec\\)` is deprecated",
+              "Checkpoint directory .* exists and is not empty"):
+    warnings.filterwarnings("ignore", f".*{noise}.*")
 # Notes that teach nothing here: a limit left at its default 1.0 ("all of it"), a cloud-logger tip.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -189,8 +186,7 @@ class MNISTClassifier(pl.LightningModule):
 
 # %% [markdown]
 # ## Callbacks
-# The 1.x hooks that 2.x no longer calls, a custom `Callback` that prints each 2.x hook as it runs, and the
-# built-in callbacks of the demo with what each one reports.
+# The 1.x hooks gone in 2.x, a custom `Callback` that prints each 2.x hook as it runs, and the demo's built-in ones.
 
 # %% Callbacks
 # 1.x hooks that 2.x never calls (a method of that name raises no error, it is just ignored), and their 2.x home.
@@ -199,12 +195,10 @@ REMOVED_HOOKS = {
     "on_init_end": "the callback's __init__, or setup(trainer, pl_module, stage)",
     "on_configure_sharded_model": "setup(), or LightningModule.configure_model",
     "on_before_accelerator_backend_setup": "setup(trainer, pl_module, stage)",
-    "on_pretrain_routine_start": "on_fit_start",
-    "on_pretrain_routine_end": "on_fit_start",
+    "on_pretrain_routine_start": "on_fit_start", "on_pretrain_routine_end": "on_fit_start",
     "on_epoch_start": "on_train_epoch_start / on_validation_epoch_start / on_test_epoch_start",
     "on_epoch_end": "on_train_epoch_end / on_validation_epoch_end / on_test_epoch_end",
-    "on_batch_start": "on_train_batch_start",
-    "on_batch_end": "on_train_batch_end",
+    "on_batch_start": "on_train_batch_start", "on_batch_end": "on_train_batch_end",
     "on_keyboard_interrupt": "on_exception (check isinstance(exception, KeyboardInterrupt))",
 }
 
@@ -229,13 +223,11 @@ class HookReporter(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         # trainer.callbacks is the run order: Lightning moves tuner callbacks first and checkpoints last.
-        self._say(pl_module, "on_fit_start", "  callbacks run in this order: "
-                  + ", ".join(type(callback).__name__ for callback in trainer.callbacks))
+        self._say(pl_module, "on_fit_start", "  callbacks run in this order: " + ", ".join(type(c).__name__ for c in trainer.callbacks))
 
     def on_sanity_check_end(self, trainer, pl_module):
-        batches = sum(trainer.num_sanity_val_batches)  # num_sanity_val_steps (2), or fewer if the loader is shorter
-        self._say(pl_module, "on_sanity_check_end",
-                  f"  ({batches} validation batches ran before training, to catch bugs early)")
+        self._say(pl_module, "on_sanity_check_end", f"  ({sum(trainer.num_sanity_val_batches)} validation batches ran "
+                  "before training, to catch bugs early)")  # num_sanity_val_steps (2), or fewer if the loader is shorter
 
     def on_train_start(self, trainer, pl_module): self._say(pl_module, "on_train_start")
 
@@ -288,10 +280,9 @@ class EMAWithReport(EMAWeightAveraging):
 
 def gradient_norm_recorder() -> LambdaCallback:
     """A LambdaCallback: hooks from plain functions, no subclass. Records the gradient norm per optimizer step."""
-    norms = []
-    callback = LambdaCallback(on_before_optimizer_step=lambda trainer, pl_module, optimizer: norms.append(
+    callback = LambdaCallback(on_before_optimizer_step=lambda trainer, pl_module, optimizer: callback.grad_norms.append(
         grad_norm(pl_module, norm_type=2)["grad_2.0_norm_total"].item()))
-    callback.grad_norms = norms
+    callback.grad_norms = []
     return callback
 
 
@@ -303,15 +294,8 @@ def model_summary() -> ModelSummary:
     return ModelSummary(max_depth=2)
 
 
-@dataclass(frozen=True)
-class DemoCallback:
-    """One --callbacks name: the class it shows, its purpose here, how to build it, and what to report after the run."""
-    shows: str
-    purpose: str
-    build: Callable  # (args, out) -> the callback
-    report: Callable  # (callback, trainer) -> one line
-
-
+# One --callbacks name: the class shown, its purpose, build(args, out) -> callback, report(callback, trainer) -> line.
+DemoCallback = namedtuple("DemoCallback", "shows purpose build report")
 # Adding a callback to the demo: one entry here, in run order. lr_finder is off by default: it costs extra steps.
 DEMO_CALLBACKS = {
     "hooks": DemoCallback(
@@ -376,8 +360,7 @@ DEFAULT_CALLBACKS = [name for name in DEMO_CALLBACKS if name != "lr_finder"]
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized tensors, decoded once, and a train/validation split that the seed fixes in every process.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -402,8 +385,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What a shell run and the last cell (with the parameters cell's `ARGS`) run; below it, the plumbing.
 
 # %% Main
 def main(argv=None) -> int:
@@ -425,27 +407,23 @@ def main(argv=None) -> int:
                             lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     chosen = {name: DEMO_CALLBACKS[name].build(args, out) for name in args.callbacks}
     print("callbacks: " + ", ".join(f"{name} ({type(callback).__name__})" for name, callback in chosen.items()))
-    csv_logger = CSVLogger(out, name="csv_logs")
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
             precision=args.precision, max_epochs=args.epochs, callbacks=list(chosen.values()),
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")],
+            logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")], plugins=[AtomicCheckpointIO()],
             # Without these two the Trainer would add a ModelSummary and a ModelCheckpoint of its own.
             enable_model_summary="model_summary" in chosen, enable_checkpointing="checkpoint" in chosen,
             enable_progress_bar="hooks" not in chosen,  # it redraws over printed lines: the hook printout replaces it
-            plugins=[AtomicCheckpointIO()],  # a checkpoint is replaced whole or not at all
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             default_root_dir=out, deterministic=True)  # LearningRateFinder keeps its temporary checkpoint there
-
     with exit_if_interrupted(trainer), exit_if_write_fails(out):
         try:
             trainer.fit(model)
-        except RuntimeError as error:
+        except RuntimeError as error:  # Lightning ran on_exception on every callback, then re-raised the error
             if args.raise_at_step is None:
                 raise
-            # Lightning ran on_exception on every callback, then re-raised the error to us.
             print(f"\ntraining failed on purpose ({error}); on_exception ran first, see the last [hook] line")
             return 1
     # With EMA, test the average in memory: restoring a checkpoint would put the raw weights back (on_load_checkpoint).
@@ -456,7 +434,7 @@ def main(argv=None) -> int:
 
     if trainer.is_global_zero:
         if not args.fast_dev_run:
-            history = epoch_history_with_lr(Path(csv_logger.log_dir, "metrics.csv"))
+            history = epoch_history_with_lr(Path(trainer.loggers[0].log_dir, "metrics.csv"))
             print("\n" + history.to_string(float_format="{:.4f}".format))
             write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
@@ -481,14 +459,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     catalogue = parser.add_argument_group("without --demo: the catalogue, or the model's structure")
     catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/callbacks_lightning",
                            help="where the catalogue, logs, plots and checkpoints go")
-    catalogue.add_argument("--list", action="store_true", help="print every built-in callback as a table "
-                           "(and write callbacks_info/ only with --info)")
-    catalogue.add_argument("--info", action="store_true",
-                           help="write callbacks_info/, one file per callback (the default without --list)")
+    catalogue.add_argument("--list", action="store_true", help="print the catalogue as a table (writes files only with --info)")
+    catalogue.add_argument("--info", action="store_true", help="write callbacks_info/ (the default without --list)")
     catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                           help="print every parameter's name and shape and exit")
-
+    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true", help="print each parameter's shape and exit")
     demo = parser.add_argument_group("the training demo")
     demo.add_argument("--demo", action="store_true", help="train MNIST with the callbacks of --callbacks")
     demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
@@ -503,7 +477,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
     demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (the tested weights)")
     demo.add_argument("--callbacks", type=callback_names, default=",".join(DEFAULT_CALLBACKS), metavar="NAMES",
-                      help="comma-separated, run in this order: " + "; ".join(f"{n}: {c.purpose}" for n, c in DEMO_CALLBACKS.items()))
+                      help="comma-separated, run in this order: " + "; ".join(
+                          f"{name}: {callback.purpose}" for name, callback in DEMO_CALLBACKS.items()))
     demo.add_argument("--patience", type=number(int, min=0), default=3, help="EarlyStopping: epochs without a better valid_acc")
     demo.add_argument("--stop_at_acc", "--stop-at-acc", type=number(float, above=0, max=1), metavar="ACC",
                       help="EarlyStopping: stop as soon as valid_acc reaches ACC (stopping_threshold)")
@@ -512,7 +487,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     demo.add_argument("--time_limit", "--time-limit", type=number(int, min=1), metavar="SECONDS", help="Timer: stop training after this long")
     demo.add_argument("--raise_at_step", "--raise-at-step", type=number(int, min=1), metavar="N",
                       help="hooks: raise an error at optimizer step N, to show on_exception")
-
     trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
     trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     trainer.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
@@ -525,7 +499,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for stage in ("train", "val", "test"):
         trainer.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                              metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
@@ -539,7 +512,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
                           help="refused with a pointer: this script tests no saved weights")
     args = parser.parse_args(argv)
-
     if args.load_model:
         die(f"--load_model {args.load_model}: this script trains to show callbacks and tests no saved weights; "
             f"test them with: python Basic_usage_of_lightning.py --load_model {args.load_model}")
@@ -643,19 +615,6 @@ HOOKS = [name for name in vars(Callback) if name.startswith("on_") or name in
 
 
 def show_callback_catalogue(out: Path, print_table: bool, write_files: bool, hint: bool) -> None:
-    if print_table:
-        print(callback_table())
-    if write_files:
-        pages = {f"{name}.txt": callback_page(name) for name in pl_callbacks.__all__}
-        folder = write_text_files(out / "callbacks_info", {"AVAILABLE.txt": (
-            f"Callbacks in pytorch_lightning {pl.__version__} (pytorch_lightning.callbacks.__all__); "
-            f"hooks = how many Callback hooks each implements\n\n{callback_table()}\n"), **pages})
-        print(f"wrote AVAILABLE.txt and {len(pages)} callback files to {folder.resolve()}")
-    if hint:
-        print("to see them at work in a training run: python callbacks_lightning.py --demo (--help lists its flags)")
-
-
-def callback_table() -> str:
     demo = {callback.shows: name for name, callback in DEMO_CALLBACKS.items()}
     rows = [f"{'callback':30s} {'--callbacks':15s} {'hooks':>5s}  summary"]
     for name in pl_callbacks.__all__:
@@ -663,12 +622,21 @@ def callback_table() -> str:
         summary = first_paragraph(cls).split(". ")[0].rstrip(".") + "."
         rows.append(f"{name:30s} {demo.get(name, '-'):15s} {len(hooks_of(cls)):5d}  "
                     f"{summary if len(summary) <= 100 else summary[:97] + '...'}")
-    return "\n".join(rows)
+    table = "\n".join(rows)
+    if print_table:
+        print(table)
+    if write_files:
+        pages = {f"{name}.txt": callback_page(name, demo.get(name)) for name in pl_callbacks.__all__}
+        folder = write_text_files(out / "callbacks_info", {"AVAILABLE.txt": (
+            f"Callbacks in pytorch_lightning {pl.__version__} (pytorch_lightning.callbacks.__all__); "
+            f"hooks = how many Callback hooks each implements\n\n{table}\n"), **pages})
+        print(f"wrote AVAILABLE.txt and {len(pages)} callback files to {folder.resolve()}")
+    if hint:
+        print("to see them at work in a training run: python callbacks_lightning.py --demo (--help lists its flags)")
 
 
-def callback_page(name: str) -> str:
+def callback_page(name: str, demo: str) -> str:
     cls = getattr(pl_callbacks, name)
-    demo = next((key for key, callback in DEMO_CALLBACKS.items() if callback.shows == name), None)
     lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})"]
     if demo:
         lines.append(f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo].purpose}")
@@ -721,9 +689,8 @@ def write_text_files(folder: Path, files: dict) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            partial = folder / f".{name}.partial"
-            partial.write_text(text)
-            os.replace(partial, folder / name)
+            (folder / f".{name}.partial").write_text(text)
+            os.replace(folder / f".{name}.partial", folder / name)
         for stale in set(folder.glob("*.txt")) - {folder / name for name in files}:
             stale.unlink()
     except OSError as error:
@@ -955,9 +922,7 @@ def exit_if_write_fails(out: Path):
 def epoch_history_with_lr(metrics_csv: Path) -> pd.DataFrame:
     """One row per epoch from CSVLogger's file, where train, valid and lr values sit on separate rows."""
     metrics = pd.read_csv(metrics_csv)
-    # LearningRateMonitor writes its rows straight to the loggers, with a step but no epoch; each one
-    # comes just before the rows of the epoch it opens.
-    metrics["epoch"] = metrics["epoch"].bfill().astype(int)
+    metrics["epoch"] = metrics["epoch"].bfill().astype(int)  # lr rows have no epoch: they precede the epoch they open
     columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc", "lr-AdamW") if c in metrics]
     return metrics.groupby("epoch")[columns].last().dropna(how="all")
 

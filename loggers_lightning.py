@@ -690,9 +690,8 @@ def write_text_files(folder: Path, files: dict) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            partial = folder / f".{name}.partial"
-            partial.write_text(text)
-            os.replace(partial, folder / name)
+            (folder / f".{name}.partial").write_text(text)
+            os.replace(folder / f".{name}.partial", folder / name)
         for stale in set(folder.glob("*.txt")) - {folder / name for name in files}:
             stale.unlink()
     except OSError as error:
