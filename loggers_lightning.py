@@ -3,30 +3,23 @@
 # Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.
 #
 # ## What it teaches
-# `self.log` sends every value to every logger in `Trainer(logger=[...])`. Run without flags, the
-# script writes a catalogue of every logger Lightning ships and whether its backend is installed
-# here, offline. --demo logs hyperparameters, scalars per step and per epoch, and a grid of test
-# digits (with each logger's own image API) to CSVLogger, TensorBoardLogger and, when mlflow is
-# installed, MLFlowLogger with a local SQLite store; loggers whose package is missing are reported
-# with the pip command that enables them. Then it reads metrics.csv, where step rows and epoch
-# rows interleave, into a per-epoch table.
+# `self.log` sends every value to every logger in `Trainer(logger=[...])`. Without flags: a catalogue of every logger
+# Lightning ships and whether its backend is installed, offline. --demo logs hyperparameters, step and epoch scalars
+# and a grid of test digits (each logger's own image API) to CSV, TensorBoard and MLflow (SQLite store) at once, says
+# how to enable a missing backend, and reads metrics.csv, where step and epoch rows interleave, into a per-epoch table.
 #
 # ## How to run
 # ```bash
-# python loggers_lightning.py                                          # the catalogue: loggers_info/
-# python loggers_lightning.py --demo --data_dir /path/to/datasets      # the demo, 2 epochs
-# PATH_DATASETS=/path/to/datasets python loggers_lightning.py --demo   # the same
-# python loggers_lightning.py --demo --loggers mlflow --epochs 1       # only the optional logger(s) named
-# tensorboard --logdir outputs/loggers_lightning/tb_logs               # then open http://localhost:6006
+# python loggers_lightning.py                                       # the catalogue: loggers_info/
+# python loggers_lightning.py --demo --data_dir /path/to/datasets   # the demo, 2 epochs
+# tensorboard --logdir outputs/loggers_lightning/tb_logs            # then open http://localhost:6006
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/loggers_lightning)
 # ```text
-# loggers_info/AVAILABLE.txt       every logger, its backend package, installed or not (without --demo, or with --info)
-# loggers_info/<Name>.txt          signature, summary and methods of each logger
-# csv_logs/version_N/              with --demo: metrics.csv (every logged value) and hparams.yaml
-# tb_logs/version_N/               TensorBoard events: scalars, hyperparameters, the digit grid
-# mlflow.db, mlartifacts/          MLflow store (SQLite): params, metrics; mlartifacts/.../test_digits.png
+# loggers_info/                    AVAILABLE.txt and one <Name>.txt per logger (without --demo, or with --info)
+# csv_logs/, tb_logs/              with --demo: metrics.csv and hparams.yaml; TensorBoard events with the digit grid
+# mlflow.db, mlartifacts/          the MLflow store: params, metrics, and the grid as test_digits.png
 # history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
 # mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
 # ```
@@ -53,9 +46,8 @@ import sys
 import textwrap
 import threading
 import warnings
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -71,24 +63,20 @@ import pytorch_lightning as pl
 import pytorch_lightning.loggers as pl_loggers
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import (CometLogger, CSVLogger, LitLogger, MLFlowLogger, TensorBoardLogger,
-                                       WandbLogger)
+from pytorch_lightning.loggers import CometLogger, CSVLogger, LitLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+# In-memory tensors: loader workers would not help (README: data-pipeline benchmark), so skip the hint.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
+# Notes that teach nothing: a limit left at its default 1.0 ("all of it"), a cloud-logger tip, MLflow's new tables.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# MLflow says so when it creates the tables of a new mlflow.db: nothing to act on.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -98,8 +86,7 @@ IMAGE_NAME = "test_digits"
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module` with no Lightning in it: two conv blocks, two linear layers; 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -129,18 +116,14 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe. Everything it logs goes to every logger of the Trainer."""
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.01, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
-        # The loggers receive these as hyperparameters: hparams.yaml, TensorBoard's HPARAMS tab, MLflow params.
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # to every logger: hparams.yaml, TensorBoard's HPARAMS tab, MLflow params
         self.model = MNISTConvNet()
         self.train_acc = Accuracy(task="multiclass", num_classes=10)
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
-        self.image_results = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -177,18 +160,16 @@ class MNISTClassifier(pl.LightningModule):
         # Images are not scalars: self.log cannot take them, so use each logger's own API.
         grid = digit_grid(*self.first_test_batch)
         for logger in self.loggers:
-            self.image_results[type(logger).__name__] = log_image(logger, IMAGE_NAME, grid, self.global_step)
+            demo_of(logger).log_image(logger, IMAGE_NAME, grid, self.global_step)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage == "test":
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -203,33 +184,23 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Loggers
-# The loggers of the demo: each one's Lightning class, the package its backend needs, how to build
-# it under the output folder, and how it takes a picture with its own image API.
+# The demo's loggers: each one's class, the package its backend needs, how to build it, how it takes a picture.
 
 # %% Loggers
-@dataclass(frozen=True)
-class DemoLogger:
-    """One --loggers name: the Lightning class, the package its backend needs and the command that
-    installs it, how to build it under the output folder, and how it takes a picture, if it can."""
-    shows: str
-    module: str = None
-    install: str = None
-    build: Callable = None  # out -> the logger
-    log_image: Callable = None  # (logger, name, picture, step) -> None
-    image_shows_in: str = "not supported (scalars and hyperparameters only)"
-    where: Callable = lambda logger: str(getattr(logger, "log_dir", None) or logger.save_dir)
+# One --loggers name: the Lightning class, the package its backend needs and the command that installs it,
+# build(out) -> the logger, log_image(logger, name, picture, step), where the picture shows, where(logger) -> its run.
+DemoLogger = namedtuple("DemoLogger", "shows module install build log_image image_shows_in where", defaults=(
+    None, None, None, lambda *args: None, "not supported (scalars and hyperparameters only)",
+    lambda logger: str(getattr(logger, "log_dir", None) or logger.save_dir)))
 
 
 def mlflow_store(out: Path) -> MLFlowLogger:
-    # A SQLite database: the store MLflow recommends (its ./mlruns file store is in maintenance mode,
-    # and MLflow's own API refuses to read it without MLFLOW_ALLOW_FILE_STORE=true). No server needed;
-    # mlflow-skinny needs sqlalchemy and alembic for it. Artifacts (the digit grid) are plain files.
+    # A SQLite store: no server needed, and MLflow's API reads it (its ./mlruns file store is in maintenance mode).
     out.mkdir(parents=True, exist_ok=True)
     return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}",
                         artifact_location=(out / "mlartifacts").resolve().as_uri())
@@ -278,14 +249,12 @@ def build_loggers(names: list, out: Path) -> list:
         try:
             loggers.append(demo.build(out))
         except Exception as error:  # noqa: BLE001 (third-party backends fail in their own ways)
-            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
-                  f"continuing without it")
+            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); continuing without it")
     return loggers
 
 
 def started(loggers: list) -> list:
-    """Each logger opens its run (folder, file store, offline run) now, so that a backend that cannot
-    start is reported and left out here, not mid-training."""
+    """Open each logger's run now (folder, store, offline run): one that cannot start is left out here, not mid-training."""
     running = []
     for logger in loggers:
         try:
@@ -306,40 +275,27 @@ def demo_of(logger) -> DemoLogger:
 
 def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
     """16 test digits titled 'predicted (true)', as one HxWx3 uint8 picture every logger can take."""
-    figure, axes = plt.subplots(2, 8, figsize=(8, 2.4))
+    figure, axes = plt.subplots(2, 8, figsize=(8, 2.4), layout="tight")
     for ax, image, label, guess in zip(axes.flat, images, labels, predicted):
         ax.imshow(image.squeeze(0) * MNIST_STD + MNIST_MEAN, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{guess} ({label})", color="black" if guess == label else "red", fontsize=9)
         ax.axis("off")
-    figure.tight_layout()
     figure.canvas.draw()
     picture = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
     plt.close(figure)
     return picture
 
 
-def log_image(logger, name: str, picture: np.ndarray, step: int) -> str:
-    """Log an HxWx3 uint8 picture with the logger's own API; say where it went."""
-    demo = demo_of(logger)
-    if demo.log_image:
-        demo.log_image(logger, name, picture, step)
-    return demo.image_shows_in
-
-
 # %% [markdown]
 # ## Reading the logs back
-# CSVLogger's `metrics.csv`, where step rows and epoch rows interleave, read back into one row per
-# epoch.
+# CSVLogger's `metrics.csv`, where step rows and epoch rows interleave, read back into one row per epoch.
 
 # %% Reading the logs back
 def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at.
-
-    The file has one row per logging call: step rows (every log_every_n_steps) fill the *_step
-    columns, epoch-end rows fill the *_epoch and validation columns, and every other cell is empty
-    (NaN). Keep the per-epoch columns, take each one's last value in its epoch, and drop the
-    *_epoch suffix. Test rows (test_*) belong to no training epoch and are left out.
-    """
+    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at. The file has one
+    row per logging call: step rows fill the *_step columns, epoch-end rows the *_epoch and validation ones, other
+    cells are empty (NaN). Keep each per-epoch column's last value in its epoch and drop the *_epoch suffix; test_*
+    rows belong to no epoch."""
     metrics = pd.read_csv(metrics_csv)
     per_epoch = sorted((c for c in metrics.columns
                         if c not in ("epoch", "step") and not c.endswith("_step") and not c.startswith("test_")),
@@ -350,11 +306,9 @@ def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
     return table.rename(columns=lambda c: c.removesuffix("_epoch"))
 
 
-
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized tensors, decoded once, and a train/validation split that the seed fixes in every process.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -379,8 +333,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What a shell run and the last cell (with the parameters cell's `ARGS`) run; below it, the plumbing.
 
 # %% Main
 def main(argv=None) -> int:
