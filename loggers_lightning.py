@@ -355,12 +355,11 @@ def main(argv=None) -> int:
                             lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=build_loggers(args.loggers, out), log_every_n_steps=args.log_every_n_steps,
-            enable_checkpointing=False, fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            default_root_dir=out, deterministic=True)
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, enable_checkpointing=False, default_root_dir=out,
+            logger=build_loggers(args.loggers, out), log_every_n_steps=args.log_every_n_steps, deterministic=True,
+            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
+            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches)
     with exit_if_write_fails(out):
         loggers = started(trainer.loggers)  # after the Trainer took the flags, so a refused flag leaves no run behind
     trainer.loggers = loggers
@@ -379,14 +378,13 @@ def main(argv=None) -> int:
             plot_history_with_steps(pd.read_csv(metrics_csv), history, out)
             print("\nWhat each logger got (hyperparameters, scalars on step and on epoch, the digit grid):")
             for logger in loggers:
-                image = model.image_results.get(type(logger).__name__, "-")
-                print(f"  {type(logger).__name__:18s} image: {image:48s} in {demo_of(logger).where(logger)}")
+                demo = demo_of(logger)
+                print(f"  {type(logger).__name__:18s} image: {demo.image_shows_in:48s} in {demo.where(logger)}")
             for logger in loggers:
                 if isinstance(logger, TensorBoardLogger):
                     print(f"\nOpen TensorBoard on this run:  tensorboard --logdir {Path(logger.root_dir).resolve()}")
                 if isinstance(logger, MLFlowLogger):
-                    print(f"Open the MLflow UI (pip install mlflow):  mlflow ui --backend-store-uri "
-                          f"{logger.experiment.tracking_uri}")
+                    print(f"Open the MLflow UI (pip install mlflow):  mlflow ui --backend-store-uri {logger.experiment.tracking_uri}")
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
@@ -402,69 +400,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.",
                                      formatter_class=DefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
-    catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
+    catalogue = parser.add_argument_group("without --demo: the catalogue, or the model's structure")
     catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/loggers_lightning",
                            help="where the catalogue, logs and plots go")
-    catalogue.add_argument("--info", action="store_true",
-                           help="write loggers_info/, one file per logger (the default without --demo)")
-
-    data = parser.add_argument_group("the training demo: data")
-    data.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+    catalogue.add_argument("--info", action="store_true", help="write loggers_info/ (the default without --demo)")
+    catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true", help="print each parameter's shape and exit")
+    demo = parser.add_argument_group("the training demo")
+    demo.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
+    demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("the training demo: training")
-    train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
-    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                       type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
-    train.add_argument("--epochs", type=number(int, min=1), default=2, metavar="N", help="training epochs")
-    train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-    train.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-
-    logging = parser.add_argument_group("the training demo: loggers")
-    logging.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
-                         help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
-                              f"(the table and the TensorBoard check read them)")
-    logging.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
-                         help="how often the *_step values are written")
-
-    hardware = parser.add_argument_group("the training demo: hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
-                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("the training demo: debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
+    demo.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    demo.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    demo.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
+    demo.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                      type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
+    demo.add_argument("--epochs", type=number(int, min=1), default=2, metavar="N", help="training epochs")
+    demo.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
+    demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+    demo.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
+                      help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
+                           f"(the table and the TensorBoard check read them)")
+    demo.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
+                      help="how often the *_step values are written")
+    trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
+    trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    trainer.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    trainer.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
+                         help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    trainer.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    trainer.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+                         help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
-    model = parser.add_argument_group("model inspection")
-    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
-
+        trainer.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
+                             metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
-        "no effect: the demo (--demo) always ends with a test; this script tests no saved weights "
-        "(Basic_usage_of_lightning.py --load_model does)"))
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
-        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: the demo (--demo) always ends "
+                          "with a test; this script tests no saved weights (Basic_usage_of_lightning.py --load_model does)")
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
+                          note="no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma")
     original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
                           successor="log_every_n_steps", note="it is --log_every_n_steps now")
     original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
                           help="refused with a pointer: this script tests no saved weights")
     args = parser.parse_args(argv)
-
     if args.load_model:
         die(f"--load_model {args.load_model}: this script trains to show loggers and tests no saved weights; "
             f"test them with: python Basic_usage_of_lightning.py --load_model {args.load_model}")
@@ -473,8 +456,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ignored = [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
                    and name not in ("info", "named_modules", "named_parameters")]
         if ignored:
-            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script "
-                f"writes the catalogue)")
+            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script writes the catalogue)")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     return args
 
