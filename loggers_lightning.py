@@ -543,24 +543,19 @@ class OriginalTutorialFlag(argparse.Action):
 
 # %% Catalogue
 def show_logger_catalogue(out: Path, hint: bool) -> None:
-    pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
-    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": (
-        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
-        f"their backend is installed here\n\n{logger_table()}\n"), **pages})
-    print(logger_table())
-    print(f"\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
-    if hint:
-        print("to log a training run to several of them at once: python loggers_lightning.py --demo "
-              "(--help lists its flags)")
-
-
-def logger_table() -> str:
     demo = {logger.shows: name for name, logger in DEMO_LOGGERS.items()}
     rows = [f"{'logger':18s} {'--loggers':12s} {'backend':56s} summary"]
     for name in pl_loggers.__all__:
         summary = first_paragraph(getattr(pl_loggers, name)).split(". ")[0].rstrip(".")
         rows.append(f"{name:18s} {demo.get(name, '-'):12s} {backend_status(name):56s} {summary}.")
-    return "\n".join(rows)
+    table = "\n".join(rows)
+    pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
+    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": (
+        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
+        f"their backend is installed here\n\n{table}\n"), **pages})
+    print(f"{table}\n\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
+    if hint:
+        print("to log a training run to several of them at once: python loggers_lightning.py --demo (--help lists its flags)")
 
 
 def logger_page(name: str) -> str:
@@ -569,8 +564,8 @@ def logger_page(name: str) -> str:
     return "\n".join([
         name, "=" * len(name), f"from pytorch_lightning.loggers import {name}   (defined in {cls.__module__})",
         f"Backend: {backend_status(name)}", "", "What it does", indented(first_paragraph(cls)), "", "Signature",
-        "\n".join("  " + line for line in signature_of(cls).splitlines()), "",
-        "Methods and properties it defines", indented(", ".join(own) or "(none of its own)"), "",
+        textwrap.indent(signature_of(cls), "  "), "", "Methods and properties it defines",
+        indented(", ".join(own) or "(none of its own)"), "",
         f"Full documentation: python -c \"help('pytorch_lightning.loggers.{name}')\"", ""])
 
 
@@ -849,26 +844,20 @@ def exit_if_write_fails(out: Path):
 
 def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: Path) -> None:
     """loss.png: the step series and the epoch values on one step axis; acc.png: accuracy per epoch."""
-    ax = plt.figure().gca()
+    loss = plt.figure().gca()
     if "train_loss_step" in metrics:  # absent when --log_every_n_steps is larger than the run
-        steps = metrics.dropna(subset=["train_loss_step"])
-        steps.plot(x="step", y="train_loss_step", color="lightgray", label="train_loss (step)", ax=ax)
-    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=ax, grid=True,
-                 title="MNIST: cross-entropy loss per optimizer step and per epoch")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss")
-    write_atomically(out / "loss.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
-    if IN_NOTEBOOK:
-        plt.show()  # inline under the cell as well
-    plt.close(ax.figure)
-    ax = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    write_atomically(out / "acc.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
-    if IN_NOTEBOOK:
-        plt.show()  # inline under the cell as well
-    plt.close(ax.figure)
+        metrics.dropna(subset=["train_loss_step"]).plot(x="step", y="train_loss_step", color="lightgray",
+                                                        label="train_loss (step)", ax=loss)
+    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=loss, grid=True, xlabel="optimizer step",
+                 ylabel="cross-entropy loss", title="MNIST: cross-entropy loss per optimizer step and per epoch")
+    acc = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch",
+                                                   xlabel="epoch", ylabel="accuracy")
+    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for kind, ax in (("loss", loss), ("acc", acc)):
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
+        plt.close(ax.figure)
 
 
 # Copied from Basic_usage_of_lightning.py
