@@ -160,7 +160,7 @@ class MNISTClassifier(pl.LightningModule):
         # Images are not scalars: self.log cannot take them, so use each logger's own API.
         grid = digit_grid(*self.first_test_batch)
         for logger in self.loggers:
-            demo_of(logger).log_image(logger, IMAGE_NAME, grid, self.global_step)
+            demo_of(type(logger).__name__).log_image(logger, IMAGE_NAME, grid, self.global_step)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
@@ -210,27 +210,24 @@ def mlflow_store(out: Path) -> MLFlowLogger:
 DEMO_LOGGERS = {
     "csv": DemoLogger("CSVLogger", build=lambda out: CSVLogger(out, name="csv_logs")),
     "tensorboard": DemoLogger(
-        "TensorBoardLogger", "tensorboard", "pip install tensorboard",
+        "TensorBoardLogger", "tensorboard", "pip install tensorboard", image_shows_in="IMAGES tab",
         # No placeholder hp_metric (-1): the HPARAMS tab shows the hyperparameters next to the real metrics.
         build=lambda out: TensorBoardLogger(out, name="tb_logs", default_hp_metric=False),
-        log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC"),
-        image_shows_in="IMAGES tab"),
+        log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC")),
     "mlflow": DemoLogger(
         "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", build=mlflow_store,
         log_image=lambda logger, name, picture, step: logger.experiment.log_image(
             logger.run_id, picture, artifact_file=f"{name}.png"),
-        image_shows_in=f"artifact {IMAGE_NAME}.png",
-        where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}"),
+        image_shows_in=f"artifact {IMAGE_NAME}.png", where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}"),
     "wandb": DemoLogger(
         "WandbLogger", "wandb", "pip install wandb",
         build=lambda out: WandbLogger(project="loggers_lightning", save_dir=out, offline=True),  # `wandb sync` uploads later
         log_image=lambda logger, name, picture, step: logger.log_image(key=name, images=[picture], step=step),
         image_shows_in="media panel", where=lambda logger: f"{logger.save_dir}/wandb/ (offline run; upload with: wandb sync)"),
     "comet": DemoLogger(
-        "CometLogger", "comet_ml", "pip install comet-ml",
+        "CometLogger", "comet_ml", "pip install comet-ml", image_shows_in="Graphics tab",
         build=lambda out: CometLogger(project="loggers_lightning", online=False, offline_directory=str(out / "comet")),
-        log_image=lambda logger, name, picture, step: logger.experiment.log_image(picture, name=name, step=step),
-        image_shows_in="Graphics tab"),
+        log_image=lambda logger, name, picture, step: logger.experiment.log_image(picture, name=name, step=step)),
     "litlogger": DemoLogger(
         "LitLogger", "litlogger", "pip install litlogger",  # needs a lightning.ai login
         build=lambda out: LitLogger(root_dir=out / "litlogger", name="loggers_lightning")),
@@ -241,8 +238,7 @@ ALWAYS = ("csv", "tensorboard")  # the per-epoch table and the TensorBoard instr
 def build_loggers(names: list, out: Path) -> list:
     """The loggers whose backend is installed; a missing one is reported with the command that installs it."""
     loggers = []
-    for name in dict.fromkeys([*ALWAYS, *names]):
-        demo = DEMO_LOGGERS[name]
+    for demo in map(DEMO_LOGGERS.get, dict.fromkeys([*ALWAYS, *names])):
         if demo.module and importlib.util.find_spec(demo.module) is None:
             print(f"{demo.shows}: not installed here ({demo.module} is missing); enable it with: {demo.install}")
             continue
@@ -268,8 +264,7 @@ def started(loggers: list) -> list:
     return running
 
 
-def demo_of(logger) -> DemoLogger:
-    name = type(logger).__name__
+def demo_of(name: str) -> DemoLogger:
     return next((demo for demo in DEMO_LOGGERS.values() if demo.shows == name), DemoLogger(name))
 
 
@@ -302,8 +297,7 @@ def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
                        key=lambda c: ("acc" in c, c))  # losses first, then accuracies
     rows = metrics.dropna(subset=per_epoch, how="all")
     table = rows.groupby("epoch").agg({**{c: "last" for c in per_epoch}, "step": "max"})  # last skips NaN
-    table.index = table.index.astype(int)
-    return table.rename(columns=lambda c: c.removesuffix("_epoch"))
+    return table.rename(index=int, columns=lambda c: c.removesuffix("_epoch"))
 
 
 # %% [markdown]
@@ -378,7 +372,7 @@ def main(argv=None) -> int:
             plot_history_with_steps(pd.read_csv(metrics_csv), history, out)
             print("\nWhat each logger got (hyperparameters, scalars on step and on epoch, the digit grid):")
             for logger in loggers:
-                demo = demo_of(logger)
+                demo = demo_of(type(logger).__name__)
                 print(f"  {type(logger).__name__:18s} image: {demo.image_shows_in:48s} in {demo.where(logger)}")
             for logger in loggers:
                 if isinstance(logger, TensorBoardLogger):
@@ -420,8 +414,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
     demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
     demo.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
-                      help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
-                           f"(the table and the TensorBoard check read them)")
+                      help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run (the table reads them)")
     demo.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
                       help="how often the *_step values are written")
     trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
@@ -570,10 +563,10 @@ def logger_page(name: str) -> str:
 
 
 def backend_status(class_name: str) -> str:
-    demo = next((demo for demo in DEMO_LOGGERS.values() if demo.shows == class_name), None)
+    demo = demo_of(class_name)
     if class_name == "Logger":
         return "the base class: subclass it to write your own logger"
-    if demo is None:
+    if demo.build is None:
         return "unknown to this script: see its docstring"
     if demo.module is None:
         return "built in (needs nothing else)"
