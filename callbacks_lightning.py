@@ -223,7 +223,8 @@ class HookReporter(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         # trainer.callbacks is the run order: Lightning moves tuner callbacks first and checkpoints last.
-        self._say(pl_module, "on_fit_start", "  callbacks run in this order: " + ", ".join(type(c).__name__ for c in trainer.callbacks))
+        self._say(pl_module, "on_fit_start", "  callbacks run in this order: "
+                  + ", ".join(type(callback).__name__ for callback in trainer.callbacks))
 
     def on_sanity_check_end(self, trainer, pl_module):
         self._say(pl_module, "on_sanity_check_end", f"  ({sum(trainer.num_sanity_val_batches)} validation batches ran "
@@ -294,8 +295,7 @@ def model_summary() -> ModelSummary:
     return ModelSummary(max_depth=2)
 
 
-# One --callbacks name: the class shown, its purpose, build(args, out) -> callback, report(callback, trainer) -> line.
-DemoCallback = namedtuple("DemoCallback", "shows purpose build report")
+DemoCallback = namedtuple("DemoCallback", "shows purpose build report")  # build(args, out), report(callback, trainer)
 # Adding a callback to the demo: one entry here, in run order. lr_finder is off by default: it costs extra steps.
 DEMO_CALLBACKS = {
     "hooks": DemoCallback(
@@ -317,7 +317,7 @@ DEMO_CALLBACKS = {
             f"{key} = {', '.join(f'{v:.5f}' for v in values)}" for key, values in monitor.lrs.items()) + " (one per epoch)"),
     "model_summary": DemoCallback(
         "ModelSummary", "print the layer table at fit start (RichModelSummary when rich is installed)",
-        build=lambda args, out: model_summary(), report=lambda summary, trainer: "printed the layer table at fit start (above)"),
+        build=lambda args, out: model_summary(), report=lambda *_: "printed the layer table at fit start (above)"),
     "timer": DemoCallback(
         "Timer", "time training, validation and test; stop training at --time_limit",
         build=lambda args, out: Timer(duration={"seconds": args.time_limit} if args.time_limit else None, verbose=True),
@@ -399,7 +399,6 @@ def main(argv=None) -> int:
         show_callback_catalogue(out, print_table=args.list, write_files=args.info or not args.list, hint=not args.demo)
         if not args.demo:
             return 0
-
     pl.seed_everything(args.seed, workers=True, verbose=False)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
     check_multi_node(args.num_nodes)
@@ -462,7 +461,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     catalogue.add_argument("--list", action="store_true", help="print the catalogue as a table (writes files only with --info)")
     catalogue.add_argument("--info", action="store_true", help="write callbacks_info/ (the default without --list)")
     catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true", help="print each parameter's shape and exit")
+    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                           help="print every parameter's name and shape and exit")
     demo = parser.add_argument_group("the training demo")
     demo.add_argument("--demo", action="store_true", help="train MNIST with the callbacks of --callbacks")
     demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
@@ -484,7 +484,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="EarlyStopping: stop as soon as valid_acc reaches ACC (stopping_threshold)")
     demo.add_argument("--ema_decay", "--ema-decay", type=number(float, above=0, below=1), default=0.99,
                       help="EMAWeightAveraging: weight of the old average at each step (0.99: about the last 100 steps)")
-    demo.add_argument("--time_limit", "--time-limit", type=number(int, min=1), metavar="SECONDS", help="Timer: stop training after this long")
+    demo.add_argument("--time_limit", "--time-limit", type=number(int, min=1), metavar="SECONDS",
+                      help="Timer: stop training after this long")
     demo.add_argument("--raise_at_step", "--raise-at-step", type=number(int, min=1), metavar="N",
                       help="hooks: raise an error at optimizer step N, to show on_exception")
     trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
@@ -610,8 +611,7 @@ class OriginalTutorialFlag(argparse.Action):
 
 # %% Catalogue
 # Everything a Callback can override, in the order Callback defines them.
-HOOKS = [name for name in vars(Callback) if name.startswith("on_") or name in
-         ("setup", "teardown", "state_dict", "load_state_dict")]
+HOOKS = [n for n in vars(Callback) if n.startswith("on_") or n in ("setup", "teardown", "state_dict", "load_state_dict")]
 
 
 def show_callback_catalogue(out: Path, print_table: bool, write_files: bool, hint: bool) -> None:
@@ -637,9 +637,8 @@ def show_callback_catalogue(out: Path, print_table: bool, write_files: bool, hin
 
 def callback_page(name: str, demo: str) -> str:
     cls = getattr(pl_callbacks, name)
-    lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})"]
-    if demo:
-        lines.append(f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo].purpose}")
+    lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})",
+             *([f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo].purpose}"] if demo else [])]
     lines += ["", "What it does", indented(first_paragraph(cls)), "", "Signature", textwrap.indent(signature_of(cls), "  "), ""]
     if cls is Callback:
         lines += ["Hooks a subclass can override (Lightning 2.x)", indented(", ".join(HOOKS)), "",
