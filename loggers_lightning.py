@@ -4,9 +4,8 @@
 #
 # ## What it teaches
 # `self.log` sends every value to every logger in `Trainer(logger=[...])`. Without flags: a catalogue of every logger
-# Lightning ships and whether its backend is installed, offline. --demo logs hyperparameters, step and epoch scalars
-# and a grid of test digits (each logger's own image API) to CSV, TensorBoard and MLflow (SQLite store) at once, says
-# how to enable a missing backend, and reads metrics.csv, where step and epoch rows interleave, into a per-epoch table.
+# and whether its backend is installed. --demo logs hyperparameters, step and epoch scalars and a digit grid (each
+# logger's image API) to CSV, TensorBoard and MLflow at once, then reads metrics.csv back into a per-epoch table.
 #
 # ## How to run
 # ```bash
@@ -164,7 +163,8 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str):
@@ -218,7 +218,8 @@ DEMO_LOGGERS = {
         "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", build=mlflow_store,
         log_image=lambda logger, name, picture, step: logger.experiment.log_image(
             logger.run_id, picture, artifact_file=f"{name}.png"),
-        image_shows_in=f"artifact {IMAGE_NAME}.png", where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}"),
+        image_shows_in=f"artifact {IMAGE_NAME}.png",
+        where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}"),
     "wandb": DemoLogger(
         "WandbLogger", "wandb", "pip install wandb",
         build=lambda out: WandbLogger(project="loggers_lightning", save_dir=out, offline=True),  # `wandb sync` uploads later
@@ -245,7 +246,8 @@ def build_loggers(names: list, out: Path) -> list:
         try:
             loggers.append(demo.build(out))
         except Exception as error:  # noqa: BLE001 (third-party backends fail in their own ways)
-            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); continuing without it")
+            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
+                  f"continuing without it")
     return loggers
 
 
@@ -287,10 +289,9 @@ def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tens
 
 # %% Reading the logs back
 def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at. The file has one
-    row per logging call: step rows fill the *_step columns, epoch-end rows the *_epoch and validation ones, other
-    cells are empty (NaN). Keep each per-epoch column's last value in its epoch and drop the *_epoch suffix; test_*
-    rows belong to no epoch."""
+    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at. Step rows fill the
+    *_step columns, epoch-end rows the *_epoch and validation ones (NaN elsewhere): keep each per-epoch column's last
+    value in its epoch and drop the *_epoch suffix. test_* rows belong to no training epoch and are left out."""
     metrics = pd.read_csv(metrics_csv)
     per_epoch = sorted((c for c in metrics.columns
                         if c not in ("epoch", "step") and not c.endswith("_step") and not c.startswith("test_")),
@@ -378,7 +379,8 @@ def main(argv=None) -> int:
                 if isinstance(logger, TensorBoardLogger):
                     print(f"\nOpen TensorBoard on this run:  tensorboard --logdir {Path(logger.root_dir).resolve()}")
                 if isinstance(logger, MLFlowLogger):
-                    print(f"Open the MLflow UI (pip install mlflow):  mlflow ui --backend-store-uri {logger.experiment.tracking_uri}")
+                    print(f"Open the MLflow UI (pip install mlflow):  mlflow ui --backend-store-uri "
+                          f"{logger.experiment.tracking_uri}")
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
@@ -399,7 +401,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                            help="where the catalogue, logs and plots go")
     catalogue.add_argument("--info", action="store_true", help="write loggers_info/ (the default without --demo)")
     catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true", help="print each parameter's shape and exit")
+    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                           help="print every parameter's name and shape and exit")
     demo = parser.add_argument_group("the training demo")
     demo.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
     demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
@@ -414,7 +417,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
     demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
     demo.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
-                      help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run (the table reads them)")
+                      help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
+                           f"(the table and the TensorBoard check read them)")
     demo.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
                       help="how often the *_step values are written")
     trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
