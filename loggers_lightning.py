@@ -355,9 +355,8 @@ def main(argv=None) -> int:
             logger=build_loggers(args.loggers, out), log_every_n_steps=args.log_every_n_steps, deterministic=True,
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches)
-    with exit_if_write_fails(out):
-        loggers = started(trainer.loggers)  # after the Trainer took the flags, so a refused flag leaves no run behind
-    trainer.loggers = loggers
+    with exit_if_write_fails(out):  # after the Trainer took the flags, so a refused flag leaves no run behind
+        trainer.loggers = loggers = started(trainer.loggers)
     print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
     with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
         trainer.fit(model)
