@@ -296,8 +296,7 @@ def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
     per_epoch = sorted((c for c in metrics.columns
                         if c not in ("epoch", "step") and not c.endswith("_step") and not c.startswith("test_")),
                        key=lambda c: ("acc" in c, c))  # losses first, then accuracies
-    rows = metrics.dropna(subset=per_epoch, how="all")
-    table = rows.groupby("epoch").agg({**{c: "last" for c in per_epoch}, "step": "max"})  # last skips NaN
+    table = metrics.dropna(subset=per_epoch, how="all").groupby("epoch").agg({**{c: "last" for c in per_epoch}, "step": "max"})
     return table.rename(index=int, columns=lambda c: c.removesuffix("_epoch"))
 
 
