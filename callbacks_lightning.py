@@ -3,30 +3,21 @@
 # Read what every built-in callback does, then train MNIST with a chosen set of them.
 #
 # ## What it teaches
-# Callbacks add behaviour to the Trainer without touching the LightningModule. Run without
-# flags, the script writes a catalogue of every callback Lightning ships (signature, docstring,
-# the hooks it implements), offline. --demo trains with EarlyStopping, LearningRateMonitor,
-# ModelSummary, Timer, GradientAccumulationScheduler, EMAWeightAveraging, LambdaCallback,
-# ModelCheckpoint, LearningRateFinder and a custom Callback that prints each 2.x hook as it runs,
-# then reports what each one did. The 1.x hooks that no longer exist are listed in REMOVED_HOOKS.
+# Callbacks add behaviour to the Trainer without touching the LightningModule. Without flags: a catalogue of every
+# callback Lightning ships (signature, docstring, hooks), offline. --demo trains with the callbacks of --callbacks and
+# a custom one that prints each 2.x hook as it runs, then reports what each did. REMOVED_HOOKS: the 1.x hooks gone.
 #
 # ## How to run
 # ```bash
-# python callbacks_lightning.py                                          # the catalogue: callbacks_info/
-# python callbacks_lightning.py --list                                   # the catalogue as a table
-# python callbacks_lightning.py --demo --data_dir /path/to/datasets      # the demo, 3 epochs
-# PATH_DATASETS=/path/to/datasets python callbacks_lightning.py --demo   # the same
-# python callbacks_lightning.py --demo --stop_at_acc 0.985               # EarlyStopping ends the run early
+# python callbacks_lightning.py --list                                          # the catalogue as a table
+# python callbacks_lightning.py --demo --data_dir /path/to/datasets             # the demo, 3 epochs
 # python callbacks_lightning.py --demo --callbacks hooks,lr_finder,checkpoint   # choose the callbacks
-# python callbacks_lightning.py --demo --callbacks hooks --raise_at_step 5      # watch on_exception run
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/callbacks_lightning)
 # ```text
-# callbacks_info/AVAILABLE.txt     every callback and a one-line summary (without --demo, or with --info)
-# callbacks_info/<Name>.txt        signature, summary and hooks of each callback
-# csv_logs/version_N/metrics.csv   with --demo: every logged value, the learning rate (lr-AdamW) included
-# tb_logs/version_N/               the same for TensorBoard
+# callbacks_info/                  AVAILABLE.txt and one <Name>.txt per callback (without --demo, or with --info)
+# csv_logs/, tb_logs/              with --demo: every logged value, the learning rate (lr-AdamW) included
 # checkpoints/best.ckpt            ModelCheckpoint: the epoch with the best valid_acc
 # history.csv, loss.png, acc.png   the per-epoch table and its curves
 # mnist_classifier.pt              with --save_model: the tested weights of the plain nn.Module
@@ -53,9 +44,8 @@ import sys
 import textwrap
 import threading
 import warnings
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -83,17 +73,14 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
-warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
+# Warnings that teach nothing here: the loader-workers hint (the data are in memory; see the README's data-pipeline
+# benchmark), a pytree deprecation inside Lightning 2.6, and a full checkpoint folder (a rerun replaces best.ckpt).
+for noise in ("does not have many workers", "isinstance\\(treespec, LeafSpec\\)` is deprecated",
+              "Checkpoint directory .* exists and is not empty"):
+    warnings.filterwarnings("ignore", f".*{noise}.*")
+# Notes that teach nothing here: a limit left at its default 1.0 ("all of it"), a cloud-logger tip.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
@@ -101,8 +88,7 @@ MODEL_FILE = "mnist_classifier"
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module` with no Lightning in it: two conv blocks, two linear layers; 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -126,8 +112,6 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvNet. It knows nothing about the callbacks around it."""
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.003, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
@@ -170,15 +154,13 @@ class MNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        # Sized in epochs, not steps: GradientAccumulationScheduler changes the number of optimizer
-        # steps per epoch after this runs, so a step-based plan (OneCycle) would be sized wrong.
+        # Per epoch: GradientAccumulationScheduler changes the steps per epoch later, which would mis-size OneCycle.
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage == "test":
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -193,45 +175,34 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Callbacks
-# Callbacks add behaviour to the Trainer without touching the LightningModule: the 1.x hooks that
-# 2.x no longer calls, a custom `Callback` that prints each 2.x hook as it runs, and the built-in
-# callbacks of the demo with what each one reports.
+# The 1.x hooks gone in 2.x, a custom `Callback` that prints each 2.x hook as it runs, and the demo's built-in ones.
 
 # %% Callbacks
-# Lightning 1.x hooks that 2.x no longer calls, and where their code goes now. A method with one of
-# these names on a 2.x Callback raises no error: it is silently never called.
+# 1.x hooks that 2.x never calls (a method of that name raises no error, it is just ignored), and their 2.x home.
 REMOVED_HOOKS = {
     "on_init_start": "the callback's __init__ (the Trainer no longer announces its own construction)",
     "on_init_end": "the callback's __init__, or setup(trainer, pl_module, stage)",
     "on_configure_sharded_model": "setup(), or LightningModule.configure_model",
     "on_before_accelerator_backend_setup": "setup(trainer, pl_module, stage)",
-    "on_pretrain_routine_start": "on_fit_start",
-    "on_pretrain_routine_end": "on_fit_start",
+    "on_pretrain_routine_start": "on_fit_start", "on_pretrain_routine_end": "on_fit_start",
     "on_epoch_start": "on_train_epoch_start / on_validation_epoch_start / on_test_epoch_start",
     "on_epoch_end": "on_train_epoch_end / on_validation_epoch_end / on_test_epoch_end",
-    "on_batch_start": "on_train_batch_start",
-    "on_batch_end": "on_train_batch_end",
+    "on_batch_start": "on_train_batch_start", "on_batch_end": "on_train_batch_end",
     "on_keyboard_interrupt": "on_exception (check isinstance(exception, KeyboardInterrupt))",
 }
 
 
 class HookReporter(Callback):
-    """A custom Callback: prints each 2.x hook when Lightning calls it, numbered, so the order shows.
-
-    Per-batch hooks are counted rather than printed. --raise_at_step makes training fail on purpose
-    so that on_exception runs.
-    """
+    """A custom Callback: prints each 2.x hook as Lightning calls it, numbered, so the order shows. Per-batch hooks
+    are counted, not printed; --raise_at_step makes training fail on purpose, so that on_exception runs."""
 
     def __init__(self, raise_at_step=None):
-        self.calls = 0
-        self.train_batches = 0
-        self.raise_at_step = raise_at_step
+        self.calls, self.train_batches, self.raise_at_step = 0, 0, raise_at_step
 
     def _say(self, pl_module, hook: str, detail: str = "") -> None:
         self.calls += 1
@@ -250,12 +221,10 @@ class HookReporter(Callback):
                   + ", ".join(type(callback).__name__ for callback in trainer.callbacks))
 
     def on_sanity_check_end(self, trainer, pl_module):
-        batches = sum(trainer.num_sanity_val_batches)  # num_sanity_val_steps (2), or fewer if the loader is shorter
-        self._say(pl_module, "on_sanity_check_end",
-                  f"  ({batches} validation batches ran before training, to catch bugs early)")
+        self._say(pl_module, "on_sanity_check_end", f"  ({sum(trainer.num_sanity_val_batches)} validation batches ran "
+                  "before training, to catch bugs early)")  # num_sanity_val_steps (2), or fewer if the loader is shorter
 
-    def on_train_start(self, trainer, pl_module):
-        self._say(pl_module, "on_train_start")
+    def on_train_start(self, trainer, pl_module): self._say(pl_module, "on_train_start")
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._say(pl_module, "on_train_epoch_start", f"  epoch {trainer.current_epoch}")
@@ -266,31 +235,22 @@ class HookReporter(Callback):
             raise RuntimeError(f"simulated failure at optimizer step {trainer.global_step} (--raise_at_step)")
 
     def on_validation_end(self, trainer, pl_module):
-        # Not on_validation_epoch_end: a callback's hook runs before the LightningModule's hook of the
-        # same name, so valid_acc (logged in the module's on_validation_epoch_end) is not there yet.
+        # Not on_validation_epoch_end: a callback's runs before the module's, which is where valid_acc is logged.
         if not trainer.sanity_checking:
             self._say(pl_module, "on_validation_end", f"  valid_acc {trainer.callback_metrics['valid_acc']:.4f}")
 
     def on_train_epoch_end(self, trainer, pl_module):
         # In 2.x this runs after the epoch's validation, so it sees the validation metrics too.
-        self._say(pl_module, "on_train_epoch_end", f"    epoch {trainer.current_epoch}: {self.train_batches} "
-                  f"batches so far, {trainer.global_step} optimizer steps, "
-                  f"accumulate_grad_batches={trainer.accumulate_grad_batches}")
+        self._say(pl_module, "on_train_epoch_end", f"    epoch {trainer.current_epoch}: {self.train_batches} batches so far, "
+                  f"{trainer.global_step} optimizer steps, accumulate_grad_batches={trainer.accumulate_grad_batches}")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._say(pl_module, "on_save_checkpoint", f"  epoch {checkpoint['epoch']}")
 
-    def on_train_end(self, trainer, pl_module):
-        self._say(pl_module, "on_train_end")
-
-    def on_fit_end(self, trainer, pl_module):
-        self._say(pl_module, "on_fit_end")
-
-    def on_test_start(self, trainer, pl_module):
-        self._say(pl_module, "on_test_start")
-
-    def on_test_end(self, trainer, pl_module):
-        self._say(pl_module, "on_test_end")
+    def on_train_end(self, trainer, pl_module): self._say(pl_module, "on_train_end")
+    def on_fit_end(self, trainer, pl_module): self._say(pl_module, "on_fit_end")
+    def on_test_start(self, trainer, pl_module): self._say(pl_module, "on_test_start")
+    def on_test_end(self, trainer, pl_module): self._say(pl_module, "on_test_end")
 
     def teardown(self, trainer, pl_module, stage):
         self._say(pl_module, "teardown", f"(stage={getattr(stage, 'value', stage)!r})")
@@ -305,8 +265,7 @@ class EMAWithReport(EMAWeightAveraging):
 
     def __init__(self, decay: float):
         super().__init__(decay=decay)
-        self.decay = decay
-        self.relative_distance = None
+        self.decay, self.relative_distance = decay, None
 
     def on_train_end(self, trainer, pl_module):
         raw = parameters_to_vector(pl_module.parameters()).detach().clone()
@@ -316,10 +275,9 @@ class EMAWithReport(EMAWeightAveraging):
 
 def gradient_norm_recorder() -> LambdaCallback:
     """A LambdaCallback: hooks from plain functions, no subclass. Records the gradient norm per optimizer step."""
-    norms = []
-    callback = LambdaCallback(on_before_optimizer_step=lambda trainer, pl_module, optimizer: norms.append(
+    callback = LambdaCallback(on_before_optimizer_step=lambda trainer, pl_module, optimizer: callback.grad_norms.append(
         grad_norm(pl_module, norm_type=2)["grad_2.0_norm_total"].item()))
-    callback.grad_norms = norms
+    callback.grad_norms = []
     return callback
 
 
@@ -327,23 +285,12 @@ def model_summary() -> ModelSummary:
     """The layer table at fit start: drawn by rich when it is installed, plain text otherwise."""
     if importlib.util.find_spec("rich"):
         return RichModelSummary(max_depth=2)
-    print("note: rich is not installed, so ModelSummary prints the plain table (pip install rich for "
-          "RichModelSummary)")
+    print("note: rich is not installed, so ModelSummary prints the plain table (pip install rich for RichModelSummary)")
     return ModelSummary(max_depth=2)
 
 
-@dataclass(frozen=True)
-class DemoCallback:
-    """One --callbacks name: the Lightning class it shows, what the demo does with it, how to build
-    it from the flags, and what to report after the run (the callback keeps its results)."""
-    shows: str
-    purpose: str
-    build: Callable  # (args, out) -> the callback
-    report: Callable  # (callback, trainer) -> one line
-
-
-# Adding a callback to the demo: one entry here. --callbacks runs them in this order; lr_finder is
-# off by default, since it spends extra training steps before the real run.
+DemoCallback = namedtuple("DemoCallback", "shows purpose build report")  # build(args, out), report(callback, trainer)
+# Adding a callback to the demo: one entry here, in run order. lr_finder is off by default: it costs extra steps.
 DEMO_CALLBACKS = {
     "hooks": DemoCallback(
         "Callback", "HookReporter, a custom Callback: prints each hook as Lightning calls it",
@@ -364,57 +311,50 @@ DEMO_CALLBACKS = {
             f"{key} = {', '.join(f'{v:.5f}' for v in values)}" for key, values in monitor.lrs.items()) + " (one per epoch)"),
     "model_summary": DemoCallback(
         "ModelSummary", "print the layer table at fit start (RichModelSummary when rich is installed)",
-        build=lambda args, out: model_summary(),
-        report=lambda summary, trainer: "printed the layer table at fit start (above)"),
+        build=lambda args, out: model_summary(), report=lambda *_: "printed the layer table at fit start (above)"),
     "timer": DemoCallback(
         "Timer", "time training, validation and test; stop training at --time_limit",
         build=lambda args, out: Timer(duration={"seconds": args.time_limit} if args.time_limit else None, verbose=True),
-        report=lambda timer, trainer: (
-            f"train {timer.time_elapsed('train'):.2f} s, last validation {timer.time_elapsed('validate'):.2f} s, "
-            f"test {timer.time_elapsed('test'):.2f} s"
-            + ("; the time limit stopped training" if timer.time_remaining() == 0 else ""))),
+        report=lambda timer, trainer: f"train {timer.time_elapsed('train'):.2f} s, last validation "
+            f"{timer.time_elapsed('validate'):.2f} s, test {timer.time_elapsed('test'):.2f} s"
+            + ("; the time limit stopped training" if timer.time_remaining() == 0 else "")),
     "grad_accum": DemoCallback(
         "GradientAccumulationScheduler", "1 batch per optimizer step in epoch 0, 2 from epoch 1",
         build=lambda args, out: GradientAccumulationScheduler(scheduling={0: 1, 1: 2}),
-        report=lambda scheduler, trainer: (
-            "batches per optimizer step by epoch "
+        report=lambda scheduler, trainer: "batches per optimizer step by epoch "
             f"{ {epoch: scheduler.get_accumulate_grad_batches(epoch) for epoch in range(trainer.current_epoch)} }; "
-            f"{trainer.global_step} optimizer steps in all")),
+            f"{trainer.global_step} optimizer steps in all"),
     "ema": DemoCallback(
         "EMAWeightAveraging", "validate with, and end on, a moving average of the weights (--ema_decay)",
         build=lambda args, out: EMAWithReport(decay=args.ema_decay),
-        report=lambda ema, trainer: (
-            f"the model now holds the averaged weights (decay {ema.decay}); they differ from the "
-            f"last raw weights by {ema.relative_distance:.2%} (relative L2 distance)")),
+        report=lambda ema, trainer: f"the model now holds the averaged weights (decay {ema.decay}); they differ from the "
+            f"last raw weights by {ema.relative_distance:.2%} (relative L2 distance)"),
     "lambda": DemoCallback(
         "LambdaCallback", "record the gradient norm before each optimizer step",
         build=lambda args, out: gradient_norm_recorder(),
-        report=lambda recorder, trainer: (
-            f"recorded the gradient norm at {len(recorder.grad_norms)} optimizer steps: first "
-            f"{recorder.grad_norms[0]:.3f}, last {recorder.grad_norms[-1]:.3f}" if recorder.grad_norms
-            else "recorded no optimizer step")),
+        report=lambda recorder, trainer: f"recorded the gradient norm at {len(recorder.grad_norms)} optimizer steps: "
+            f"first {recorder.grad_norms[0]:.3f}, last {recorder.grad_norms[-1]:.3f}" if recorder.grad_norms
+            else "recorded no optimizer step"),
     "checkpoint": DemoCallback(
         "ModelCheckpoint", "keep checkpoints/best.ckpt, the epoch with the best valid_acc",
         build=lambda args, out: ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="valid_acc",
                                                 mode="max", enable_version_counter=False),
-        report=lambda checkpoint, trainer: (
-            f"best valid_acc {checkpoint.best_model_score:.4f} saved in {checkpoint.best_model_path}"
-            if checkpoint.best_model_score is not None else "saved nothing (--fast_dev_run turns checkpointing off)")),
+        report=lambda checkpoint, trainer: f"best valid_acc {checkpoint.best_model_score:.4f} saved in "
+            f"{checkpoint.best_model_path}" if checkpoint.best_model_score is not None
+            else "saved nothing (--fast_dev_run turns checkpointing off)"),
     "lr_finder": DemoCallback(
         "LearningRateFinder", "try learning rates for 50 steps, then train from the suggested one",
         build=lambda args, out: LearningRateFinder(min_lr=1e-5, max_lr=0.1, num_training_steps=50),
-        report=lambda finder, trainer: (
-            f"suggested lr {finder.optimal_lr.suggestion():.2e} after {len(finder.optimal_lr.results['lr'])} "
-            f"trial steps; training started from it" if finder.optimal_lr and finder.optimal_lr.suggestion()
-            else "found no suggestion; kept --lr")),
+        report=lambda finder, trainer: f"suggested lr {finder.optimal_lr.suggestion():.2e} after "
+            f"{len(finder.optimal_lr.results['lr'])} trial steps; training started from it"
+            if finder.optimal_lr and finder.optimal_lr.suggestion() else "found no suggestion; kept --lr"),
 }
 DEFAULT_CALLBACKS = [name for name in DEMO_CALLBACKS if name != "lr_finder"]
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized tensors, decoded once, and a train/validation split that the seed fixes in every process.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -434,8 +374,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What a shell run and the last cell (with the parameters cell's `ARGS`) run; below it, the plumbing.
 
 # %% Main
 def main(argv=None) -> int:
@@ -449,7 +388,6 @@ def main(argv=None) -> int:
         show_callback_catalogue(out, print_table=args.list, write_files=args.info or not args.list, hint=not args.demo)
         if not args.demo:
             return 0
-
     pl.seed_everything(args.seed, workers=True, verbose=False)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
     check_multi_node(args.num_nodes)
@@ -457,45 +395,34 @@ def main(argv=None) -> int:
                             lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     chosen = {name: DEMO_CALLBACKS[name].build(args, out) for name in args.callbacks}
     print("callbacks: " + ", ".join(f"{name} ({type(callback).__name__})" for name, callback in chosen.items()))
-    csv_logger = CSVLogger(out, name="csv_logs")
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=list(chosen.values()),
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, callbacks=list(chosen.values()),
+            logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")], plugins=[AtomicCheckpointIO()],
             # Without these two the Trainer would add a ModelSummary and a ModelCheckpoint of its own.
             enable_model_summary="model_summary" in chosen, enable_checkpointing="checkpoint" in chosen,
-            # The progress bar is a callback too; it redraws over printed lines, so the hook printout replaces it.
-            enable_progress_bar="hooks" not in chosen,
-            plugins=[AtomicCheckpointIO()],  # a checkpoint is replaced whole or not at all
+            enable_progress_bar="hooks" not in chosen,  # it redraws over printed lines: the hook printout replaces it
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
             default_root_dir=out, deterministic=True)  # LearningRateFinder keeps its temporary checkpoint there
-
     with exit_if_interrupted(trainer), exit_if_write_fails(out):
         try:
             trainer.fit(model)
-        except RuntimeError as error:
+        except RuntimeError as error:  # Lightning ran on_exception on every callback, then re-raised the error
             if args.raise_at_step is None:
                 raise
-            # Lightning ran on_exception on every callback, then re-raised the error to us.
             print(f"\ntraining failed on purpose ({error}); on_exception ran first, see the last [hook] line")
             return 1
-    if "ema" in chosen:
-        # Test the weights fit left in the model: the average. Restoring a checkpoint on this Trainer
-        # would run EMAWeightAveraging.on_load_checkpoint, which puts the raw weights back.
-        best, tested = "", "the weights in memory (the EMA average)"
-    elif "checkpoint" in chosen and chosen["checkpoint"].best_model_path:
-        best = tested = chosen["checkpoint"].best_model_path
-    else:
-        best, tested = "", "the weights in memory"
-    print(f"testing {tested}")
+    # With EMA, test the average in memory: restoring a checkpoint would put the raw weights back (on_load_checkpoint).
+    best = chosen["checkpoint"].best_model_path if "checkpoint" in chosen and "ema" not in chosen else ""
+    print(f"testing {best or 'the weights in memory' + (' (the EMA average)' if 'ema' in chosen else '')}")
     with exit_if_write_fails(out):
         test_metrics = trainer.test(model, ckpt_path=best or None, verbose=False)[0]
 
     if trainer.is_global_zero:
         if not args.fast_dev_run:
-            history = epoch_history_with_lr(Path(csv_logger.log_dir, "metrics.csv"))
+            history = epoch_history_with_lr(Path(trainer.loggers[0].log_dir, "metrics.csv"))
             print("\n" + history.to_string(float_format="{:.4f}".format))
             write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
@@ -517,32 +444,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Read what every built-in callback does, then train MNIST with a chosen set of them.",
                                      formatter_class=DefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
-    catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
+    catalogue = parser.add_argument_group("without --demo: the catalogue, or the model's structure")
     catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/callbacks_lightning",
                            help="where the catalogue, logs, plots and checkpoints go")
-    catalogue.add_argument("--list", action="store_true", help="print every built-in callback as a table "
-                           "(and write callbacks_info/ only with --info)")
-    catalogue.add_argument("--info", action="store_true",
-                           help="write callbacks_info/, one file per callback (the default without --list)")
-
-    data = parser.add_argument_group("the training demo: data")
-    data.add_argument("--demo", action="store_true", help="train MNIST with the callbacks of --callbacks")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+    catalogue.add_argument("--list", action="store_true", help="print the catalogue as a table (writes files only with --info)")
+    catalogue.add_argument("--info", action="store_true", help="write callbacks_info/ (the default without --list)")
+    catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                           help="print every parameter's name and shape and exit")
+    demo = parser.add_argument_group("the training demo")
+    demo.add_argument("--demo", action="store_true", help="train MNIST with the callbacks of --callbacks")
+    demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("the training demo: training")
-    train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
-    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                       type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
-    train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
-    train.add_argument("--lr", type=number(float, above=0), default=0.003, help="starting learning rate of the cosine schedule")
-    train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-    train.add_argument("--save_model", "--save-model", action="store_true",
-                       help=f"save {MODEL_FILE}.pt (state_dict of the tested weights)")
-
-    demo = parser.add_argument_group("the training demo: callbacks")
+    demo.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    demo.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    demo.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
+    demo.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                      type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
+    demo.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
+    demo.add_argument("--lr", type=number(float, above=0), default=0.003, help="starting learning rate of the cosine schedule")
+    demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (the tested weights)")
     demo.add_argument("--callbacks", type=callback_names, default=",".join(DEFAULT_CALLBACKS), metavar="NAMES",
                       help="comma-separated, run in this order: " + "; ".join(
                           f"{name}: {callback.purpose}" for name, callback in DEMO_CALLBACKS.items()))
@@ -555,42 +477,31 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="Timer: stop training after this long")
     demo.add_argument("--raise_at_step", "--raise-at-step", type=number(int, min=1), metavar="N",
                       help="hooks: raise an error at optimizer step N, to show on_exception")
-
-    hardware = parser.add_argument_group("the training demo: hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
-                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("the training demo: debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
+    trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
+    trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    trainer.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    trainer.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
+                         help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    trainer.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    trainer.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+                         help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
-    model = parser.add_argument_group("model inspection")
-    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
-
+        trainer.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
+                             metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
-        "no effect: the demo (--demo) always ends with a test; this script tests no saved weights "
-        "(Basic_usage_of_lightning.py --load_model does)"))
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
-        "no effect: the learning rate follows a cosine schedule, not StepLR's decay by gamma"))
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: the demo (--demo) always ends "
+                          "with a test; this script tests no saved weights (Basic_usage_of_lightning.py --load_model does)")
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
+                          note="no effect: the learning rate follows a cosine schedule, not StepLR's decay by gamma")
     original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1),
-                          metavar="N", note=(
-        "no effect: metrics are logged once per epoch; the hooks printout and the progress bar show progress"))
+                          metavar="N", note="no effect: metrics are logged once per epoch; the hooks printout and the "
+                          "progress bar show progress")
     original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
                           help="refused with a pointer: this script tests no saved weights")
     args = parser.parse_args(argv)
-
     if args.load_model:
         die(f"--load_model {args.load_model}: this script trains to show callbacks and tests no saved weights; "
             f"test them with: python Basic_usage_of_lightning.py --load_model {args.load_model}")
@@ -599,10 +510,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ignored = [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
                    and name not in ("list", "info", "named_modules", "named_parameters")]
         if ignored:
-            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script "
-                f"writes the catalogue)")
-    needs = {"stop_at_acc": "early_stopping", "time_limit": "timer", "raise_at_step": "hooks"}
-    for flag, name in needs.items():
+            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script writes the catalogue)")
+    for flag, name in {"stop_at_acc": "early_stopping", "time_limit": "timer", "raise_at_step": "hooks"}.items():
         if getattr(args, flag) is not None and name not in args.callbacks:
             die(f"--{flag} needs the {name} callback: add {name} to --callbacks")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
@@ -686,47 +595,41 @@ class OriginalTutorialFlag(argparse.Action):
 
 # %% Catalogue
 # Everything a Callback can override, in the order Callback defines them.
-HOOKS = [name for name in vars(Callback) if name.startswith("on_") or name in
-         ("setup", "teardown", "state_dict", "load_state_dict")]
+HOOKS = [n for n in vars(Callback) if n.startswith("on_") or n in ("setup", "teardown", "state_dict", "load_state_dict")]
 
 
 def show_callback_catalogue(out: Path, print_table: bool, write_files: bool, hint: bool) -> None:
+    demo = {callback.shows: name for name, callback in DEMO_CALLBACKS.items()}
+    rows = [f"{'callback':30s} {'--callbacks':15s} {'hooks':>5s}  summary"]
+    for name in pl_callbacks.__all__:
+        cls = getattr(pl_callbacks, name)
+        summary = first_paragraph(cls).split(". ")[0].rstrip(".") + "."
+        rows.append(f"{name:30s} {demo.get(name, '-'):15s} {len(hooks_of(cls)):5d}  "
+                    f"{summary if len(summary) <= 100 else summary[:97] + '...'}")
+    table = "\n".join(rows)
     if print_table:
-        print(callback_table())
+        print(table)
     if write_files:
-        pages = {f"{name}.txt": callback_page(name) for name in pl_callbacks.__all__}
+        pages = {f"{name}.txt": callback_page(name, demo.get(name)) for name in pl_callbacks.__all__}
         folder = write_text_files(out / "callbacks_info", {"AVAILABLE.txt": (
             f"Callbacks in pytorch_lightning {pl.__version__} (pytorch_lightning.callbacks.__all__); "
-            f"hooks = how many Callback hooks each implements\n\n{callback_table()}\n"), **pages})
+            f"hooks = how many Callback hooks each implements\n\n{table}\n"), **pages})
         print(f"wrote AVAILABLE.txt and {len(pages)} callback files to {folder.resolve()}")
     if hint:
         print("to see them at work in a training run: python callbacks_lightning.py --demo (--help lists its flags)")
 
 
-def callback_table() -> str:
-    demo = {callback.shows: name for name, callback in DEMO_CALLBACKS.items()}
-    rows = [f"{'callback':30s} {'--callbacks':15s} {'hooks':>5s}  summary"]
-    for name in pl_callbacks.__all__:
-        cls = getattr(pl_callbacks, name)
-        rows.append(f"{name:30s} {demo.get(name, '-'):15s} {len(hooks_of(cls)):5d}  {one_line(cls)}")
-    return "\n".join(rows)
-
-
-def callback_page(name: str) -> str:
+def callback_page(name: str, demo: str) -> str:
     cls = getattr(pl_callbacks, name)
-    demo = next((key for key, callback in DEMO_CALLBACKS.items() if callback.shows == name), None)
-    lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})"]
-    if demo:
-        lines.append(f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo].purpose}")
-    lines += ["", "What it does", indented(first_paragraph(cls)), "", "Signature",
-              "\n".join("  " + line for line in signature_of(cls).splitlines()), ""]
+    lines = [name, "=" * len(name), f"from pytorch_lightning.callbacks import {name}   (defined in {cls.__module__})",
+             *([f"In this demo: --callbacks {demo}: {DEMO_CALLBACKS[demo].purpose}"] if demo else [])]
+    lines += ["", "What it does", indented(first_paragraph(cls)), "", "Signature", textwrap.indent(signature_of(cls), "  "), ""]
     if cls is Callback:
         lines += ["Hooks a subclass can override (Lightning 2.x)", indented(", ".join(HOOKS)), "",
                   "Removed 1.x hooks (never called in 2.x) and where their code goes now"]
         lines += [f"  {old:36s} -> {new}" for old, new in REMOVED_HOOKS.items()]
     else:
-        hooks = hooks_of(cls)
-        lines += ["Hooks it implements", indented(", ".join(hooks) if hooks else "(none of its own)")]
+        lines += ["Hooks it implements", indented(", ".join(hooks_of(cls)) or "(none of its own)")]
     lines += ["", f"Full documentation: python -c \"help('pytorch_lightning.callbacks.{name}')\""]
     return "\n".join(lines) + "\n"
 
@@ -737,14 +640,8 @@ def hooks_of(cls) -> list:
     return [hook for hook in HOOKS if hook in own or hook in inspect.signature(cls).parameters]
 
 
-def one_line(cls, width: int = 100) -> str:
-    sentence = first_paragraph(cls).split(". ")[0].rstrip(".") + "."
-    return sentence if len(sentence) <= width else sentence[:width - 3] + "..."
-
-
 def first_paragraph(cls) -> str:
-    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never
-    object's ("The base class of the class hierarchy.")."""
+    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never object's."""
     for owner in cls.__mro__[:-1]:
         doc = owner.__dict__.get("__doc__") or getattr(owner.__dict__.get("__init__"), "__doc__", None)
         if doc:
@@ -763,8 +660,7 @@ def plain(text: str) -> str:
 def signature_of(cls) -> str:
     parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
     text = f"{cls.__name__}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{cls.__name__}()"
-    # Same bytes on every run: no memory addresses, no "typing." noise.
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))  # same bytes every run
 
 
 def indented(text: str) -> str:
@@ -776,9 +672,8 @@ def write_text_files(folder: Path, files: dict) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            partial = folder / f".{name}.partial"
-            partial.write_text(text)
-            os.replace(partial, folder / name)
+            (folder / f".{name}.partial").write_text(text)
+            os.replace(folder / f".{name}.partial", folder / name)
         for stale in set(folder.glob("*.txt")) - {folder / name for name in files}:
             stale.unlink()
     except OSError as error:
@@ -1001,9 +896,7 @@ def exit_if_write_fails(out: Path):
 def epoch_history_with_lr(metrics_csv: Path) -> pd.DataFrame:
     """One row per epoch from CSVLogger's file, where train, valid and lr values sit on separate rows."""
     metrics = pd.read_csv(metrics_csv)
-    # LearningRateMonitor writes its rows straight to the loggers, with a step but no epoch; each one
-    # comes just before the rows of the epoch it opens.
-    metrics["epoch"] = metrics["epoch"].bfill().astype(int)
+    metrics["epoch"] = metrics["epoch"].bfill().astype(int)  # lr rows have no epoch: they precede the epoch they open
     columns = [c for c in ("train_loss", "valid_loss", "train_acc", "valid_acc", "lr-AdamW") if c in metrics]
     return metrics.groupby("epoch")[columns].last().dropna(how="all")
 

@@ -3,30 +3,22 @@
 # Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.
 #
 # ## What it teaches
-# `self.log` sends every value to every logger in `Trainer(logger=[...])`. Run without flags, the
-# script writes a catalogue of every logger Lightning ships and whether its backend is installed
-# here, offline. --demo logs hyperparameters, scalars per step and per epoch, and a grid of test
-# digits (with each logger's own image API) to CSVLogger, TensorBoardLogger and, when mlflow is
-# installed, MLFlowLogger with a local SQLite store; loggers whose package is missing are reported
-# with the pip command that enables them. Then it reads metrics.csv, where step rows and epoch
-# rows interleave, into a per-epoch table.
+# `self.log` sends every value to every logger in `Trainer(logger=[...])`. Without flags: a catalogue of every logger
+# and whether its backend is installed. --demo logs hyperparameters, step and epoch scalars and a digit grid (each
+# logger's image API) to CSV, TensorBoard and MLflow at once, then reads metrics.csv back into a per-epoch table.
 #
 # ## How to run
 # ```bash
-# python loggers_lightning.py                                          # the catalogue: loggers_info/
-# python loggers_lightning.py --demo --data_dir /path/to/datasets      # the demo, 2 epochs
-# PATH_DATASETS=/path/to/datasets python loggers_lightning.py --demo   # the same
-# python loggers_lightning.py --demo --loggers mlflow --epochs 1       # only the optional logger(s) named
-# tensorboard --logdir outputs/loggers_lightning/tb_logs               # then open http://localhost:6006
+# python loggers_lightning.py                                       # the catalogue: loggers_info/
+# python loggers_lightning.py --demo --data_dir /path/to/datasets   # the demo, 2 epochs
+# tensorboard --logdir outputs/loggers_lightning/tb_logs            # then open http://localhost:6006
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/loggers_lightning)
 # ```text
-# loggers_info/AVAILABLE.txt       every logger, its backend package, installed or not (without --demo, or with --info)
-# loggers_info/<Name>.txt          signature, summary and methods of each logger
-# csv_logs/version_N/              with --demo: metrics.csv (every logged value) and hparams.yaml
-# tb_logs/version_N/               TensorBoard events: scalars, hyperparameters, the digit grid
-# mlflow.db, mlartifacts/          MLflow store (SQLite): params, metrics; mlartifacts/.../test_digits.png
+# loggers_info/                    AVAILABLE.txt and one <Name>.txt per logger (without --demo, or with --info)
+# csv_logs/, tb_logs/              with --demo: metrics.csv and hparams.yaml; TensorBoard events with the digit grid
+# mlflow.db, mlartifacts/          the MLflow store: params, metrics, and the grid as test_digits.png
 # history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
 # mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
 # ```
@@ -53,9 +45,8 @@ import sys
 import textwrap
 import threading
 import warnings
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -71,24 +62,20 @@ import pytorch_lightning as pl
 import pytorch_lightning.loggers as pl_loggers
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import (CometLogger, CSVLogger, LitLogger, MLFlowLogger, TensorBoardLogger,
-                                       WandbLogger)
+from pytorch_lightning.loggers import CometLogger, CSVLogger, LitLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# The data are tensors in memory, so loader workers have nothing to speed up (see the README's
-# data-pipeline benchmark); Lightning's hint about adding workers would only be noise here.
+# In-memory tensors: loader workers would not help (README: data-pipeline benchmark), so skip the hint.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
+# Notes that teach nothing: a limit left at its default 1.0 ("all of it"), a cloud-logger tip, MLflow's new tables.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# MLflow says so when it creates the tables of a new mlflow.db: nothing to act on.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -98,8 +85,7 @@ IMAGE_NAME = "test_digits"
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two conv blocks and two linear layers, 1x28x28 image in, 10 class
-# logits out.
+# A plain `nn.Module` with no Lightning in it: two conv blocks, two linear layers; 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from Basic_usage_of_lightning.py
@@ -123,18 +109,14 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe. Everything it logs goes to every logger of the Trainer."""
-
     def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
                  lr: float = 0.01, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
-        # The loggers receive these as hyperparameters: hparams.yaml, TensorBoard's HPARAMS tab, MLflow params.
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # to every logger: hparams.yaml, TensorBoard's HPARAMS tab, MLflow params
         self.model = MNISTConvNet()
         self.train_acc = Accuracy(task="multiclass", num_classes=10)
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
-        self.image_results = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -171,7 +153,7 @@ class MNISTClassifier(pl.LightningModule):
         # Images are not scalars: self.log cannot take them, so use each logger's own API.
         grid = digit_grid(*self.first_test_batch)
         for logger in self.loggers:
-            self.image_results[type(logger).__name__] = log_image(logger, IMAGE_NAME, grid, self.global_step)
+            demo_of(type(logger).__name__).log_image(logger, IMAGE_NAME, grid, self.global_step)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
@@ -181,8 +163,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage == "test":
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -197,33 +178,23 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Loggers
-# The loggers of the demo: each one's Lightning class, the package its backend needs, how to build
-# it under the output folder, and how it takes a picture with its own image API.
+# The demo's loggers: each one's class, the package its backend needs, how to build it, how it takes a picture.
 
 # %% Loggers
-@dataclass(frozen=True)
-class DemoLogger:
-    """One --loggers name: the Lightning class, the package its backend needs and the command that
-    installs it, how to build it under the output folder, and how it takes a picture, if it can."""
-    shows: str
-    module: str = None
-    install: str = None
-    build: Callable = None  # out -> the logger
-    log_image: Callable = None  # (logger, name, picture, step) -> None
-    image_shows_in: str = "not supported (scalars and hyperparameters only)"
-    where: Callable = lambda logger: str(getattr(logger, "log_dir", None) or logger.save_dir)
+# One --loggers name: the Lightning class, the package its backend needs and the command that installs it,
+# build(out) -> the logger, log_image(logger, name, picture, step), where the picture shows, where(logger) -> its run.
+DemoLogger = namedtuple("DemoLogger", "shows module install build log_image image_shows_in where", defaults=(
+    None, None, None, lambda *args: None, "not supported (scalars and hyperparameters only)",
+    lambda logger: str(getattr(logger, "log_dir", None) or logger.save_dir)))
 
 
 def mlflow_store(out: Path) -> MLFlowLogger:
-    # A SQLite database: the store MLflow recommends (its ./mlruns file store is in maintenance mode,
-    # and MLflow's own API refuses to read it without MLFLOW_ALLOW_FILE_STORE=true). No server needed;
-    # mlflow-skinny needs sqlalchemy and alembic for it. Artifacts (the digit grid) are plain files.
+    # A SQLite store: no server needed, and MLflow's API reads it (its ./mlruns file store is in maintenance mode).
     out.mkdir(parents=True, exist_ok=True)
     return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}",
                         artifact_location=(out / "mlartifacts").resolve().as_uri())
@@ -233,11 +204,10 @@ def mlflow_store(out: Path) -> MLFlowLogger:
 DEMO_LOGGERS = {
     "csv": DemoLogger("CSVLogger", build=lambda out: CSVLogger(out, name="csv_logs")),
     "tensorboard": DemoLogger(
-        "TensorBoardLogger", "tensorboard", "pip install tensorboard",
+        "TensorBoardLogger", "tensorboard", "pip install tensorboard", image_shows_in="IMAGES tab",
         # No placeholder hp_metric (-1): the HPARAMS tab shows the hyperparameters next to the real metrics.
         build=lambda out: TensorBoardLogger(out, name="tb_logs", default_hp_metric=False),
-        log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC"),
-        image_shows_in="IMAGES tab"),
+        log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC")),
     "mlflow": DemoLogger(
         "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", build=mlflow_store,
         log_image=lambda logger, name, picture, step: logger.experiment.log_image(
@@ -250,10 +220,9 @@ DEMO_LOGGERS = {
         log_image=lambda logger, name, picture, step: logger.log_image(key=name, images=[picture], step=step),
         image_shows_in="media panel", where=lambda logger: f"{logger.save_dir}/wandb/ (offline run; upload with: wandb sync)"),
     "comet": DemoLogger(
-        "CometLogger", "comet_ml", "pip install comet-ml",
+        "CometLogger", "comet_ml", "pip install comet-ml", image_shows_in="Graphics tab",
         build=lambda out: CometLogger(project="loggers_lightning", online=False, offline_directory=str(out / "comet")),
-        log_image=lambda logger, name, picture, step: logger.experiment.log_image(picture, name=name, step=step),
-        image_shows_in="Graphics tab"),
+        log_image=lambda logger, name, picture, step: logger.experiment.log_image(picture, name=name, step=step)),
     "litlogger": DemoLogger(
         "LitLogger", "litlogger", "pip install litlogger",  # needs a lightning.ai login
         build=lambda out: LitLogger(root_dir=out / "litlogger", name="loggers_lightning")),
@@ -264,8 +233,7 @@ ALWAYS = ("csv", "tensorboard")  # the per-epoch table and the TensorBoard instr
 def build_loggers(names: list, out: Path) -> list:
     """The loggers whose backend is installed; a missing one is reported with the command that installs it."""
     loggers = []
-    for name in dict.fromkeys([*ALWAYS, *names]):
-        demo = DEMO_LOGGERS[name]
+    for demo in map(DEMO_LOGGERS.get, dict.fromkeys([*ALWAYS, *names])):
         if demo.module and importlib.util.find_spec(demo.module) is None:
             print(f"{demo.shows}: not installed here ({demo.module} is missing); enable it with: {demo.install}")
             continue
@@ -278,8 +246,7 @@ def build_loggers(names: list, out: Path) -> list:
 
 
 def started(loggers: list) -> list:
-    """Each logger opens its run (folder, file store, offline run) now, so that a backend that cannot
-    start is reported and left out here, not mid-training."""
+    """Open each logger's run now (folder, store, offline run): one that cannot start is left out here, not mid-training."""
     running = []
     for logger in loggers:
         try:
@@ -293,62 +260,43 @@ def started(loggers: list) -> list:
     return running
 
 
-def demo_of(logger) -> DemoLogger:
-    name = type(logger).__name__
+def demo_of(name: str) -> DemoLogger:
     return next((demo for demo in DEMO_LOGGERS.values() if demo.shows == name), DemoLogger(name))
 
 
 def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
     """16 test digits titled 'predicted (true)', as one HxWx3 uint8 picture every logger can take."""
-    figure, axes = plt.subplots(2, 8, figsize=(8, 2.4))
+    figure, axes = plt.subplots(2, 8, figsize=(8, 2.4), layout="tight")
     for ax, image, label, guess in zip(axes.flat, images, labels, predicted):
         ax.imshow(image.squeeze(0) * MNIST_STD + MNIST_MEAN, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{guess} ({label})", color="black" if guess == label else "red", fontsize=9)
         ax.axis("off")
-    figure.tight_layout()
     figure.canvas.draw()
     picture = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
     plt.close(figure)
     return picture
 
 
-def log_image(logger, name: str, picture: np.ndarray, step: int) -> str:
-    """Log an HxWx3 uint8 picture with the logger's own API; say where it went."""
-    demo = demo_of(logger)
-    if demo.log_image:
-        demo.log_image(logger, name, picture, step)
-    return demo.image_shows_in
-
-
 # %% [markdown]
 # ## Reading the logs back
-# CSVLogger's `metrics.csv`, where step rows and epoch rows interleave, read back into one row per
-# epoch.
+# CSVLogger's `metrics.csv`, where step rows and epoch rows interleave, read back into one row per epoch.
 
 # %% Reading the logs back
 def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at.
-
-    The file has one row per logging call: step rows (every log_every_n_steps) fill the *_step
-    columns, epoch-end rows fill the *_epoch and validation columns, and every other cell is empty
-    (NaN). Keep the per-epoch columns, take each one's last value in its epoch, and drop the
-    *_epoch suffix. Test rows (test_*) belong to no training epoch and are left out.
-    """
+    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at. Step rows fill the
+    *_step columns, epoch-end rows the *_epoch and validation ones (NaN elsewhere): keep each per-epoch column's last
+    value in its epoch and drop the *_epoch suffix. test_* rows belong to no training epoch and are left out."""
     metrics = pd.read_csv(metrics_csv)
     per_epoch = sorted((c for c in metrics.columns
                         if c not in ("epoch", "step") and not c.endswith("_step") and not c.startswith("test_")),
                        key=lambda c: ("acc" in c, c))  # losses first, then accuracies
-    rows = metrics.dropna(subset=per_epoch, how="all")
-    table = rows.groupby("epoch").agg({**{c: "last" for c in per_epoch}, "step": "max"})  # last skips NaN
-    table.index = table.index.astype(int)
-    return table.rename(columns=lambda c: c.removesuffix("_epoch"))
-
+    table = metrics.dropna(subset=per_epoch, how="all").groupby("epoch").agg({**{c: "last" for c in per_epoch}, "step": "max"})
+    return table.rename(index=int, columns=lambda c: c.removesuffix("_epoch"))
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized tensors, decoded once, and a train/validation split that the seed fixes in every process.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -368,8 +316,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What a shell run and the last cell (with the parameters cell's `ARGS`) run; below it, the plumbing.
 
 # %% Main
 def main(argv=None) -> int:
@@ -391,15 +338,13 @@ def main(argv=None) -> int:
                             lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=build_loggers(args.loggers, out), log_every_n_steps=args.log_every_n_steps,
-            enable_checkpointing=False, fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
-            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
-            default_root_dir=out, deterministic=True)
-    with exit_if_write_fails(out):
-        loggers = started(trainer.loggers)  # after the Trainer took the flags, so a refused flag leaves no run behind
-    trainer.loggers = loggers
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, enable_checkpointing=False, default_root_dir=out,
+            logger=build_loggers(args.loggers, out), log_every_n_steps=args.log_every_n_steps, deterministic=True,
+            fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
+            limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches)
+    with exit_if_write_fails(out):  # after the Trainer took the flags, so a refused flag leaves no run behind
+        trainer.loggers = loggers = started(trainer.loggers)
     print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
     with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
         trainer.fit(model)
@@ -415,8 +360,8 @@ def main(argv=None) -> int:
             plot_history_with_steps(pd.read_csv(metrics_csv), history, out)
             print("\nWhat each logger got (hyperparameters, scalars on step and on epoch, the digit grid):")
             for logger in loggers:
-                image = model.image_results.get(type(logger).__name__, "-")
-                print(f"  {type(logger).__name__:18s} image: {image:48s} in {demo_of(logger).where(logger)}")
+                demo = demo_of(type(logger).__name__)
+                print(f"  {type(logger).__name__:18s} image: {demo.image_shows_in:48s} in {demo.where(logger)}")
             for logger in loggers:
                 if isinstance(logger, TensorBoardLogger):
                     print(f"\nOpen TensorBoard on this run:  tensorboard --logdir {Path(logger.root_dir).resolve()}")
@@ -438,69 +383,55 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.",
                                      formatter_class=DefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
-    catalogue = parser.add_argument_group("the catalogue (what the script does without --demo)")
+    catalogue = parser.add_argument_group("without --demo: the catalogue, or the model's structure")
     catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/loggers_lightning",
                            help="where the catalogue, logs and plots go")
-    catalogue.add_argument("--info", action="store_true",
-                           help="write loggers_info/, one file per logger (the default without --demo)")
-
-    data = parser.add_argument_group("the training demo: data")
-    data.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+    catalogue.add_argument("--info", action="store_true", help="write loggers_info/ (the default without --demo)")
+    catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true",
+                           help="print every parameter's name and shape and exit")
+    demo = parser.add_argument_group("the training demo")
+    demo.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
+    demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
                       help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
-    train = parser.add_argument_group("the training demo: training")
-    train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
-    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                       type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
-    train.add_argument("--epochs", type=number(int, min=1), default=2, metavar="N", help="training epochs")
-    train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-    train.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-
-    logging = parser.add_argument_group("the training demo: loggers")
-    logging.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
-                         help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
-                              f"(the table and the TensorBoard check read them)")
-    logging.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
-                         help="how often the *_step values are written")
-
-    hardware = parser.add_argument_group("the training demo: hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
-                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
-    debug = parser.add_argument_group("the training demo: debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
+    demo.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    demo.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    demo.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
+    demo.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
+                      type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
+    demo.add_argument("--epochs", type=number(int, min=1), default=2, metavar="N", help="training epochs")
+    demo.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
+    demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+    demo.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
+                      help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
+                           f"(the table and the TensorBoard check read them)")
+    demo.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
+                      help="how often the *_step values are written")
+    trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
+    trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    trainer.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    trainer.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
+                         help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    trainer.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    trainer.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+                         help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
-    model = parser.add_argument_group("model inspection")
-    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                       help="print every parameter's name and shape and exit")
-
+        trainer.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
+                             metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
-        "no effect: the demo (--demo) always ends with a test; this script tests no saved weights "
-        "(Basic_usage_of_lightning.py --load_model does)"))
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note=(
-        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
+    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: the demo (--demo) always ends "
+                          "with a test; this script tests no saved weights (Basic_usage_of_lightning.py --load_model does)")
+    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
+                          note="no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma")
     original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
                           successor="log_every_n_steps", note="it is --log_every_n_steps now")
     original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
                           help="refused with a pointer: this script tests no saved weights")
     args = parser.parse_args(argv)
-
     if args.load_model:
         die(f"--load_model {args.load_model}: this script trains to show loggers and tests no saved weights; "
             f"test them with: python Basic_usage_of_lightning.py --load_model {args.load_model}")
@@ -509,8 +440,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ignored = [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
                    and name not in ("info", "named_modules", "named_parameters")]
         if ignored:
-            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script "
-                f"writes the catalogue)")
+            die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script writes the catalogue)")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     return args
 
@@ -592,24 +522,19 @@ class OriginalTutorialFlag(argparse.Action):
 
 # %% Catalogue
 def show_logger_catalogue(out: Path, hint: bool) -> None:
-    pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
-    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": (
-        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
-        f"their backend is installed here\n\n{logger_table()}\n"), **pages})
-    print(logger_table())
-    print(f"\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
-    if hint:
-        print("to log a training run to several of them at once: python loggers_lightning.py --demo "
-              "(--help lists its flags)")
-
-
-def logger_table() -> str:
     demo = {logger.shows: name for name, logger in DEMO_LOGGERS.items()}
     rows = [f"{'logger':18s} {'--loggers':12s} {'backend':56s} summary"]
     for name in pl_loggers.__all__:
         summary = first_paragraph(getattr(pl_loggers, name)).split(". ")[0].rstrip(".")
         rows.append(f"{name:18s} {demo.get(name, '-'):12s} {backend_status(name):56s} {summary}.")
-    return "\n".join(rows)
+    table = "\n".join(rows)
+    pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
+    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": (
+        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
+        f"their backend is installed here\n\n{table}\n"), **pages})
+    print(f"{table}\n\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
+    if hint:
+        print("to log a training run to several of them at once: python loggers_lightning.py --demo (--help lists its flags)")
 
 
 def logger_page(name: str) -> str:
@@ -618,16 +543,16 @@ def logger_page(name: str) -> str:
     return "\n".join([
         name, "=" * len(name), f"from pytorch_lightning.loggers import {name}   (defined in {cls.__module__})",
         f"Backend: {backend_status(name)}", "", "What it does", indented(first_paragraph(cls)), "", "Signature",
-        "\n".join("  " + line for line in signature_of(cls).splitlines()), "",
-        "Methods and properties it defines", indented(", ".join(own) or "(none of its own)"), "",
+        textwrap.indent(signature_of(cls), "  "), "", "Methods and properties it defines",
+        indented(", ".join(own) or "(none of its own)"), "",
         f"Full documentation: python -c \"help('pytorch_lightning.loggers.{name}')\"", ""])
 
 
 def backend_status(class_name: str) -> str:
-    demo = next((demo for demo in DEMO_LOGGERS.values() if demo.shows == class_name), None)
+    demo = demo_of(class_name)
     if class_name == "Logger":
         return "the base class: subclass it to write your own logger"
-    if demo is None:
+    if demo.build is None:
         return "unknown to this script: see its docstring"
     if demo.module is None:
         return "built in (needs nothing else)"
@@ -639,8 +564,7 @@ def backend_status(class_name: str) -> str:
 
 # Copied from callbacks_lightning.py
 def first_paragraph(cls) -> str:
-    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never
-    object's ("The base class of the class hierarchy.")."""
+    """The class's own docstring (or its __init__'s), else the nearest parent's, said so; never object's."""
     for owner in cls.__mro__[:-1]:
         doc = owner.__dict__.get("__doc__") or getattr(owner.__dict__.get("__init__"), "__doc__", None)
         if doc:
@@ -661,8 +585,7 @@ def plain(text: str) -> str:
 def signature_of(cls) -> str:
     parameters = [str(p) for p in inspect.signature(cls).parameters.values()]
     text = f"{cls.__name__}(\n" + "".join(f"    {p},\n" for p in parameters) + ")" if parameters else f"{cls.__name__}()"
-    # Same bytes on every run: no memory addresses, no "typing." noise.
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text.replace("typing.", ""))  # same bytes every run
 
 
 # Copied from callbacks_lightning.py
@@ -676,9 +599,8 @@ def write_text_files(folder: Path, files: dict) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            partial = folder / f".{name}.partial"
-            partial.write_text(text)
-            os.replace(partial, folder / name)
+            (folder / f".{name}.partial").write_text(text)
+            os.replace(folder / f".{name}.partial", folder / name)
         for stale in set(folder.glob("*.txt")) - {folder / name for name in files}:
             stale.unlink()
     except OSError as error:
@@ -892,26 +814,20 @@ def exit_if_write_fails(out: Path):
 
 def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: Path) -> None:
     """loss.png: the step series and the epoch values on one step axis; acc.png: accuracy per epoch."""
-    ax = plt.figure().gca()
+    loss = plt.figure().gca()
     if "train_loss_step" in metrics:  # absent when --log_every_n_steps is larger than the run
-        steps = metrics.dropna(subset=["train_loss_step"])
-        steps.plot(x="step", y="train_loss_step", color="lightgray", label="train_loss (step)", ax=ax)
-    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=ax, grid=True,
-                 title="MNIST: cross-entropy loss per optimizer step and per epoch")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss")
-    write_atomically(out / "loss.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
-    if IN_NOTEBOOK:
-        plt.show()  # inline under the cell as well
-    plt.close(ax.figure)
-    ax = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    write_atomically(out / "acc.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
-    if IN_NOTEBOOK:
-        plt.show()  # inline under the cell as well
-    plt.close(ax.figure)
+        metrics.dropna(subset=["train_loss_step"]).plot(x="step", y="train_loss_step", color="lightgray",
+                                                        label="train_loss (step)", ax=loss)
+    history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=loss, grid=True, xlabel="optimizer step",
+                 ylabel="cross-entropy loss", title="MNIST: cross-entropy loss per optimizer step and per epoch")
+    acc = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch",
+                                                   xlabel="epoch", ylabel="accuracy")
+    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for kind, ax in (("loss", loss), ("acc", acc)):
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
+        if IN_NOTEBOOK:
+            plt.show()  # inline under the cell as well
+        plt.close(ax.figure)
 
 
 # Copied from Basic_usage_of_lightning.py
