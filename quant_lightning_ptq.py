@@ -84,8 +84,7 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # reruns replace best.ckpt
 # torch's own internals: inductor's int8 lowering, a CUDA_HOME probe, torchao registering an Enum.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
 logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
@@ -272,9 +271,7 @@ class QuantStubWrapper(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.quant = tq.QuantStub()
-        self.net = net
-        self.dequant = tq.DeQuantStub()
+        self.quant, self.net, self.dequant = tq.QuantStub(), net, tq.DeQuantStub()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dequant(self.net(self.quant(x)))  # after it (the loss's log_softmax): float
@@ -355,8 +352,7 @@ def compile_for_inference(net: nn.Module) -> nn.Module:
 # Eager: state_dicts; PT2E: the exported programs. Both hold the tensors that `--load_int8` rebuilds the model from.
 
 # %% Saving and loading the int8 model
-def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path,
-              calibrated_state=None) -> tuple:
+def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path, calibrated_state=None) -> tuple:
     """mnist_fp32 and mnist_int8, .pt (eager) or .pt2 (PT2E); their sizes in KiB (of a .pt2, its program)."""
     rebuild = {"backend": backend, "hidden_units": float_net.classifier[1].out_features}
     if flow == "eager":
@@ -393,12 +389,9 @@ def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     loader = model.test_dataloader()
     limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
     count = min(limit, len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
-    correct = seen = 0
     with torch.inference_mode():
-        for (images, labels), _ in zip(loader, range(count)):
-            correct += (model.model(images).argmax(dim=1) == labels).sum().item()
-            seen += len(labels)
-    print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
+        hits = torch.cat([model.model(images).argmax(dim=1) == labels for _, (images, labels) in zip(range(count), loader)])
+    print(f"int8 accuracy, plain PyTorch loop: {hits.sum().item() / len(hits):.4f}")
     accuracy = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
     return accuracy
@@ -436,8 +429,7 @@ def latency_summary(times: dict, threads: int) -> dict:
     for batch in sorted({batch for _, batch in times}):
         quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
                      for (name, b), ms in times.items() if b == batch}
-        for name, (q1, median, q3) in quartiles.items():
-            result[f"{name}_ms_b{batch}"] = median
+        result.update({f"{name}_ms_b{batch}": median for name, (_, median, _) in quartiles.items()})
         result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
@@ -522,9 +514,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split, shuffling and calibration batches")
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
-                       help="eager: torch.ao.quantization (deprecated); pt2e: torch.export + torchao + torch.compile "
-                            "(default: eager, or with --load_int8 the kind of file given)")
+    quant.add_argument("--flow", choices=["eager", "pt2e"], help="eager: torch.ao.quantization (deprecated); pt2e: "
+                       "torch.export + torchao + torch.compile (default: eager, or with --load_int8 the kind of file given)")
     quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
                        help="quantize this float checkpoint (.ckpt or mnist_fp32.pt) instead of training")
     quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines if e != "none"],

@@ -133,24 +133,16 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # %% Model
 # Copied from quant_lightning_ptq.py
 class MNISTConvBNNet(nn.Module):
-    """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
-
-    A plain float network: nothing in it is about quantization. Each flow adds what it needs when
-    it quantizes. Batch norm without a conv bias, because BN's shift replaces it (and folds into
-    the conv's int8 bias after quantization).
-    """
+    """A plain float network, nothing about quantization in it: each flow adds what it needs."""
 
     def __init__(self, hidden_units: int = 256, dropout: float = 0.25):
         super().__init__()
-        self.features = nn.Sequential(
+        self.features = nn.Sequential(  # no conv bias: BN's shift replaces it (and folds into the int8 bias)
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x14x14
             nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(),
+                                        nn.Dropout(dropout), nn.Linear(hidden_units, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
@@ -553,12 +545,9 @@ def export_program(net: nn.Module) -> torch.export.ExportedProgram:
 
 # Copied from quant_lightning_ptq.py
 def compile_for_inference(net: nn.Module) -> nn.Module:
-    """torch.compile with freezing: weights become constants, so Inductor can prepack them and fuse
-    the q/dq patterns of an int8 graph into int8 (oneDNN) kernels. Float networks compile the same way."""
+    """torch.compile with frozen weights, so Inductor fuses an int8 graph's q/dq patterns into int8 kernels."""
     torch._inductor.config.freezing = True
-    # dynamic=False: in torch 2.14 the int8 conv lowering fails on a symbolic batch size (a stride
-    # assertion), so each batch size gets its own compiled graph (a few seconds each).
-    return torch.compile(net, dynamic=False)
+    return torch.compile(net, dynamic=False)  # torch 2.14's int8 conv lowering fails on a symbolic batch size
 
 
 # %% [markdown]
@@ -673,12 +662,9 @@ def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
 
 
 # Copied from quant_lightning_ptq.py
-def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
-                    repeats: int) -> dict:
-    """Milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled as the
-    PT2E int8 model is) and of the int8 model: the median of `repeats` timed calls, and its spread.
-    The models take turns, so a noisy neighbour on the machine slows all alike, and the first
-    LATENCY_WARMUP rounds (compiling, first-call caches, CPU frequency ramping up) are not counted."""
+def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int, repeats: int) -> dict:
+    """Median ms per forward at batch 1 and 256, and its spread, of the float network (eager and compiled) and the
+    int8 model. They take turns (a noisy neighbour slows all alike); LATENCY_WARMUP rounds are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
@@ -699,22 +685,19 @@ def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Ten
 
 
 # Copied from quant_lightning_ptq.py
-LATENCY_WARMUP = 10  # rounds of every model before timing starts
+LATENCY_WARMUP = 10  # rounds of every model before timing starts: compiling, caches, CPU clock ramping up
 # Copied from quant_lightning_ptq.py
 LATENCY_BUSY = 0.25  # an interquartile range above this fraction of the median: the machine was busy
 
 
 # Copied from quant_lightning_ptq.py
 def latency_summary(times: dict, threads: int) -> dict:
-    """The medians and speed-ups from {(model, batch): [ms, ...]}, and each batch's spread (the
-    widest interquartile range over median). Prints them with the thread count, and one warning
-    line when a spread says the machine was busy: then the speed-ups would not hold on a rerun."""
+    """Medians, speed-ups and spreads from {(model, batch): [ms, ...]}, printed; a warning if the machine was busy."""
     result = {}
     for batch in sorted({batch for _, batch in times}):
         quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
                      for (name, b), ms in times.items() if b == batch}
-        for name, (q1, median, q3) in quartiles.items():
-            result[f"{name}_ms_b{batch}"] = median
+        result.update({f"{name}_ms_b{batch}": median for name, (_, median, _) in quartiles.items()})
         result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
@@ -1022,9 +1005,8 @@ def report_history(histories: list, out: Path) -> None:
 RESULTS_FILE = "quant_results.csv"
 # Copied from quant_lightning_ptq.py
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
-                  "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
-                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256",
-                  "spread_b1", "spread_b256"]
+                  *(f"{name}_b{batch}" for batch in (1, 256) for name in
+                    ("fp32_ms", "fp32_compiled_ms", "int8_ms", "speedup", "speedup_compiled")), "spread_b1", "spread_b256"]
 
 
 # Copied from quant_lightning_ptq.py
@@ -1038,8 +1020,7 @@ def append_result(row: dict, path: Path) -> None:
         try:
             table = pd.concat([pd.read_csv(path), table], ignore_index=True)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
-                f"move it away and run again")
+            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); move it away and run again")
     write_atomically(path, lambda file: table.to_csv(file, index=False))
 
 
@@ -1051,17 +1032,15 @@ def first_line(error: BaseException) -> str:
 # Copied from quant_lightning_ptq.py
 def load_weights(model: MNISTClassifier, path: str) -> None:
     """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    fix = "pass a Lightning .ckpt written by one of the quantization scripts, or mnist_fp32.pt"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
+        die(f"cannot read {path} ({error.__class__.__name__}); {fix}")
     if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
         saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
-    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in saved.items()):
-        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
-            f"by one of the quantization scripts, or mnist_fp32.pt")
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); {fix}")
     try:
         model.model.load_state_dict(saved)
     except Exception as error:  # names or shapes of another network; a meta tensor
@@ -1078,8 +1057,7 @@ MAX_INT8_BYTES = 2**30  # far above what this script writes
 
 # Copied from quant_lightning_ptq.py
 def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
-    """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load skips.
-    Returns the program's size in bytes, without that member."""
+    """torch.export.save, plus int8_state as member INT8_STATE (which torch.export.load skips); the program's bytes."""
     archive = io.BytesIO()
     torch.export.save(program, archive)
     program_bytes = archive.getbuffer().nbytes
@@ -1094,8 +1072,7 @@ def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=N
 
 # Copied from quant_lightning_ptq.py
 def saved_flow(path: str) -> str:
-    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
-    eager for anything else (torch.save)."""
+    """pt2e for a torch.export archive (or a file named .pt2), eager for anything else (torch.save)."""
     with contextlib.suppress(OSError, zipfile.BadZipFile):
         with zipfile.ZipFile(path) as archive:
             return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
@@ -1104,14 +1081,12 @@ def saved_flow(path: str) -> str:
 
 # Copied from quant_lightning_ptq.py
 def read_int8_file(path: str, flow: str) -> dict:
-    """The dict save_int8 wrote, checked: the tensors that rebuild the int8 model, the quantized engine,
-    the hidden layer's width. Read by zipfile and torch.load(weights_only=True) alone: tensors and plain
-    values come out, nothing runs. Of a .pt2, only member INT8_STATE is read, never the program."""
+    """The dict save_int8 wrote, checked, read by zipfile and torch.load(weights_only=True) alone: nothing runs."""
     fix = ("pass a mnist_int8.pt or mnist_int8.pt2 written by this script (a .pt2 from elsewhere is a "
            "program: load only programs you trust, with torch.export.load)")
     try:
         with zipfile.ZipFile(path) as archive:  # a torch.save file is a zip archive too
-            if flow == "pt2e":
+            if flow == "pt2e":  # only member INT8_STATE, never the program
                 members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE
                            and m.filename.split("/")[0].isidentifier()]  # not "", ".", ".."
                 if len(members) != 1:
@@ -1138,10 +1113,8 @@ def read_int8_file(path: str, flow: str) -> dict:
         die(f"{path} was made for the quantized engine {saved.get('backend')!r}, which this torch cannot run "
             f"(it has {', '.join(engines)})")
     hidden_units = saved.get("hidden_units")
-    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
-    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
-        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
-            f"from 1 to 65536")
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:  # it sizes a layer built before loading
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number from 1 to 65536")
     return saved
 
 
