@@ -3,49 +3,34 @@
 # Fine-tune an MNIST CNN with fake int8 quantization under the Trainer, then convert it.
 #
 # ## What it teaches
-# Quantization-aware training (QAT) of a plain float network, run by the Trainer from inside a
-# LightningModule, by two routes that read side by side (EagerQAT and PT2EQAT, same methods):
-# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
-#   DeQuantStub around the network, `fuse_modules_qat` merges conv+bn+relu and
-#   linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes them int8.
-# - `--flow pt2e`: its successor: `torch.export` the network, `prepare_qat_pt2e` with torchao's x86
-#   Inductor quantizer (its QAT config), fine-tune the exported graph as `self.model`,
-#   `convert_pt2e`, then `torch.compile` for int8 kernels. Nothing in this route
-#   touches torch.ao.quantization, so it keeps working once torch removes it.
+# Quantization-aware training (QAT) of a plain float network from inside a LightningModule, by two routes with
+# the same methods (EagerQAT and PT2EQAT):
+# - `--flow eager`: torch.ao.quantization (deprecated): stubs around the network, `fuse_modules_qat`,
+#   `prepare_qat` swaps in fake-quant modules, `convert` makes them int8.
+# - `--flow pt2e`: its successor: `torch.export`, `prepare_qat_pt2e` with torchao's x86 Inductor quantizer,
+#   fine-tune the graph as `self.model`, `convert_pt2e`, `torch.compile`; no torch.ao.quantization at all.
 #
-# Fake quantization rounds weights and activations to int8 in the forward pass and lets gradients
-# through unchanged, so training finds weights that survive the rounding. From --freeze_epoch on,
-# the observers stop moving the int8 ranges and batch norm uses its running statistics, so the
-# last epochs train the arithmetic the int8 model will run. An exported graph cannot follow
-# .train() / .eval(): the module's mode hooks switch it with torchao's move_exported_model_to_train
-# / move_exported_model_to_eval instead. The int8 model is tested with a plain loop and with
-# `Trainer.test`, saved, and timed against the float model on the CPU; --load_int8 rebuilds it.
+# Fake quantization rounds to int8 in the forward pass and lets gradients through, so training finds weights
+# that survive the rounding. From --freeze_epoch on, the int8 ranges and batch norm statistics stay fixed. An
+# exported graph ignores .train() / .eval(): the module's hooks switch it with torchao's move_exported_model_*.
 #
 # ## How to run
 # ```bash
-# python quant_lightning_qat.py                                # 3 float epochs, 2 QAT epochs, convert (eager)
-# python quant_lightning_qat.py --flow pt2e                    # the same through torch.export + torchao
-# python quant_lightning_qat.py --data_dir /path/to/datasets   # MNIST already on disk (MNIST/raw), offline
-# python quant_lightning_qat.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # QAT only
-# python quant_lightning_qat.py --qat_epochs 3 --freeze_epoch 2 --qat_lr 0.0005
-# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt    # reload, test
-# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt2   # the same, PT2E
+# python quant_lightning_qat.py --data_dir /path/to/datasets     # 3 float epochs, 2 QAT epochs, convert (eager)
+# python quant_lightning_qat.py --flow pt2e --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # QAT only
+# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt   # reload and test (or .pt2)
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/quant_lightning_qat)
 # ```text
-# csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
-# checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
-# history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
-# mnist_fp32.pt, mnist_int8.pt              state_dicts of the float and the int8 network (eager)
-# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e), to deploy; the int8 one
-#                                           also holds mnist_int8/state.pt, what --load_int8 reads
-# quant_results.csv                         one row added per run: accuracy, size, latency
+# csv_logs/, tb_logs/             one version per phase: the float run, then the QAT run
+# checkpoints/best.ckpt           the float phase's best epoch (the QAT phase keeps its last)
+# history.csv, loss.png, acc.png  the per-epoch table of both phases and its curves
+# mnist_fp32.pt, mnist_int8.pt    state_dicts of the float and the int8 network (eager)
+# mnist_fp32.pt2, mnist_int8.pt2  torch.export programs (pt2e); the int8 one holds mnist_int8/state.pt
+# quant_results.csv               one row added per run: accuracy, size, latency
 # ```
-#
-# `--load_int8` only tests the file and writes nothing. It reads tensors and plain values only
-# (`weights_only=True`) and rebuilds the int8 model with this script's code: no file runs code. A
-# `.pt2` program is never loaded as one; `torch.export.load` runs code, so load only programs you trust.
+# `--load_int8` reads only tensors (`weights_only=True`), never a `.pt2`'s program, and writes nothing.
 
 # %% Parameters tags=["parameters"]
 # A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
@@ -92,46 +77,37 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
-# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
-# --flow eager uses it; without it (a future torch) the PT2E flow still runs. torchao, which the
-# PT2E flow uses, is imported where it is used: it takes seconds to import.
+# Eager quantization (deprecated; only --flow eager uses it) may be gone from a future torch. torchao, which
+# the PT2E flow uses, is imported where it is used: it takes seconds to import.
 try:
     import torch.ao.nn.intrinsic.qat as nniqat
     import torch.ao.quantization as tq
 except ImportError:
     tq = nniqat = None
 
-# The data are tensors in memory, so loader workers have nothing to speed up.
+# Notes that a reader cannot act on. Loader workers: the data are tensors in memory. A Lightning 2.6 pytree
+# check deprecated by torch 2.14. Lightning's notes on limits left at 1.0 and its cloud logger tip.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-# torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # reruns replace best.ckpt
+# torch's own internals: inductor's int8 lowering, a CUDA_HOME probe, torchao registering an Enum.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
-# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
-# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
 logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
 logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
-# torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
-# once, in one line, by main (EAGER_DEPRECATION).
-warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
-# Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
-for retired in (".*reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
-                "TypedStorage is deprecated"):
-    warnings.filterwarnings("ignore", retired, UserWarning)
+# torch repeats a six-line eager deprecation at every call, and warns about its retired parts at every int8
+# model built or loaded; main says it once instead (EAGER_DEPRECATION).
+for retired in ("torch.ao.quantization is deprecated", ".*reduce_range will be deprecated",
+                "torch.quantize_per_tensor, torch.quantize_per_channel", "TypedStorage is deprecated"):
+    warnings.filterwarnings("ignore", retired)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
-# 10 class logits out.
+# A plain `nn.Module`, no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from quant_lightning_ptq.py
@@ -158,20 +134,15 @@ class MNISTConvBNNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvBNNet; start_qat() swaps `self.model` for its fake-quant twin."""
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, qat_lr: float = 0.001, freeze_epoch: int = 1, flow: str = "eager",
-                 backend: str = "x86", hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 qat_lr: float = 0.001, freeze_epoch: int = 1, flow: str = "eager", backend: str = "x86",
+                 hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
         self.model = MNISTConvBNNet(hidden_units, dropout)
         self.qat = None  # EagerQAT or PT2EQAT, once start_qat() has run
         self.train_loss = MeanMetric()
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
-        self.valid_acc = Accuracy(task="multiclass", num_classes=10)
-        self.test_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc, self.valid_acc, self.test_acc = (Accuracy(task="multiclass", num_classes=10) for _ in range(3))
 
     def start_qat(self) -> None:
         """From now on fit() trains with int8 rounding simulated in every conv and linear layer."""
@@ -184,8 +155,7 @@ class MNISTClassifier(pl.LightningModule):
     # QAT's schedule, in the hooks Lightning calls around every epoch and every validation.
     def on_train_epoch_start(self):
         if self.qat and self.current_epoch >= self.hparams.freeze_epoch:
-            # Fix the int8 ranges and let batch norm use its running statistics, as it will once folded
-            # into the conv: the remaining epochs fine-tune exactly what convert will produce.
+            # Fixed int8 ranges, batch norm as it will be once folded: the last epochs train what convert makes.
             self.qat.observe(self.model, False)
             self.qat.freeze_batch_norm(self.model)
 
@@ -198,10 +168,8 @@ class MNISTClassifier(pl.LightningModule):
         if self.qat and self.current_epoch < self.hparams.freeze_epoch:
             self.qat.observe(self.model, True)
 
-    # Lightning calls .eval() before validation and test, and afterwards sets each module's `training`
-    # flag back. An exported graph follows neither: its dropout and batch norm are ops in the graph,
-    # switched by rewriting it (torchao's move_exported_model_to_train / _eval), so these hooks ask the
-    # QAT flow to switch the network.
+    # Lightning's .eval() and .train() around validation and test do not reach an exported graph's dropout and
+    # batch norm (ops in the graph, switched by rewriting it): the QAT flow switches the network.
     def on_validation_model_eval(self):
         self.set_training(False)
 
@@ -212,10 +180,7 @@ class MNISTClassifier(pl.LightningModule):
         self.set_training(False)
 
     def set_training(self, mode: bool) -> None:
-        if self.qat:
-            self.qat.set_training(self.model, mode)
-        else:
-            self.train(mode)
+        self.qat.set_training(self.model, mode) if self.qat else self.train(mode)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -248,18 +213,15 @@ class MNISTClassifier(pl.LightningModule):
         self.log("test_acc", self.test_acc)
 
     def configure_optimizers(self):
-        # QAT fine-tunes a trained model: a tenth of the from-scratch learning rate by default.
-        # self.parameters() are the fake-quant network's once start_qat() has run.
+        # QAT fine-tunes a trained model (a tenth of the learning rate); its parameters are the fake-quant network's.
         lr = self.hparams.qat_lr if self.qat else self.hparams.lr
         optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -274,14 +236,12 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized float tensors, decoded once, and a train/validation split fixed by the seed.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -306,16 +266,13 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Eager QAT (torch.ao.quantization, deprecated)
-# `--flow eager`: a wrapper puts QuantStub / DeQuantStub around the network, `fuse_modules_qat`
-# merges conv+bn+relu and linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes
-# them int8.
+# `--flow eager`: stubs around the network, `fuse_modules_qat`, `prepare_qat` (fake-quant modules), `convert`.
 
 # %% Eager QAT (torch.ao.quantization, deprecated)
 # Copied from quant_lightning_ptq.py
 EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
                      "stops working then; --flow pt2e does the same with torchao")
-# Each group becomes one int8 kernel: BN folds into the conv, ReLU clamps inside it. The names are
-# those of the float network inside QuantStubWrapper.
+# Each group becomes one int8 kernel (BN folded into the conv, ReLU inside it); names inside QuantStubWrapper.
 # Copied from quant_lightning_ptq.py
 FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"], ["net.features.4", "net.features.5", "net.features.6"],
                ["net.classifier.1", "net.classifier.2"]]
@@ -340,8 +297,7 @@ class EagerQAT:
         self.backend = backend  # the quantized engine: its default QAT qconfig, later its int8 kernels
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """Stubs around the network, conv+bn+relu and linear+relu fused, fake quantization inserted:
-        still float tensors, but rounded like int8 in every forward."""
+        """Stubs, fused layers, fake quantization: still float tensors, but rounded like int8 in every forward."""
         model = QuantStubWrapper(net).train()  # train: fuse_modules_qat keeps BN live inside the fused block
         tq.fuse_modules_qat(model, FUSE_GROUPS, inplace=True)
         model.qconfig = tq.get_default_qat_qconfig(self.backend)  # moving-average ranges, per-channel weights
@@ -364,17 +320,14 @@ class EagerQAT:
 
 # %% [markdown]
 # ## PT2E QAT (torch.export + torchao)
-# `--flow pt2e`, its successor: the network becomes one graph, rewritten by torchao's quantizer
-# (`prepare_qat_pt2e`), fine-tuned as `self.model`, then `convert_pt2e`.
+# `--flow pt2e`, its successor: one exported graph, `prepare_qat_pt2e`, fine-tuned as `self.model`, `convert_pt2e`.
 
 # %% PT2E QAT (torch.export + torchao)
 class PT2EQAT:
     """QAT through torch.export and torchao: the network becomes one graph, rewritten by the quantizer."""
 
     def prepare(self, net: nn.Module) -> torch.fx.GraphModule:
-        """Export the float network in train mode (batch norm and dropout as in training) and insert
-        fake quantization where the x86 Inductor quantizer annotates the graph: it finds the
-        conv+bn+relu and linear+relu patterns itself, with nothing to list by hand."""
+        """Export in train mode; the x86 Inductor quantizer finds conv+bn+relu and linear+relu in the graph itself."""
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer, get_default_x86_inductor_quantization_config)
@@ -391,24 +344,21 @@ class PT2EQAT:
         graph.apply(enable_observer if enabled else disable_observer)
 
     def freeze_batch_norm(self, graph: torch.fx.GraphModule) -> None:
-        """What eager QAT's freeze_bn_stats does, in the graph: its batch_norm ops get training=False,
-        so they normalize with the running statistics and stop updating them. torchao has no function
-        for it; move_exported_model_to_train undoes it, so on_train_epoch_start does it every epoch."""
+        """Eager's freeze_bn_stats in the graph (torchao has none): batch_norm ops get training=False.
+        move_exported_model_to_train undoes it, so on_train_epoch_start does it every epoch."""
         for node in graph.graph.nodes:
             if node.target is torch.ops.aten.batch_norm.default:
                 node.args = (*node.args[:5], False, *node.args[6:])  # (input, weight, bias, mean, var, training, ...)
         graph.recompile()
 
     def convert(self, graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        """A converted copy: BN folded into the conv, int8 weights, quantize / dequantize ops around float
-        ops, which torch.compile lowers to int8 kernels."""
+        """A converted copy: BN folded, int8 weights, q/dq ops around float ops that torch.compile makes int8 kernels."""
         from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
         graph = copy.deepcopy(graph)
         move_exported_model_to_eval(graph)  # dropout off, batch norm from its running statistics
         converted = convert_pt2e(graph)  # on a CPU about a minute: torchao traces 48 conv-bn patterns
-        # convert_pt2e adds int8 copies of the weights but keeps the float ones, and batch norm's
-        # statistics, folded into them; drop what the graph no longer reads.
+        # Drop the float weights and batch norm statistics that convert_pt2e keeps beside their int8 copies.
         used = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
         for name, _ in [*converted.named_parameters(), *converted.named_buffers()]:
             if name not in used:
@@ -441,24 +391,18 @@ def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
     """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
     with exit_on_error("cannot build the Trainer from these flags"):
         return pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=epochs,
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=epochs, plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
             callbacks=callbacks, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
-            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-            deterministic=True)
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches, deterministic=True)
 
 
 def leave_training(trainer: pl.Trainer) -> bool:
     """Undo what training switched on for the whole process; True on the process that goes on."""
-    # deterministic=True switched torch into deterministic mode; int8 ops (which resize their
-    # quantized outputs) refuse to run in it.
-    torch.use_deterministic_algorithms(False)
+    torch.use_deterministic_algorithms(False)  # deterministic=True's process-wide mode: int8 ops refuse to run in it
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Converting and the CPU tests run in rank 0 alone; a DDP process that exits with the
-        # process group open can abort, so close it here.
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # rank 0 alone goes on; an open group can abort the exit
     return trainer.is_global_zero
 
 
@@ -574,8 +518,7 @@ def latency_summary(times: dict, threads: int) -> dict:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`; below it, flags, checks, helpers.
 
 # %% Main
 def main(argv=None) -> int:

@@ -127,8 +127,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
-# 10 class logits out.
+# A plain `nn.Module`, no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from quant_lightning_ptq.py
@@ -212,8 +211,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -228,14 +226,12 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized float tensors, decoded once, and a train/validation split fixed by the seed.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -713,8 +709,7 @@ def latency_summary(times: dict, threads: int) -> dict:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`; below it, flags, checks, helpers.
 
 # %% Main
 def main(argv=None) -> int:
