@@ -408,8 +408,7 @@ def leave_training(trainer: pl.Trainer) -> bool:
 
 # %% [markdown]
 # ## Saving and loading the int8 model
-# Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs,
-# checked before they are loaded.
+# Eager: state_dicts; PT2E: the exported programs. Both hold the tensors that `--load_int8` rebuilds the model from.
 
 # %% Saving and loading the int8 model
 # Copied from quant_lightning_ptq.py
@@ -425,8 +424,7 @@ def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str
 
 
 def load_int8_model(path: str, flow: str) -> nn.Module:
-    """The int8 model of mnist_int8.pt or mnist_int8.pt2, rebuilt by this script's own code from the
-    tensors in the file, the way QAT made it. Nothing in the file runs: a .pt2's program is never loaded."""
+    """The int8 model of a mnist_int8.pt or .pt2, rebuilt as QAT made it from the file's tensors: nothing in it runs."""
     saved = read_int8_file(path, flow)
     qat = EagerQAT(saved["backend"]) if flow == "eager" else PT2EQAT()
     try:
@@ -434,8 +432,7 @@ def load_int8_model(path: str, flow: str) -> nn.Module:
         if flow == "pt2e":  # the fake-quant graph's tensors as QAT left them: convert repeats the run's
             net.load_state_dict(saved["state_dict"])
             return compile_for_inference(qat.convert(net))
-        # Eager: one dummy batch gives the observers a range so that convert runs; load_state_dict then
-        # replaces every weight, scale and zero point.
+        # Eager: a dummy batch gives the observers a range for convert; load_state_dict replaces all the values.
         with torch.no_grad():
             net.eval()(torch.zeros(2, 1, 28, 28))
         net = qat.convert(net)
@@ -447,8 +444,7 @@ def load_int8_model(path: str, flow: str) -> nn.Module:
 
 # %% [markdown]
 # ## Testing and timing the int8 model
-# The int8 model's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same batches,
-# and its latency against the float model on the CPU.
+# Test accuracy by a plain PyTorch loop and by `Trainer.test` on the same batches; latency against the float model.
 
 # %% Testing and timing the int8 model
 # Copied from quant_lightning_ptq.py
@@ -527,9 +523,8 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     before = file_times(out)  # to tell this run's outputs from an earlier run's
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                            lr=args.lr, qat_lr=args.qat_lr, freeze_epoch=args.freeze_epoch, flow=args.flow,
-                            backend=args.backend, val_size=args.val_size, num_workers=args.num_workers,
-                            seed=args.seed)
+                            lr=args.lr, qat_lr=args.qat_lr, freeze_epoch=args.freeze_epoch, flow=args.flow, backend=args.backend,
+                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
@@ -545,9 +540,9 @@ def main(argv=None) -> int:
         die(f"--precision {args.precision}: quantization-aware training runs in float32; leave --precision out")
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
-        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, fast_dev_run=args.fast_dev_run,
+                            limit_test_batches=args.limit_test_batches)
     if args.load_int8:
         test_int8(model, tester, args)
         return 0
@@ -604,7 +599,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="where logs, models and quant_results.csv go")
     data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
     train = parser.add_argument_group("training")
     train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
     train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
@@ -612,47 +606,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="float epochs before QAT")
     train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the float phase (one-cycle)")
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
-                       help="eager: torch.ao.quantization (deprecated); pt2e: torch.export + torchao + torch.compile "
-                            "(default: eager, or with --load_int8 the kind of file given)")
+    quant.add_argument("--flow", choices=["eager", "pt2e"], help="eager: torch.ao.quantization (deprecated); pt2e: "
+                       "torch.export + torchao + torch.compile (default: eager, or with --load_int8 the kind of file given)")
     quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
-                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training "
-                            "the float model first")
+                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training the float model first")
     quant.add_argument("--qat_epochs", "--qat-epochs", type=number(int, min=1), default=2, metavar="N", help="fake-quant epochs")
     quant.add_argument("--qat_lr", "--qat-lr", type=number(float, above=0), default=0.001, help="peak learning rate of the QAT phase")
     quant.add_argument("--freeze_epoch", "--freeze-epoch", type=number(int, min=1), default=1, metavar="N",
                        help="QAT epoch (from 0) from which observers and batch-norm statistics are frozen; "
                             "not 0: the observers measure the int8 ranges in one QAT epoch first")
-    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
-                                                             if e != "none"],
+    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines if e != "none"],
                        help="eager flow: the quantized engine and its default QAT qconfig")
     quant.add_argument("--load_int8", "--load-int8", metavar="PATH", type=existing_file,
                        help="test a saved int8 model (mnist_int8.pt, or mnist_int8.pt2 from --flow pt2e) and exit")
     quant.add_argument("--threads", type=number(int, min=1), default=2, help="torch.set_num_threads for the latency measurement")
     quant.add_argument("--latency_repeats", "--latency-repeats", type=number(int, min=0), default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
-
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
     debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
         debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
     model = parser.add_argument_group("model inspection")
     model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
     model.add_argument("--named_parameters", "--named-parameters", action="store_true",
                        help="print every parameter's name and shape and exit")
-
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
@@ -671,17 +657,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.save_model:
         print("note: --save_model (from the original tutorial): no effect, this script always saves "
               "mnist_fp32 and mnist_int8", file=sys.stderr)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
-        args.ckpt = args.load_model
-    if args.load_int8:
-        saved = saved_flow(args.load_int8)
-        if args.flow and args.flow != saved:
-            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
-                f"or leave --flow out")
-        args.flow = saved
-    args.flow = args.flow or "eager"
+    if args.load_model and args.ckpt and args.ckpt != args.load_model:
+        die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
+    args.ckpt = args.ckpt or args.load_model
+    saved = args.load_int8 and saved_flow(args.load_int8)
+    if saved and args.flow not in (None, saved):
+        die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, or leave --flow out")
+    args.flow = saved or args.flow or "eager"
     check_flow_is_installed(args.flow)
     return args
 

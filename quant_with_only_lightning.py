@@ -562,25 +562,19 @@ def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
     """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
     with exit_on_error("cannot build the Trainer from these flags"):
         return pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=epochs,
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=epochs, plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
             callbacks=callbacks, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
-            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-            deterministic=True)
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches, deterministic=True)
 
 
 # Copied from quant_lightning_qat.py
 def leave_training(trainer: pl.Trainer) -> bool:
     """Undo what training switched on for the whole process; True on the process that goes on."""
-    # deterministic=True switched torch into deterministic mode; int8 ops (which resize their
-    # quantized outputs) refuse to run in it.
-    torch.use_deterministic_algorithms(False)
+    torch.use_deterministic_algorithms(False)  # deterministic=True's process-wide mode: int8 ops refuse to run in it
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Converting and the CPU tests run in rank 0 alone; a DDP process that exits with the
-        # process group open can abort, so close it here.
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # rank 0 alone goes on; an open group can abort the exit
     return trainer.is_global_zero
 
 
@@ -811,8 +805,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="the callback's mode: eager (torch.ao.quantization, deprecated) or pt2e (torch.export + "
                             "torchao + torch.compile); default: eager, or with --load_int8 the kind of file given")
     quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
-                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training "
-                            "the float model first")
+                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training the float model first")
     quant.add_argument("--qat_epochs", "--qat-epochs", type=number(int, min=1), default=2, metavar="N", help="fake-quant epochs")
     quant.add_argument("--qat_lr", "--qat-lr", type=number(float, above=0), default=0.001, help="peak learning rate of the QAT phase")
     quant.add_argument("--observer_type", "--observer-type", choices=["average", "histogram"], default="average",
@@ -863,17 +856,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.save_model:
         print("note: --save_model (from the original tutorial): no effect, this script always saves "
               "mnist_fp32 and mnist_int8", file=sys.stderr)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
-        args.ckpt = args.load_model
-    if args.load_int8:
-        saved = saved_flow(args.load_int8)
-        if args.flow and args.flow != saved:
-            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
-                f"or leave --flow out")
-        args.flow = saved
-    args.flow = args.flow or "eager"
+    if args.load_model and args.ckpt and args.ckpt != args.load_model:
+        die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
+    args.ckpt = args.ckpt or args.load_model
+    saved = args.load_int8 and saved_flow(args.load_int8)
+    if saved and args.flow not in (None, saved):
+        die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, or leave --flow out")
+    args.flow = saved or args.flow or "eager"
     check_flow_is_installed(args.flow)
     return args
 
