@@ -3,46 +3,33 @@
 # Add a QuantizationAwareTraining callback to the Trainer and get an int8 MNIST CNN after fit.
 #
 # ## What it teaches
-# Lightning 1.x had a `QuantizationAwareTraining` callback; Lightning 2.0 removed it. This script
-# writes one (the Callbacks section) with the constructor people know, and uses it on a
-# LightningModule that contains no quantization code at all: the user adds `callbacks=[qcb]` and,
-# when `fit` returns, the module is int8. The callback has two modes, chosen by --flow:
-# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: stubs around the module's forward,
-#   fused modules, `prepare_qat` in `setup`, `convert` in `on_fit_end`.
-# - `--flow pt2e`: its successor: `setup` exports the module's network with `torch.export` and swaps
-#   in the graph from torchao's `prepare_qat_pt2e` (before the optimizer is built, so
-#   the optimizer trains the graph); `on_fit_end` runs `convert_pt2e`. Nothing in
-#   this mode touches torch.ao.quantization.
+# Lightning 2.0 removed 1.x's `QuantizationAwareTraining` callback. This script writes one (the Callbacks
+# section) with the constructor people know, for a LightningModule with no quantization code at all: add
+# `callbacks=[qcb]`, and when `fit` returns the module is int8. Two modes, chosen by --flow:
+# - `--flow eager`: torch.ao.quantization (deprecated): stubs around the module's forward, fused modules,
+#   `prepare_qat` in `setup`, `convert` in `on_fit_end`.
+# - `--flow pt2e`: its successor: `setup` swaps the network for the `torch.export` graph from torchao's
+#   `prepare_qat_pt2e` (before the optimizer is built); `on_fit_end` runs `convert_pt2e`.
 #
-# The callback's docstring lists which Lightning hook does what, and how a checkpoint saved
-# mid-QAT resumes. The int8 module is tested with a plain loop and with `Trainer.test`, saved, and
-# timed on the CPU; --load_int8 rebuilds it from the file.
+# The int8 module is tested by a plain loop and by `Trainer.test`, saved, and timed on the CPU.
 #
 # ## How to run
 # ```bash
-# python quant_with_only_lightning.py                          # 3 float epochs, 2 QAT epochs, int8 (eager)
-# python quant_with_only_lightning.py --flow pt2e              # the callback's PT2E mode
-# python quant_with_only_lightning.py --data_dir /path/to/datasets   # MNIST already on disk, offline
-# python quant_with_only_lightning.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
-# python quant_with_only_lightning.py --observer_type histogram --qat_epochs 1
-# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt
-# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt2
+# python quant_with_only_lightning.py --data_dir /path/to/datasets   # 3 float epochs, 2 QAT epochs (eager)
+# python quant_with_only_lightning.py --flow pt2e --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
+# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt  # or .pt2
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/quant_with_only_lightning)
 # ```text
-# csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
-# checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
-# history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
-# mnist_fp32.pt, mnist_int8.pt              state_dicts of the float network and the int8 LightningModule
-# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e), to deploy; the int8 one
-#                                           also holds mnist_int8/state.pt, what --load_int8 reads
-# quant_results.csv                         one row added per run: accuracy, size, latency
+# csv_logs/, tb_logs/             one version per phase: the float run, then the QAT run
+# checkpoints/best.ckpt           the float phase's best epoch (the QAT phase keeps its last)
+# history.csv, loss.png, acc.png  the per-epoch table of both phases and its curves
+# mnist_fp32.pt, mnist_int8.pt    state_dicts of the float network and the int8 LightningModule (eager)
+# mnist_fp32.pt2, mnist_int8.pt2  torch.export programs (pt2e); the int8 one holds mnist_int8/state.pt
+# quant_results.csv               one row added per run: accuracy, size, latency
 # ```
-#
-# `--load_int8` only tests the file and writes nothing. It reads tensors and plain values only
-# (`weights_only=True`) and rebuilds the int8 module with the callback's code: no file runs code. A
-# `.pt2` program is never loaded as one; `torch.export.load` runs code, so load only programs you trust.
+# `--load_int8` reads only tensors (`weights_only=True`), never a `.pt2`'s program, and writes nothing.
 
 # %% Parameters tags=["parameters"]
 # A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
@@ -90,37 +77,29 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
-# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
-# the callback's eager mode uses it; without it (a future torch) the PT2E mode still runs. torchao,
-# which the PT2E mode uses, is imported where it is used: it takes seconds to import.
+# Eager quantization (deprecated; only the callback's eager mode uses it) may be gone from a future torch.
+# torchao, which the PT2E mode uses, is imported where it is used: it takes seconds to import.
 try:
     import torch.ao.quantization as tq
 except ImportError:
     tq = None
 
-# The data are tensors in memory, so loader workers have nothing to speed up.
+# Notes that a reader cannot act on. Loader workers: the data are tensors in memory. A Lightning 2.6 pytree
+# check deprecated by torch 2.14. Lightning's notes on limits left at 1.0 and its cloud logger tip.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-# torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # reruns replace best.ckpt
+# torch's own internals: inductor's int8 lowering, a CUDA_HOME probe, torchao registering an Enum.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
-# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
-# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
 logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
 logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
-# torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
-# once, in one line, by main (EAGER_DEPRECATION).
-warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
-# Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
-for retired in (".*reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
-                "TypedStorage is deprecated"):
-    warnings.filterwarnings("ignore", retired, UserWarning)
+# torch repeats a six-line eager deprecation at every call, and warns about its retired parts at every int8
+# model built or loaded; main says it once instead (EAGER_DEPRECATION).
+for retired in ("torch.ao.quantization is deprecated", ".*reduce_range will be deprecated",
+                "torch.quantize_per_tensor, torch.quantize_per_channel", "TypedStorage is deprecated"):
+    warnings.filterwarnings("ignore", retired)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
