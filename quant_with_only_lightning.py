@@ -133,22 +133,16 @@ class MNISTConvBNNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """A plain training recipe: nothing here knows about quantization."""
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
         self.model = MNISTConvBNNet(hidden_units, dropout)
         self.train_loss = MeanMetric()
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
-        self.valid_acc = Accuracy(task="multiclass", num_classes=10)
-        self.test_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc, self.valid_acc, self.test_acc = (Accuracy(task="multiclass", num_classes=10) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The callback quantizes what forward computes, so forward stops at the logits: log_softmax
-        # (inside cross_entropy) has no int8 kernel and stays in the steps, in float.
+        # The callback quantizes forward, so it stops at the logits: log_softmax has no int8 kernel.
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
@@ -235,68 +229,40 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Callbacks
-# Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, the model
-# is int8. Its docstring lists which Lightning hook does what.
+# Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, the model is int8.
 
 # %% Callbacks
 class QuantizationAwareTraining(pl.Callback):
     """Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, model is int8.
 
     Args:
-        qconfig: eager flow: a quantized engine name ("x86", "fbgemm", "onednn", "qnnpack"), whose
-            default QAT qconfig is used, or a ready `torch.ao.quantization.QConfig`. PT2E flow: "x86"
-            (torchao's X86InductorQuantizer with its QAT config) or a ready torchao `Quantizer`.
-        observer_type: how activation ranges are measured with a named qconfig: "average" (moving
-            average of min/max, the QAT default) or "histogram" (HistogramObserver: slower, ignores outliers).
-        modules_to_fuse: eager flow: groups of module names relative to the LightningModule, e.g.
-            [["model.features.0", "model.features.1", "model.features.2"]]; each group (conv+bn+relu,
-            conv+relu, linear+relu, ...) is fused into one module, and after convert one int8 kernel.
-            The PT2E quantizer finds these patterns in the exported graph itself.
-        input_compatible: eager flow. True: the int8 module still takes and returns float tensors (the
-            quantize and dequantize steps stay in forward). False: forward takes and returns quantized
-            tensors. A PT2E graph always takes and returns float tensors.
-        quantize_on_fit_end: convert to int8 when fit ends. False leaves the fake-quant model (to train
-            more, or to inspect); `qcb.convert(model)` converts it later.
-        observer_enabled_stages: stages ("train", "validate", "test", "predict") in which observers
-            update the int8 ranges; in the others they are switched off, and restored afterwards.
+        qconfig: eager: a quantized engine ("x86", "fbgemm", "onednn", "qnnpack"), for its default QAT qconfig,
+            or a `torch.ao.quantization.QConfig`. PT2E: "x86" (torchao's X86InductorQuantizer) or a `Quantizer`.
+        observer_type: with a named qconfig, how activation ranges are measured: "average" (moving min/max, the
+            QAT default) or "histogram" (HistogramObserver: slower, ignores outliers).
+        modules_to_fuse: eager: groups of module names in the LightningModule, e.g. [["model.features.0",
+            "model.features.1", "model.features.2"]], each fused into one module, one int8 kernel after convert.
+        input_compatible: eager: True keeps float tensors in and out of the int8 module; False: quantized ones.
+        quantize_on_fit_end: convert when fit ends; False leaves the fake-quant model, for `qcb.convert(model)`.
+        observer_enabled_stages: stages ("train", "validate", "test", "predict") whose observers update ranges.
         flow: "eager" (torch.ao.quantization, deprecated) or "pt2e" (torch.export + torchao).
-        network: PT2E flow: the LightningModule's attribute that holds the float network; it is exported
-            and replaced by the QAT graph, so forward and the steps use the graph unchanged.
+        network: PT2E: the module's attribute with the float network, replaced by the QAT graph.
 
-    How it works, hook by hook:
-        setup(stage="fit")     runs before the Trainer creates the optimizer, so the optimizer gets the
-                               parameters QAT trains. Eager: adds `quant` (QuantStub) and `dequant`
-                               (DeQuantStub) to the module and wraps its forward between them, sets the
-                               qconfig, fuses `modules_to_fuse`, and calls `prepare_qat`, which swaps in
-                               fake-quant modules that keep the same parameters. PT2E: exports the
-                               network in train mode, `prepare_qat_pt2e`, and sets the graph in its
-                               place; `allow_exported_model_train_eval` lets the graph follow Lightning's
-                               `.eval()` (through torchao's `move_exported_model_to_eval`).
-        on_<stage>_start/_end  switch observers off for stages not in `observer_enabled_stages`, then
-                               restore them (validation inside fit included). PT2E: after validation
-                               and at every training epoch's start, `move_exported_model_to_train` puts
-                               the graph's dropout and batch norm back in training mode (Lightning only
-                               restores each module's `training` flag, which a graph ignores).
-        on_fit_end             convert on the CPU: eager `convert`, PT2E `convert_pt2e`; BN folded,
-                               weights and ranges frozen into int8.
-        state_dict             the settings, stored in Lightning checkpoints and in the saved int8 file.
-
-    Resuming: a checkpoint saved mid-QAT (by ModelCheckpoint or trainer.save_checkpoint) holds the
-    fake-quant weights and the observers' ranges. `trainer.fit(model, ckpt_path=...)` with a float model
-    and this callback resumes in both flows: setup prepares the same structure before Lightning loads
-    the checkpoint into it. Freezing observers and batch norm late in QAT is the QAT-in-the-module
-    lesson's (quant_lightning_qat.py); here the observers run in the stages named above.
+    Hooks: `setup("fit")`, before the optimizer is built, makes the module fake-quant (eager: stubs around its
+    forward, fused modules, `prepare_qat`; PT2E: export, `prepare_qat_pt2e`); `on_<stage>_start/_end` switch
+    observers off outside `observer_enabled_stages` and back (PT2E: and put the graph back in train mode, which
+    Lightning's `training` flags cannot); `on_fit_end` converts on the CPU; `state_dict` keeps the settings.
+    A checkpoint saved mid-QAT resumes by `trainer.fit(model, ckpt_path=...)` with a float model and this
+    callback: setup prepares the same structure first. More in docs/quantization.md.
     """
 
     STAGES = ("train", "validate", "test", "predict")
 
-    def __init__(self, qconfig="x86", observer_type: str = "average", modules_to_fuse=None,
-                 input_compatible: bool = True, quantize_on_fit_end: bool = True,
-                 observer_enabled_stages=("train",), flow: str = "eager", network: str = "model"):
+    def __init__(self, qconfig="x86", observer_type: str = "average", modules_to_fuse=None, input_compatible: bool = True,
+                 quantize_on_fit_end: bool = True, observer_enabled_stages=("train",), flow: str = "eager", network: str = "model"):
         if flow == "eager":
             if tq is None:
-                raise ValueError("flow='eager' needs torch.ao.quantization, which this torch no longer has; "
-                                 "use flow='pt2e'")
+                raise ValueError("flow='eager' needs torch.ao.quantization, which this torch no longer has; use flow='pt2e'")
             engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
             if not isinstance(qconfig, tq.QConfig) and qconfig not in engines:
                 raise ValueError(f"qconfig must be a QConfig or one of {engines}, got {qconfig!r}")
@@ -307,23 +273,17 @@ class QuantizationAwareTraining(pl.Callback):
                 raise ValueError("modules_to_fuse is for flow='eager': the PT2E quantizer finds conv+bn+relu "
                                  "and linear+relu in the exported graph itself")
             if not input_compatible:
-                raise ValueError("input_compatible=False is for flow='eager': a PT2E graph always takes and "
-                                 "returns float tensors")
+                raise ValueError("input_compatible=False is for flow='eager': a PT2E graph always takes and returns float tensors")
         else:
             raise ValueError(f"flow must be 'eager' or 'pt2e', got {flow!r}")
         if observer_type not in ("average", "histogram"):
             raise ValueError(f"observer_type must be 'average' or 'histogram', got {observer_type!r}")
-        unknown = set(observer_enabled_stages) - set(self.STAGES)
-        if unknown:
+        if unknown := set(observer_enabled_stages) - set(self.STAGES):
             raise ValueError(f"observer_enabled_stages: unknown stage(s) {sorted(unknown)}; use {self.STAGES}")
-        self.qconfig = qconfig
-        self.observer_type = observer_type
+        self.qconfig, self.observer_type, self.flow, self.network = qconfig, observer_type, flow, network
         self.modules_to_fuse = [list(group) for group in modules_to_fuse or []]
-        self.input_compatible = input_compatible
-        self.quantize_on_fit_end = quantize_on_fit_end
+        self.input_compatible, self.quantize_on_fit_end = input_compatible, quantize_on_fit_end
         self.observer_enabled_stages = tuple(observer_enabled_stages)
-        self.flow = flow
-        self.network = network
         self._prepared = self._converted = False
         self._float_forward = None  # eager: the module's own forward, before the quant/dequant wrapper
         self._observers_before = {}  # stage -> {fake-quant module: its observer switch before the stage}
