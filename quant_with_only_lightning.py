@@ -293,18 +293,12 @@ class QuantizationAwareTraining(pl.Callback):
         """Make pl_module a fake-quant model in place (what setup("fit") calls)."""
         if self._prepared:
             return  # fit again (e.g. more epochs): already prepared
-        if self.flow == "pt2e":
-            self._prepare_pt2e(pl_module)
-        else:
-            self._prepare_eager(pl_module)
+        (self._prepare_pt2e if self.flow == "pt2e" else self._prepare_eager)(pl_module)
         self._prepared = True
 
     def convert(self, pl_module: pl.LightningModule) -> None:
         """Fake-quant to int8, in place, on the CPU (what on_fit_end calls)."""
-        if self.flow == "pt2e":
-            self._convert_pt2e(pl_module)
-        else:
-            self._convert_eager(pl_module)
+        (self._convert_pt2e if self.flow == "pt2e" else self._convert_eager)(pl_module)
         self._converted = True
 
     def _prepare_eager(self, pl_module: pl.LightningModule) -> None:
@@ -350,8 +344,7 @@ class QuantizationAwareTraining(pl.Callback):
         self.fake_quant_state = copy.deepcopy(graph.state_dict())  # deepcopy: keeps the observers' versions
         move_exported_model_to_eval(graph)  # dropout off, batch norm from its running statistics
         converted = convert_pt2e(graph)  # on a CPU about a minute: torchao traces 48 conv-bn patterns
-        # convert_pt2e adds int8 copies of the weights but keeps the float ones, and batch norm's
-        # statistics, folded into them; drop what the graph no longer reads.
+        # Drop the float weights and batch norm statistics that convert_pt2e keeps beside their int8 copies.
         used = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
         for name, _ in [*converted.named_parameters(), *converted.named_buffers()]:
             if name not in used:
@@ -367,8 +360,7 @@ class QuantizationAwareTraining(pl.Callback):
         default = tq.get_default_qat_qconfig(self.qconfig)
         if self.observer_type == "average":
             return default
-        # The same fake quantization, its range from a histogram (as PTQ's default observer does).
-        # x86 and fbgemm keep activations to 7 bits (reduce_range), like their default qconfigs.
+        # Ranges from a histogram, as PTQ's default observer; x86 and fbgemm keep activations to 7 bits (reduce_range).
         histogram = tq.FakeQuantize.with_args(observer=tq.HistogramObserver, quant_min=0, quant_max=255,
                                               reduce_range=self.qconfig in ("x86", "fbgemm"))
         return tq.QConfig(activation=histogram, weight=default.weight)
