@@ -511,16 +511,11 @@ def leave_training(trainer: pl.Trainer) -> bool:
 
 # %% [markdown]
 # ## Saving and loading the int8 module
-# Eager: state_dicts (the int8 one with the callback's settings, to rebuild it); PT2E: the exported
-# programs, checked before they are loaded.
+# Eager: state_dicts; PT2E: the exported programs. Both hold the callback's settings and the tensors to rebuild it.
 
 # %% Saving and loading the int8 module
-def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: QuantizationAwareTraining,
-                     out: Path) -> tuple:
-    """Eager: state_dicts (the int8 one with the callback's settings, to rebuild it). PT2E: the exported
-    programs, to deploy; inside the int8 one, as member INT8_STATE, the settings and the fake-quant
-    graph's tensors that rebuild it. Returns the float and the int8 model's size in KiB (of a .pt2, its
-    program: what deploys)."""
+def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: QuantizationAwareTraining, out: Path) -> tuple:
+    """mnist_fp32 and mnist_int8, .pt (eager) or .pt2 (PT2E); their sizes in KiB (of a .pt2, its program)."""
     rebuild = {"callback": qcb.state_dict(), "backend": qcb.qconfig, "hidden_units": int8_model.hparams.hidden_units}
     if qcb.flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
@@ -532,16 +527,14 @@ def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: Qua
 
 
 def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
-    """Make a float MNISTClassifier the int8 module saved by save_int8_module: the callback's own code
-    rebuilds it from the tensors in the file. Nothing in the file runs: a .pt2's program is never loaded."""
+    """Make a float MNISTClassifier the int8 module in the file, rebuilt by the callback from its tensors alone."""
     saved = read_int8_file(path, flow)
     if not isinstance(saved.get("callback"), dict):
         die(f"{path} is not an int8 model saved by this script (no 'callback' entry)")
     if saved["hidden_units"] != model.hparams.hidden_units:
         model.model = MNISTConvBNNet(saved["hidden_units"])
     try:  # rebuild the int8 module with the callback's own settings
-        qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"], "flow": flow,
-                                           "network": "model"})
+        qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"], "flow": flow, "network": "model"})
     except (TypeError, ValueError) as error:
         die(f"{path} holds callback settings this script cannot use ({first_line(error)})")
     try:
@@ -561,8 +554,7 @@ def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
 
 # %% [markdown]
 # ## Testing and timing the int8 module
-# The int8 module's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same
-# batches, and its latency on the CPU.
+# Test accuracy by a plain PyTorch loop and by `Trainer.test` on the same batches; latency on the CPU.
 
 # %% Testing and timing the int8 module
 def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
@@ -571,12 +563,9 @@ def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     loader = model.test_dataloader()
     limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
     count = min(limit, len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
-    correct = seen = 0
-    with torch.inference_mode():
-        for (images, labels), _ in zip(loader, range(count)):
-            correct += (model(images).argmax(dim=1) == labels).sum().item()  # the module: its stubs included
-            seen += len(labels)
-    print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
+    with torch.inference_mode():  # the module, its stubs included
+        hits = torch.cat([model(images).argmax(dim=1) == labels for _, (images, labels) in zip(range(count), loader)])
+    print(f"int8 accuracy, plain PyTorch loop: {hits.sum().item() / len(hits):.4f}")
     accuracy = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
     return accuracy
@@ -658,9 +647,9 @@ def main(argv=None) -> int:
         die(f"--precision {args.precision}: quantization-aware training runs in float32; leave --precision out")
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
-        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, fast_dev_run=args.fast_dev_run,
+                            limit_test_batches=args.limit_test_batches)
     if args.load_int8:
         test_int8_module(model, tester, args)
         return 0
@@ -722,7 +711,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="where logs, models and quant_results.csv go")
     data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
     train = parser.add_argument_group("training")
     train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
     train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
@@ -730,7 +718,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="float epochs before QAT")
     train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the float phase (one-cycle)")
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
                        help="the callback's mode: eager (torch.ao.quantization, deprecated) or pt2e (torch.export + "
@@ -741,34 +728,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     quant.add_argument("--qat_lr", "--qat-lr", type=number(float, above=0), default=0.001, help="peak learning rate of the QAT phase")
     quant.add_argument("--observer_type", "--observer-type", choices=["average", "histogram"], default="average",
                        help="how the callback measures activation ranges")
-    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
-                                                             if e != "none"],
+    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines if e != "none"],
                        help="eager flow: the callback's qconfig, a quantized engine with its default QAT qconfig")
     quant.add_argument("--load_int8", "--load-int8", metavar="PATH", type=existing_file,
                        help="test a saved int8 module (mnist_int8.pt, or mnist_int8.pt2 from --flow pt2e) and exit")
     quant.add_argument("--threads", type=number(int, min=1), default=2, help="torch.set_num_threads for the latency measurement")
     quant.add_argument("--latency_repeats", "--latency-repeats", type=number(int, min=0), default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
-
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
     debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
         debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
     model = parser.add_argument_group("model inspection")
     model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
     model.add_argument("--named_parameters", "--named-parameters", action="store_true",
                        help="print every parameter's name and shape and exit")
-
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
