@@ -3,47 +3,30 @@
 # Train an MNIST CNN with Lightning, calibrate it on a few batches and convert it to int8.
 #
 # ## What it teaches
-# Post-training static quantization (PTQ) of a plain float network that the Lightning Trainer
-# trained, by two routes that read side by side:
-# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
-#   DeQuantStub around the network (where int8 starts and ends), conv+bn+relu and
-#   linear+relu are fused, observers from the x86 qconfig record activation ranges
-#   on --calibration_batches training batches, and `convert` swaps in int8 modules.
-# - `--flow pt2e`: its successor: `torch.export` the same network, annotate it with torchao's
-#   `X86InductorQuantizer`, calibrate after `prepare_pt2e`, `convert_pt2e`, then
-#   `torch.compile` turns the graph into int8 kernels. Nothing in this route
-#   touches torch.ao.quantization, so it keeps working once torch removes it.
+# Post-training static quantization (PTQ) of a plain float network the Trainer trained, two ways:
+# - `--flow eager`: torch.ao.quantization (deprecated): QuantStub / DeQuantStub around the network,
+#   conv+bn+relu and linear+relu fused, observers calibrated on training batches, `convert`.
+# - `--flow pt2e`: its successor: `torch.export`, torchao's `X86InductorQuantizer`, `prepare_pt2e`,
+#   calibrate, `convert_pt2e`, `torch.compile` into int8 kernels; no torch.ao.quantization at all.
 #
-# The int8 model is then tested with a plain PyTorch loop and with `Trainer.test` (same accuracy),
-# saved (a state_dict, or a `.pt2` program with the tensors that rebuild it), and timed against the
-# float model, eager and compiled, on the CPU. A later run with --load_int8 rebuilds it from the file.
+# The int8 model is tested by a plain loop and by `Trainer.test`, saved, and timed against the float
+# model on the CPU; `--load_int8` rebuilds it from the file.
 #
 # ## How to run
 # ```bash
-# python quant_lightning_ptq.py                                    # train 3 epochs, quantize (eager), compare
-# python quant_lightning_ptq.py --data_dir /path/to/datasets       # MNIST already on disk (MNIST/raw), offline
-# python quant_lightning_ptq.py --flow pt2e                        # the same through torch.export + torchao
-# python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # no training
-# python quant_lightning_ptq.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt --flow pt2e
-# python quant_lightning_ptq.py --calibration_batches 8 --backend onednn
-# python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt   # reload, test
-# python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt2  # the same, PT2E
+# python quant_lightning_ptq.py --data_dir /path/to/datasets      # train 3 epochs, quantize (eager), compare
+# python quant_lightning_ptq.py --flow pt2e --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # no training
+# python quant_lightning_ptq.py --load_int8 outputs/quant_lightning_ptq/mnist_int8.pt   # reload and test (or .pt2)
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/quant_lightning_ptq)
 # ```text
-# csv_logs/, tb_logs/, checkpoints/best.ckpt   when it trains (best valid_acc), as the basic script
-# history.csv, loss.png, acc.png               the per-epoch table and its curves, when it trains
-# mnist_fp32.pt, mnist_int8.pt                 state_dicts of the float and the int8 network (eager)
-# mnist_fp32.pt2, mnist_int8.pt2               torch.export programs (--flow pt2e), to deploy; the int8
-#                                              one also holds mnist_int8/state.pt, what --load_int8 reads
-# quant_results.csv                            one row added per run: accuracy, size, latency
+# csv_logs/, tb_logs/, checkpoints/best.ckpt, history.csv, loss.png, acc.png   when it trains
+# mnist_fp32.pt, mnist_int8.pt      state_dicts of the float and the int8 network (eager)
+# mnist_fp32.pt2, mnist_int8.pt2    torch.export programs (pt2e); the int8 one holds mnist_int8/state.pt
+# quant_results.csv                 one row added per run: accuracy, size, latency
 # ```
-#
-# `--load_int8` only tests the file and writes nothing. It reads tensors and plain values only
-# (`torch.load` with `weights_only=True`) and builds the int8 model with this script's code: no file
-# runs code. A `.pt2` program itself is never loaded; `torch.export.load` runs a program's code, so
-# load only programs you trust.
+# `--load_int8` reads only tensors (`weights_only=True`), never a `.pt2`'s program, and writes nothing.
 
 # %% Parameters tags=["parameters"]
 # A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
@@ -89,65 +72,48 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
-# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
-# --flow eager uses it; without it (a future torch) the PT2E flow still runs.
+# Eager quantization (deprecated; only --flow eager uses it) may be gone from a future torch.
 try:
     import torch.ao.quantization as tq
 except ImportError:
     tq = None
 
-# The data are tensors in memory, so loader workers have nothing to speed up.
+# Notes that a reader cannot act on. Loader workers: the data are tensors in memory. A Lightning 2.6 pytree
+# check deprecated by torch 2.14. Lightning's notes on limits left at 1.0 and its cloud logger tip.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-# torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # reruns replace best.ckpt
+# torch's own internals: inductor's int8 lowering, a CUDA_HOME probe, torchao registering an Enum.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
-# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
-# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
 logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
 logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
-# Eager quantization is deprecated: torch repeats a six-line warning at every call, and its own
-# internals warn about quantized tensors, observers and storages. All hidden here: quantize_eager
-# says it once, in one line (EAGER_DEPRECATION).
-warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
-warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized")
-warnings.filterwarnings("ignore", "Please use quant_min and quant_max")
-warnings.filterwarnings("ignore", "TypedStorage is deprecated")
+# torch repeats a six-line eager deprecation at every call, and warns about its retired parts; said once by
+# quantize_eager instead (EAGER_DEPRECATION).
+for retired in ("torch.ao.quantization is deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
+                "Please use quant_min and quant_max", "TypedStorage is deprecated"):
+    warnings.filterwarnings("ignore", retired)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
-# 10 class logits out.
+# A plain `nn.Module`, no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in, 10 logits out.
 
 # %% Model
 class MNISTConvBNNet(nn.Module):
-    """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
-
-    A plain float network: nothing in it is about quantization. Each flow adds what it needs when
-    it quantizes. Batch norm without a conv bias, because BN's shift replaces it (and folds into
-    the conv's int8 bias after quantization).
-    """
+    """A plain float network, nothing about quantization in it: each flow adds what it needs."""
 
     def __init__(self, hidden_units: int = 256, dropout: float = 0.25):
         super().__init__()
-        self.features = nn.Sequential(
+        self.features = nn.Sequential(  # no conv bias: BN's shift replaces it (and folds into the int8 bias)
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x14x14
             nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(),
+                                        nn.Dropout(dropout), nn.Linear(hidden_units, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
@@ -160,18 +126,13 @@ class MNISTConvBNNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvBNNet; to test the int8 model, `self.model` is swapped for it."""
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
         self.model = MNISTConvBNNet(hidden_units, dropout)
         self.train_loss = MeanMetric()
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
-        self.valid_acc = Accuracy(task="multiclass", num_classes=10)
-        self.test_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc, self.valid_acc, self.test_acc = (Accuracy(task="multiclass", num_classes=10) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -214,8 +175,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -230,14 +190,12 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized float tensors, decoded once, and a train/validation split fixed by the seed.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -262,26 +220,20 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 # %% Training the float model
 def train_float_model(model: MNISTClassifier, args, out: Path) -> bool:
     """Fit the float model and load its best epoch; True on the process that goes on to quantize."""
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                 monitor="valid_acc", mode="max", enable_version_counter=False)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="valid_acc", mode="max",
+                                 enable_version_counter=False)
     csv_logger = CSVLogger(out, name="csv_logs")
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
-            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], callbacks=[checkpoint],
-            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
-            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-            deterministic=True)
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=args.epochs, callbacks=[checkpoint], plugins=[AtomicCheckpointIO()],
+            logger=[csv_logger, TensorBoardLogger(out, name="tb_logs")], fast_dev_run=args.fast_dev_run,
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches, deterministic=True)
     with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
         trainer.fit(model)
-    # deterministic=True switched torch into deterministic mode for the whole process; int8 ops
-    # (which resize their quantized outputs) refuse to run in it, so switch it back off.
-    torch.use_deterministic_algorithms(False)
+    torch.use_deterministic_algorithms(False)  # deterministic=True's process-wide mode: int8 ops refuse to run in it
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Quantization and the CPU tests run in rank 0 alone; a DDP process that exits with the
-        # process group open can abort, so close it here.
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # rank 0 alone goes on; an open group can abort the exit
     if not trainer.is_global_zero:
         return False
     if checkpoint.best_model_path:
@@ -294,43 +246,30 @@ def train_float_model(model: MNISTClassifier, args, out: Path) -> bool:
 def calibration_batches(model: MNISTClassifier, count: int) -> list:
     """The first `count` training batches: calibration sees training images, never the test set."""
     model.setup("fit")
-    loader = model.train_dataloader()
-    batches = iter(loader)
-    return [next(batches)[0] for _ in range(min(count, len(loader)))]
+    return [images for _, (images, _) in zip(range(count), model.train_dataloader())]
 
 
 # %% [markdown]
 # ## Eager quantization (torch.ao.quantization, deprecated)
-# `--flow eager`: a wrapper puts QuantStub / DeQuantStub around the network, conv+bn+relu and
-# linear+relu are fused, observers record activation ranges on a few training batches, and `convert`
-# swaps in int8 modules.
+# `--flow eager`: stubs around the network, fused layers, observers run on a few training batches, then `convert`.
 
 # %% Eager quantization (torch.ao.quantization, deprecated)
 EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
                      "stops working then; --flow pt2e does the same with torchao")
-# Each group becomes one int8 kernel: BN folds into the conv, ReLU clamps inside it. The names are
-# those of the float network inside QuantStubWrapper.
-FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"],
-               ["net.features.4", "net.features.5", "net.features.6"],
+# Each group becomes one int8 kernel (BN folded into the conv, ReLU inside it); names inside QuantStubWrapper.
+FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"], ["net.features.4", "net.features.5", "net.features.6"],
                ["net.classifier.1", "net.classifier.2"]]
 
 
 class QuantStubWrapper(nn.Module):
-    """The float network between a QuantStub and a DeQuantStub: where eager int8 starts and ends.
-
-    While float, the stubs are identities; `convert` turns them into float -> uint8 and uint8 ->
-    float. Whatever runs after the DeQuantStub (the loss's log_softmax, which has no quantized CPU
-    kernel) runs in float.
-    """
+    """The float network between a QuantStub and a DeQuantStub: where eager int8 starts and ends."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.quant = tq.QuantStub()
-        self.net = net
-        self.dequant = tq.DeQuantStub()
+        self.quant, self.net, self.dequant = tq.QuantStub(), net, tq.DeQuantStub()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dequant(self.net(self.quant(x)))
+        return self.dequant(self.net(self.quant(x)))  # after it (the loss's log_softmax): float
 
 
 def quantize_eager(float_net: MNISTConvBNNet, backend: str, calibration: list) -> nn.Module:
@@ -351,13 +290,11 @@ def quantize_eager(float_net: MNISTConvBNNet, backend: str, calibration: list) -
 
 # %% [markdown]
 # ## PT2E quantization (torch.export + torchao)
-# `--flow pt2e`, its successor: `torch.export` the same network, annotate it with torchao's
-# `X86InductorQuantizer`, calibrate after `prepare_pt2e`, `convert_pt2e`, then `torch.compile`.
+# `--flow pt2e`, its successor: `torch.export`, torchao's `X86InductorQuantizer`, calibrate, `convert_pt2e`, compile.
 
 # %% PT2E quantization (torch.export + torchao)
 def pt2e_api() -> tuple:
-    """torchao's PT2E functions. Importing torchao also registers the quantized operators that an
-    int8 .pt2 program calls, so it must come before loading one."""
+    """torchao's PT2E functions (importing torchao registers the quantized ops that a .pt2 program calls)."""
     try:
         from torchao.quantization.pt2e import allow_exported_model_train_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -376,13 +313,8 @@ def export_program(net: nn.Module) -> torch.export.ExportedProgram:
 
 
 def quantize_pt2e(float_net: MNISTConvBNNet, calibration: list, calibrated_state=None) -> tuple:
-    """torch.export the float network, annotate it for x86 int8, calibrate, convert: a graph of
-    quantize / dequantize ops around float ops, which torch.compile lowers to int8 kernels.
-
-    Also returns the calibrated graph's tensors (BN-folded weights, the observers' ranges): convert
-    is deterministic, so loading them into the same prepared graph (calibrated_state, in place of
-    calibration) rebuilds this int8 graph bit for bit. That is how --load_int8 reads a file: only
-    tensors, never a program."""
+    """Export, annotate for x86 int8, calibrate, convert; also the calibrated tensors, from which (as calibrated_state,
+    in place of calibration) convert rebuilds the same int8 graph bit for bit: what --load_int8 reads."""
     allow_train_eval, prepare_pt2e, convert_pt2e, X86InductorQuantizer, default_config = pt2e_api()
     graph = export_program(copy.deepcopy(float_net).cpu().eval()).module()
     quantizer = X86InductorQuantizer().set_global(default_config())
@@ -405,46 +337,35 @@ def quantize_pt2e(float_net: MNISTConvBNNet, calibration: list, calibrated_state
 
 
 def compile_for_inference(net: nn.Module) -> nn.Module:
-    """torch.compile with freezing: weights become constants, so Inductor can prepack them and fuse
-    the q/dq patterns of an int8 graph into int8 (oneDNN) kernels. Float networks compile the same way."""
+    """torch.compile with frozen weights, so Inductor fuses an int8 graph's q/dq patterns into int8 kernels."""
     torch._inductor.config.freezing = True
-    # dynamic=False: in torch 2.14 the int8 conv lowering fails on a symbolic batch size (a stride
-    # assertion), so each batch size gets its own compiled graph (a few seconds each).
-    return torch.compile(net, dynamic=False)
+    return torch.compile(net, dynamic=False)  # torch 2.14's int8 conv lowering fails on a symbolic batch size
 
 
 # %% [markdown]
 # ## Saving and loading the int8 model
-# Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs,
-# checked before they are loaded.
+# Eager: state_dicts; PT2E: the exported programs. Both hold the tensors that `--load_int8` rebuilds the model from.
 
 # %% Saving and loading the int8 model
-def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path,
-              calibrated_state=None) -> tuple:
-    """Eager: state_dicts, the int8 one with what rebuilding it needs. PT2E: the exported programs, to
-    deploy; inside the int8 one, as member INT8_STATE, the tensors that rebuild it (calibrated_state).
-    Returns the float and the int8 model's size in KiB (of a .pt2, its program: what deploys)."""
-    hidden_units = float_net.classifier[1].out_features
+def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path, calibrated_state=None) -> tuple:
+    """mnist_fp32 and mnist_int8, .pt (eager) or .pt2 (PT2E); their sizes in KiB (of a .pt2, its program)."""
+    rebuild = {"backend": backend, "hidden_units": float_net.classifier[1].out_features}
     if flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
-        save_atomically({"state_dict": int8_net.state_dict(), "backend": backend, "hidden_units": hidden_units},
-                        out / "mnist_int8.pt")
+        save_atomically({"state_dict": int8_net.state_dict(), **rebuild}, out / "mnist_int8.pt")
         return (out / "mnist_fp32.pt").stat().st_size / 1024, (out / "mnist_int8.pt").stat().st_size / 1024
     return (save_program(export_program(float_net), out / "mnist_fp32.pt2") / 1024,
-            save_program(export_program(int8_net), out / "mnist_int8.pt2",
-                         {"state_dict": calibrated_state, "backend": backend, "hidden_units": hidden_units}) / 1024)
+            save_program(export_program(int8_net), out / "mnist_int8.pt2", {"state_dict": calibrated_state, **rebuild}) / 1024)
 
 
 def load_int8(path: str, flow: str) -> nn.Module:
-    """The int8 model of mnist_int8.pt or mnist_int8.pt2, rebuilt by this script's own code from the
-    tensors in the file. Nothing in the file runs: a .pt2's program is never loaded."""
+    """The int8 model of a mnist_int8.pt or .pt2, rebuilt by this script from the file's tensors: nothing in it runs."""
     saved = read_int8_file(path, flow)
     try:
         if flow == "pt2e":
             graph, _ = quantize_pt2e(MNISTConvBNNet(saved["hidden_units"]), [], saved["state_dict"])
             return compile_for_inference(graph)
-        # Eager: one dummy batch gives the observers a range so that convert runs; load_state_dict then
-        # replaces every weight, scale and zero point.
+        # Eager: a dummy batch gives the observers a range for convert; load_state_dict replaces all the values.
         net = quantize_eager(MNISTConvBNNet(saved["hidden_units"]), saved["backend"], [torch.zeros(2, 1, 28, 28)])
         net.load_state_dict(saved["state_dict"])
         return net
@@ -454,8 +375,7 @@ def load_int8(path: str, flow: str) -> nn.Module:
 
 # %% [markdown]
 # ## Testing and timing the int8 model
-# The int8 model's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same batches,
-# and its latency against the float model on the CPU.
+# Test accuracy by a plain PyTorch loop and by `Trainer.test` on the same batches; latency against the float model.
 
 # %% Testing and timing the int8 model
 def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
@@ -464,23 +384,17 @@ def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     loader = model.test_dataloader()
     limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
     count = min(limit, len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
-    correct = seen = 0
     with torch.inference_mode():
-        for (images, labels), _ in zip(loader, range(count)):
-            correct += (model.model(images).argmax(dim=1) == labels).sum().item()
-            seen += len(labels)
-    print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
+        hits = torch.cat([model.model(images).argmax(dim=1) == labels for _, (images, labels) in zip(range(count), loader)])
+    print(f"int8 accuracy, plain PyTorch loop: {hits.sum().item() / len(hits):.4f}")
     accuracy = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
     return accuracy
 
 
-def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
-                    repeats: int) -> dict:
-    """Milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled as the
-    PT2E int8 model is) and of the int8 model: the median of `repeats` timed calls, and its spread.
-    The models take turns, so a noisy neighbour on the machine slows all alike, and the first
-    LATENCY_WARMUP rounds (compiling, first-call caches, CPU frequency ramping up) are not counted."""
+def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int, repeats: int) -> dict:
+    """Median ms per forward at batch 1 and 256, and its spread, of the float network (eager and compiled) and the
+    int8 model. They take turns (a noisy neighbour slows all alike); LATENCY_WARMUP rounds are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
@@ -500,20 +414,17 @@ def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Ten
     return latency_summary(times, threads)
 
 
-LATENCY_WARMUP = 10  # rounds of every model before timing starts
+LATENCY_WARMUP = 10  # rounds of every model before timing starts: compiling, caches, CPU clock ramping up
 LATENCY_BUSY = 0.25  # an interquartile range above this fraction of the median: the machine was busy
 
 
 def latency_summary(times: dict, threads: int) -> dict:
-    """The medians and speed-ups from {(model, batch): [ms, ...]}, and each batch's spread (the
-    widest interquartile range over median). Prints them with the thread count, and one warning
-    line when a spread says the machine was busy: then the speed-ups would not hold on a rerun."""
+    """Medians, speed-ups and spreads from {(model, batch): [ms, ...]}, printed; a warning if the machine was busy."""
     result = {}
     for batch in sorted({batch for _, batch in times}):
         quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
                      for (name, b), ms in times.items() if b == batch}
-        for name, (q1, median, q3) in quartiles.items():
-            result[f"{name}_ms_b{batch}"] = median
+        result.update({f"{name}_ms_b{batch}": median for name, (_, median, _) in quartiles.items()})
         result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
@@ -527,11 +438,9 @@ def latency_summary(times: dict, threads: int) -> dict:
     return result
 
 
-
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`; below it, flags, checks, helpers.
 
 # %% Main
 def main(argv=None) -> int:
@@ -539,9 +448,8 @@ def main(argv=None) -> int:
     pl.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.output_dir)
     before = file_times(out)  # to tell this run's outputs from an earlier run's
-    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size,
-                            eval_batch_size=args.eval_batch_size, lr=args.lr, val_size=args.val_size,
-                            num_workers=args.num_workers, seed=args.seed)
+    model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                            lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
@@ -553,9 +461,9 @@ def main(argv=None) -> int:
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=not args.load_int8)
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
-        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, fast_dev_run=args.fast_dev_run,
+                            limit_test_batches=args.limit_test_batches)
     if args.load_int8:
         test_int8(model, tester, args)
         return 0
@@ -567,17 +475,12 @@ def main(argv=None) -> int:
     print(f"\nfp32 accuracy: {fp32_acc:.4f}")
     calibration = calibration_batches(model, args.calibration_batches)
     start = time.perf_counter()
-    calibrated_state = None
-    if args.flow == "eager":
-        int8_net, method, backend = quantize_eager(float_net, args.backend, calibration), "PTQ eager", args.backend
-    else:
-        (int8_net, calibrated_state), method, backend = quantize_pt2e(float_net, calibration), "PTQ PT2E", "x86 inductor"
+    int8_net, calibrated_state = (quantize_pt2e(float_net, calibration) if args.flow == "pt2e"
+                                  else (quantize_eager(float_net, args.backend, calibration), None))
+    method, backend = ("PTQ eager", args.backend) if args.flow == "eager" else ("PTQ PT2E", "x86 inductor")
     print(f"quantized ({method}, {len(calibration)} calibration batches) in {time.perf_counter() - start:.1f} s")
     fp32_kb, int8_kb = save_int8(int8_net, float_net, args.flow, args.backend, out, calibrated_state)
-    if args.flow == "pt2e":
-        int8_net = compile_for_inference(int8_net)
-
-    model.model = int8_net
+    model.model = int8_net = compile_for_inference(int8_net) if args.flow == "pt2e" else int8_net
     int8_acc = test_int8(model, tester, args)
     latency = measure_latency(float_net, int8_net, model.test_set.tensors[0], args.threads, args.latency_repeats)
     append_result(dict(method=method, backend=backend, threads=args.threads, fp32_acc=fp32_acc, int8_acc=int8_acc,
@@ -598,7 +501,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="where logs, models and quant_results.csv go")
     data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
     train = parser.add_argument_group("training the float model")
     train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
     train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
@@ -606,15 +508,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
     train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split, shuffling and calibration batches")
-
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
-                       help="eager: torch.ao.quantization (deprecated); pt2e: torch.export + torchao + torch.compile "
-                            "(default: eager, or with --load_int8 the kind of file given)")
+    quant.add_argument("--flow", choices=["eager", "pt2e"], help="eager: torch.ao.quantization (deprecated); pt2e: "
+                       "torch.export + torchao + torch.compile (default: eager, or with --load_int8 the kind of file given)")
     quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
                        help="quantize this float checkpoint (.ckpt or mnist_fp32.pt) instead of training")
-    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
-                                                             if e != "none"],
+    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines if e != "none"],
                        help="eager flow: the quantized engine and its default qconfig")
     quant.add_argument("--calibration_batches", "--calibration-batches", type=number(int, min=1), default=32, metavar="N",
                        help="training batches the observers see before convert")
@@ -623,26 +522,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     quant.add_argument("--threads", type=number(int, min=1), default=2, help="torch.set_num_threads for the latency measurement")
     quant.add_argument("--latency_repeats", "--latency-repeats", type=number(int, min=0), default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
-
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
     debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
         debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
     model = parser.add_argument_group("model inspection")
     model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
     model.add_argument("--named_parameters", "--named-parameters", action="store_true",
                        help="print every parameter's name and shape and exit")
-
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
@@ -661,17 +556,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.save_model:
         print("note: --save_model (from the original tutorial): no effect, this script always saves "
               "mnist_fp32 and mnist_int8", file=sys.stderr)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the float weights to quantize; pass one of them")
-        args.ckpt = args.load_model
-    if args.load_int8:
-        saved = saved_flow(args.load_int8)
-        if args.flow and args.flow != saved:
-            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
-                f"or leave --flow out")
-        args.flow = saved
-    args.flow = args.flow or "eager"
+    if args.load_model and args.ckpt and args.ckpt != args.load_model:
+        die("--load_model and --ckpt both name the float weights to quantize; pass one of them")
+    args.ckpt = args.ckpt or args.load_model
+    saved = args.load_int8 and saved_flow(args.load_int8)
+    if saved and args.flow not in (None, saved):
+        die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, or leave --flow out")
+    args.flow = saved or args.flow or "eager"
     return args
 
 
@@ -761,9 +652,8 @@ def print_outputs(out: Path, before: dict) -> None:
 
 RESULTS_FILE = "quant_results.csv"
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
-                  "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
-                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256",
-                  "spread_b1", "spread_b256"]
+                  *(f"{name}_b{batch}" for batch in (1, 256) for name in
+                    ("fp32_ms", "fp32_compiled_ms", "int8_ms", "speedup", "speedup_compiled")), "spread_b1", "spread_b256"]
 
 
 def append_result(row: dict, path: Path) -> None:
@@ -776,8 +666,7 @@ def append_result(row: dict, path: Path) -> None:
         try:
             table = pd.concat([pd.read_csv(path), table], ignore_index=True)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
-                f"move it away and run again")
+            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); move it away and run again")
     write_atomically(path, lambda file: table.to_csv(file, index=False))
 
 
@@ -795,17 +684,15 @@ def first_line(error: BaseException) -> str:
 
 def load_weights(model: MNISTClassifier, path: str) -> None:
     """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    fix = "pass a Lightning .ckpt written by one of the quantization scripts, or mnist_fp32.pt"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
+        die(f"cannot read {path} ({error.__class__.__name__}); {fix}")
     if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
         saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
-    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in saved.items()):
-        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
-            f"by one of the quantization scripts, or mnist_fp32.pt")
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); {fix}")
     try:
         model.model.load_state_dict(saved)
     except Exception as error:  # names or shapes of another network; a meta tensor
@@ -817,8 +704,7 @@ MAX_INT8_BYTES = 2**30  # far above what this script writes
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
-    """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load skips.
-    Returns the program's size in bytes, without that member."""
+    """torch.export.save, plus int8_state as member INT8_STATE (which torch.export.load skips); the program's bytes."""
     archive = io.BytesIO()
     torch.export.save(program, archive)
     program_bytes = archive.getbuffer().nbytes
@@ -832,8 +718,7 @@ def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=N
 
 
 def saved_flow(path: str) -> str:
-    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
-    eager for anything else (torch.save)."""
+    """pt2e for a torch.export archive (or a file named .pt2), eager for anything else (torch.save)."""
     with contextlib.suppress(OSError, zipfile.BadZipFile):
         with zipfile.ZipFile(path) as archive:
             return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
@@ -841,14 +726,12 @@ def saved_flow(path: str) -> str:
 
 
 def read_int8_file(path: str, flow: str) -> dict:
-    """The dict save_int8 wrote, checked: the tensors that rebuild the int8 model, the quantized engine,
-    the hidden layer's width. Read by zipfile and torch.load(weights_only=True) alone: tensors and plain
-    values come out, nothing runs. Of a .pt2, only member INT8_STATE is read, never the program."""
+    """The dict save_int8 wrote, checked, read by zipfile and torch.load(weights_only=True) alone: nothing runs."""
     fix = ("pass a mnist_int8.pt or mnist_int8.pt2 written by this script (a .pt2 from elsewhere is a "
            "program: load only programs you trust, with torch.export.load)")
     try:
         with zipfile.ZipFile(path) as archive:  # a torch.save file is a zip archive too
-            if flow == "pt2e":
+            if flow == "pt2e":  # only member INT8_STATE, never the program
                 members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE
                            and m.filename.split("/")[0].isidentifier()]  # not "", ".", ".."
                 if len(members) != 1:
@@ -875,10 +758,8 @@ def read_int8_file(path: str, flow: str) -> dict:
         die(f"{path} was made for the quantized engine {saved.get('backend')!r}, which this torch cannot run "
             f"(it has {', '.join(engines)})")
     hidden_units = saved.get("hidden_units")
-    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
-    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
-        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
-            f"from 1 to 65536")
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:  # it sizes a layer built before loading
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number from 1 to 65536")
     return saved
 
 

@@ -3,49 +3,34 @@
 # Fine-tune an MNIST CNN with fake int8 quantization under the Trainer, then convert it.
 #
 # ## What it teaches
-# Quantization-aware training (QAT) of a plain float network, run by the Trainer from inside a
-# LightningModule, by two routes that read side by side (EagerQAT and PT2EQAT, same methods):
-# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: a wrapper puts QuantStub /
-#   DeQuantStub around the network, `fuse_modules_qat` merges conv+bn+relu and
-#   linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes them int8.
-# - `--flow pt2e`: its successor: `torch.export` the network, `prepare_qat_pt2e` with torchao's x86
-#   Inductor quantizer (its QAT config), fine-tune the exported graph as `self.model`,
-#   `convert_pt2e`, then `torch.compile` for int8 kernels. Nothing in this route
-#   touches torch.ao.quantization, so it keeps working once torch removes it.
+# Quantization-aware training (QAT) of a plain float network from inside a LightningModule, by two routes with
+# the same methods (EagerQAT and PT2EQAT):
+# - `--flow eager`: torch.ao.quantization (deprecated): stubs around the network, `fuse_modules_qat`,
+#   `prepare_qat` swaps in fake-quant modules, `convert` makes them int8.
+# - `--flow pt2e`: its successor: `torch.export`, `prepare_qat_pt2e` with torchao's x86 Inductor quantizer,
+#   fine-tune the graph as `self.model`, `convert_pt2e`, `torch.compile`; no torch.ao.quantization at all.
 #
-# Fake quantization rounds weights and activations to int8 in the forward pass and lets gradients
-# through unchanged, so training finds weights that survive the rounding. From --freeze_epoch on,
-# the observers stop moving the int8 ranges and batch norm uses its running statistics, so the
-# last epochs train the arithmetic the int8 model will run. An exported graph cannot follow
-# .train() / .eval(): the module's mode hooks switch it with torchao's move_exported_model_to_train
-# / move_exported_model_to_eval instead. The int8 model is tested with a plain loop and with
-# `Trainer.test`, saved, and timed against the float model on the CPU; --load_int8 rebuilds it.
+# Fake quantization rounds to int8 in the forward pass and lets gradients through, so training finds weights
+# that survive the rounding. From --freeze_epoch on, the int8 ranges and batch norm statistics stay fixed. An
+# exported graph ignores .train() / .eval(): the module's hooks switch it with torchao's move_exported_model_*.
 #
 # ## How to run
 # ```bash
-# python quant_lightning_qat.py                                # 3 float epochs, 2 QAT epochs, convert (eager)
-# python quant_lightning_qat.py --flow pt2e                    # the same through torch.export + torchao
-# python quant_lightning_qat.py --data_dir /path/to/datasets   # MNIST already on disk (MNIST/raw), offline
-# python quant_lightning_qat.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # QAT only
-# python quant_lightning_qat.py --qat_epochs 3 --freeze_epoch 2 --qat_lr 0.0005
-# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt    # reload, test
-# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt2   # the same, PT2E
+# python quant_lightning_qat.py --data_dir /path/to/datasets     # 3 float epochs, 2 QAT epochs, convert (eager)
+# python quant_lightning_qat.py --flow pt2e --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt  # QAT only
+# python quant_lightning_qat.py --load_int8 outputs/quant_lightning_qat/mnist_int8.pt   # reload and test (or .pt2)
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/quant_lightning_qat)
 # ```text
-# csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
-# checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
-# history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
-# mnist_fp32.pt, mnist_int8.pt              state_dicts of the float and the int8 network (eager)
-# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e), to deploy; the int8 one
-#                                           also holds mnist_int8/state.pt, what --load_int8 reads
-# quant_results.csv                         one row added per run: accuracy, size, latency
+# csv_logs/, tb_logs/             one version per phase: the float run, then the QAT run
+# checkpoints/best.ckpt           the float phase's best epoch (the QAT phase keeps its last)
+# history.csv, loss.png, acc.png  the per-epoch table of both phases and its curves
+# mnist_fp32.pt, mnist_int8.pt    state_dicts of the float and the int8 network (eager)
+# mnist_fp32.pt2, mnist_int8.pt2  torch.export programs (pt2e); the int8 one holds mnist_int8/state.pt
+# quant_results.csv               one row added per run: accuracy, size, latency
 # ```
-#
-# `--load_int8` only tests the file and writes nothing. It reads tensors and plain values only
-# (`weights_only=True`) and rebuilds the int8 model with this script's code: no file runs code. A
-# `.pt2` program is never loaded as one; `torch.export.load` runs code, so load only programs you trust.
+# `--load_int8` reads only tensors (`weights_only=True`), never a `.pt2`'s program, and writes nothing.
 
 # %% Parameters tags=["parameters"]
 # A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
@@ -92,68 +77,51 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
-# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
-# --flow eager uses it; without it (a future torch) the PT2E flow still runs. torchao, which the
-# PT2E flow uses, is imported where it is used: it takes seconds to import.
+# Eager quantization (deprecated; only --flow eager uses it) may be gone from a future torch. torchao, which
+# the PT2E flow uses, is imported where it is used: it takes seconds to import.
 try:
     import torch.ao.nn.intrinsic.qat as nniqat
     import torch.ao.quantization as tq
 except ImportError:
     tq = nniqat = None
 
-# The data are tensors in memory, so loader workers have nothing to speed up.
+# Notes that a reader cannot act on. Loader workers: the data are tensors in memory. A Lightning 2.6 pytree
+# check deprecated by torch 2.14. Lightning's notes on limits left at 1.0 and its cloud logger tip.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-# torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # reruns replace best.ckpt
+# torch's own internals: inductor's int8 lowering, a CUDA_HOME probe, torchao registering an Enum.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
-# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
-# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
 logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
 logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
-# torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
-# once, in one line, by main (EAGER_DEPRECATION).
-warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
-# Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
-for retired in (".*reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
-                "TypedStorage is deprecated"):
-    warnings.filterwarnings("ignore", retired, UserWarning)
+# torch repeats a six-line eager deprecation at every call, and warns about its retired parts at every int8
+# model built or loaded; main says it once instead (EAGER_DEPRECATION).
+for retired in ("torch.ao.quantization is deprecated", ".*reduce_range will be deprecated",
+                "torch.quantize_per_tensor, torch.quantize_per_channel", "TypedStorage is deprecated"):
+    warnings.filterwarnings("ignore", retired)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
-# 10 class logits out.
+# A plain `nn.Module`, no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from quant_lightning_ptq.py
 class MNISTConvBNNet(nn.Module):
-    """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
-
-    A plain float network: nothing in it is about quantization. Each flow adds what it needs when
-    it quantizes. Batch norm without a conv bias, because BN's shift replaces it (and folds into
-    the conv's int8 bias after quantization).
-    """
+    """A plain float network, nothing about quantization in it: each flow adds what it needs."""
 
     def __init__(self, hidden_units: int = 256, dropout: float = 0.25):
         super().__init__()
-        self.features = nn.Sequential(
+        self.features = nn.Sequential(  # no conv bias: BN's shift replaces it (and folds into the int8 bias)
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x14x14
             nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(),
+                                        nn.Dropout(dropout), nn.Linear(hidden_units, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
@@ -166,20 +134,15 @@ class MNISTConvBNNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """The training recipe around MNISTConvBNNet; start_qat() swaps `self.model` for its fake-quant twin."""
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, qat_lr: float = 0.001, freeze_epoch: int = 1, flow: str = "eager",
-                 backend: str = "x86", hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 qat_lr: float = 0.001, freeze_epoch: int = 1, flow: str = "eager", backend: str = "x86",
+                 hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
         self.model = MNISTConvBNNet(hidden_units, dropout)
         self.qat = None  # EagerQAT or PT2EQAT, once start_qat() has run
         self.train_loss = MeanMetric()
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
-        self.valid_acc = Accuracy(task="multiclass", num_classes=10)
-        self.test_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc, self.valid_acc, self.test_acc = (Accuracy(task="multiclass", num_classes=10) for _ in range(3))
 
     def start_qat(self) -> None:
         """From now on fit() trains with int8 rounding simulated in every conv and linear layer."""
@@ -192,8 +155,7 @@ class MNISTClassifier(pl.LightningModule):
     # QAT's schedule, in the hooks Lightning calls around every epoch and every validation.
     def on_train_epoch_start(self):
         if self.qat and self.current_epoch >= self.hparams.freeze_epoch:
-            # Fix the int8 ranges and let batch norm use its running statistics, as it will once folded
-            # into the conv: the remaining epochs fine-tune exactly what convert will produce.
+            # Fixed int8 ranges, batch norm as it will be once folded: the last epochs train what convert makes.
             self.qat.observe(self.model, False)
             self.qat.freeze_batch_norm(self.model)
 
@@ -206,10 +168,8 @@ class MNISTClassifier(pl.LightningModule):
         if self.qat and self.current_epoch < self.hparams.freeze_epoch:
             self.qat.observe(self.model, True)
 
-    # Lightning calls .eval() before validation and test, and afterwards sets each module's `training`
-    # flag back. An exported graph follows neither: its dropout and batch norm are ops in the graph,
-    # switched by rewriting it (torchao's move_exported_model_to_train / _eval), so these hooks ask the
-    # QAT flow to switch the network.
+    # Lightning's .eval() and .train() around validation and test do not reach an exported graph's dropout and
+    # batch norm (ops in the graph, switched by rewriting it): the QAT flow switches the network.
     def on_validation_model_eval(self):
         self.set_training(False)
 
@@ -220,10 +180,7 @@ class MNISTClassifier(pl.LightningModule):
         self.set_training(False)
 
     def set_training(self, mode: bool) -> None:
-        if self.qat:
-            self.qat.set_training(self.model, mode)
-        else:
-            self.train(mode)
+        self.qat.set_training(self.model, mode) if self.qat else self.train(mode)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -256,18 +213,15 @@ class MNISTClassifier(pl.LightningModule):
         self.log("test_acc", self.test_acc)
 
     def configure_optimizers(self):
-        # QAT fine-tunes a trained model: a tenth of the from-scratch learning rate by default.
-        # self.parameters() are the fake-quant network's once start_qat() has run.
+        # QAT fine-tunes a trained model (a tenth of the learning rate); its parameters are the fake-quant network's.
         lr = self.hparams.qat_lr if self.qat else self.hparams.lr
         optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -282,14 +236,12 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized float tensors, decoded once, and a train/validation split fixed by the seed.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -309,39 +261,28 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Eager QAT (torch.ao.quantization, deprecated)
-# `--flow eager`: a wrapper puts QuantStub / DeQuantStub around the network, `fuse_modules_qat`
-# merges conv+bn+relu and linear+relu, `prepare_qat` swaps in fake-quant modules, `convert` makes
-# them int8.
+# `--flow eager`: stubs around the network, `fuse_modules_qat`, `prepare_qat` (fake-quant modules), `convert`.
 
 # %% Eager QAT (torch.ao.quantization, deprecated)
 # Copied from quant_lightning_ptq.py
 EAGER_DEPRECATION = ("note: torch.ao.quantization is deprecated and will be removed from torch: --flow eager "
                      "stops working then; --flow pt2e does the same with torchao")
-# Each group becomes one int8 kernel: BN folds into the conv, ReLU clamps inside it. The names are
-# those of the float network inside QuantStubWrapper.
+# Each group becomes one int8 kernel (BN folded into the conv, ReLU inside it); names inside QuantStubWrapper.
 # Copied from quant_lightning_ptq.py
-FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"],
-               ["net.features.4", "net.features.5", "net.features.6"],
+FUSE_GROUPS = [["net.features.0", "net.features.1", "net.features.2"], ["net.features.4", "net.features.5", "net.features.6"],
                ["net.classifier.1", "net.classifier.2"]]
 
 
 # Copied from quant_lightning_ptq.py
 class QuantStubWrapper(nn.Module):
-    """The float network between a QuantStub and a DeQuantStub: where eager int8 starts and ends.
-
-    While float, the stubs are identities; `convert` turns them into float -> uint8 and uint8 ->
-    float. Whatever runs after the DeQuantStub (the loss's log_softmax, which has no quantized CPU
-    kernel) runs in float.
-    """
+    """The float network between a QuantStub and a DeQuantStub: where eager int8 starts and ends."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.quant = tq.QuantStub()
-        self.net = net
-        self.dequant = tq.DeQuantStub()
+        self.quant, self.net, self.dequant = tq.QuantStub(), net, tq.DeQuantStub()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dequant(self.net(self.quant(x)))
+        return self.dequant(self.net(self.quant(x)))  # after it (the loss's log_softmax): float
 
 
 class EagerQAT:
@@ -351,8 +292,7 @@ class EagerQAT:
         self.backend = backend  # the quantized engine: its default QAT qconfig, later its int8 kernels
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """Stubs around the network, conv+bn+relu and linear+relu fused, fake quantization inserted:
-        still float tensors, but rounded like int8 in every forward."""
+        """Stubs, fused layers, fake quantization: still float tensors, but rounded like int8 in every forward."""
         model = QuantStubWrapper(net).train()  # train: fuse_modules_qat keeps BN live inside the fused block
         tq.fuse_modules_qat(model, FUSE_GROUPS, inplace=True)
         model.qconfig = tq.get_default_qat_qconfig(self.backend)  # moving-average ranges, per-channel weights
@@ -375,17 +315,14 @@ class EagerQAT:
 
 # %% [markdown]
 # ## PT2E QAT (torch.export + torchao)
-# `--flow pt2e`, its successor: the network becomes one graph, rewritten by torchao's quantizer
-# (`prepare_qat_pt2e`), fine-tuned as `self.model`, then `convert_pt2e`.
+# `--flow pt2e`, its successor: one exported graph, `prepare_qat_pt2e`, fine-tuned as `self.model`, `convert_pt2e`.
 
 # %% PT2E QAT (torch.export + torchao)
 class PT2EQAT:
     """QAT through torch.export and torchao: the network becomes one graph, rewritten by the quantizer."""
 
     def prepare(self, net: nn.Module) -> torch.fx.GraphModule:
-        """Export the float network in train mode (batch norm and dropout as in training) and insert
-        fake quantization where the x86 Inductor quantizer annotates the graph: it finds the
-        conv+bn+relu and linear+relu patterns itself, with nothing to list by hand."""
+        """Export in train mode; the x86 Inductor quantizer finds conv+bn+relu and linear+relu in the graph itself."""
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer, get_default_x86_inductor_quantization_config)
@@ -402,24 +339,21 @@ class PT2EQAT:
         graph.apply(enable_observer if enabled else disable_observer)
 
     def freeze_batch_norm(self, graph: torch.fx.GraphModule) -> None:
-        """What eager QAT's freeze_bn_stats does, in the graph: its batch_norm ops get training=False,
-        so they normalize with the running statistics and stop updating them. torchao has no function
-        for it; move_exported_model_to_train undoes it, so on_train_epoch_start does it every epoch."""
+        """Eager's freeze_bn_stats in the graph (torchao has none): batch_norm ops get training=False.
+        move_exported_model_to_train undoes it, so on_train_epoch_start does it every epoch."""
         for node in graph.graph.nodes:
             if node.target is torch.ops.aten.batch_norm.default:
                 node.args = (*node.args[:5], False, *node.args[6:])  # (input, weight, bias, mean, var, training, ...)
         graph.recompile()
 
     def convert(self, graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        """A converted copy: BN folded into the conv, int8 weights, quantize / dequantize ops around float
-        ops, which torch.compile lowers to int8 kernels."""
+        """A converted copy: BN folded, int8 weights, q/dq ops around float ops that torch.compile makes int8 kernels."""
         from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
         graph = copy.deepcopy(graph)
         move_exported_model_to_eval(graph)  # dropout off, batch norm from its running statistics
         converted = convert_pt2e(graph)  # on a CPU about a minute: torchao traces 48 conv-bn patterns
-        # convert_pt2e adds int8 copies of the weights but keeps the float ones, and batch norm's
-        # statistics, folded into them; drop what the graph no longer reads.
+        # Drop the float weights and batch norm statistics that convert_pt2e keeps beside their int8 copies.
         used = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
         for name, _ in [*converted.named_parameters(), *converted.named_buffers()]:
             if name not in used:
@@ -438,12 +372,9 @@ def export_program(net: nn.Module) -> torch.export.ExportedProgram:
 
 # Copied from quant_lightning_ptq.py
 def compile_for_inference(net: nn.Module) -> nn.Module:
-    """torch.compile with freezing: weights become constants, so Inductor can prepack them and fuse
-    the q/dq patterns of an int8 graph into int8 (oneDNN) kernels. Float networks compile the same way."""
+    """torch.compile with frozen weights, so Inductor fuses an int8 graph's q/dq patterns into int8 kernels."""
     torch._inductor.config.freezing = True
-    # dynamic=False: in torch 2.14 the int8 conv lowering fails on a symbolic batch size (a stride
-    # assertion), so each batch size gets its own compiled graph (a few seconds each).
-    return torch.compile(net, dynamic=False)
+    return torch.compile(net, dynamic=False)  # torch 2.14's int8 conv lowering fails on a symbolic batch size
 
 
 # %% [markdown]
@@ -455,53 +386,40 @@ def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
     """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
     with exit_on_error("cannot build the Trainer from these flags"):
         return pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=epochs,
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=epochs, plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
             callbacks=callbacks, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
-            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-            deterministic=True)
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches, deterministic=True)
 
 
 def leave_training(trainer: pl.Trainer) -> bool:
     """Undo what training switched on for the whole process; True on the process that goes on."""
-    # deterministic=True switched torch into deterministic mode; int8 ops (which resize their
-    # quantized outputs) refuse to run in it.
-    torch.use_deterministic_algorithms(False)
+    torch.use_deterministic_algorithms(False)  # deterministic=True's process-wide mode: int8 ops refuse to run in it
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Converting and the CPU tests run in rank 0 alone; a DDP process that exits with the
-        # process group open can abort, so close it here.
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # rank 0 alone goes on; an open group can abort the exit
     return trainer.is_global_zero
 
 
 # %% [markdown]
 # ## Saving and loading the int8 model
-# Eager: state_dicts (the int8 one with what rebuilding it needs); PT2E: the exported programs,
-# checked before they are loaded.
+# Eager: state_dicts; PT2E: the exported programs. Both hold the tensors that `--load_int8` rebuilds the model from.
 
 # %% Saving and loading the int8 model
 # Copied from quant_lightning_ptq.py
-def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path,
-              calibrated_state=None) -> tuple:
-    """Eager: state_dicts, the int8 one with what rebuilding it needs. PT2E: the exported programs, to
-    deploy; inside the int8 one, as member INT8_STATE, the tensors that rebuild it (calibrated_state).
-    Returns the float and the int8 model's size in KiB (of a .pt2, its program: what deploys)."""
-    hidden_units = float_net.classifier[1].out_features
+def save_int8(int8_net: nn.Module, float_net: nn.Module, flow: str, backend: str, out: Path, calibrated_state=None) -> tuple:
+    """mnist_fp32 and mnist_int8, .pt (eager) or .pt2 (PT2E); their sizes in KiB (of a .pt2, its program)."""
+    rebuild = {"backend": backend, "hidden_units": float_net.classifier[1].out_features}
     if flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
-        save_atomically({"state_dict": int8_net.state_dict(), "backend": backend, "hidden_units": hidden_units},
-                        out / "mnist_int8.pt")
+        save_atomically({"state_dict": int8_net.state_dict(), **rebuild}, out / "mnist_int8.pt")
         return (out / "mnist_fp32.pt").stat().st_size / 1024, (out / "mnist_int8.pt").stat().st_size / 1024
     return (save_program(export_program(float_net), out / "mnist_fp32.pt2") / 1024,
-            save_program(export_program(int8_net), out / "mnist_int8.pt2",
-                         {"state_dict": calibrated_state, "backend": backend, "hidden_units": hidden_units}) / 1024)
+            save_program(export_program(int8_net), out / "mnist_int8.pt2", {"state_dict": calibrated_state, **rebuild}) / 1024)
 
 
 def load_int8_model(path: str, flow: str) -> nn.Module:
-    """The int8 model of mnist_int8.pt or mnist_int8.pt2, rebuilt by this script's own code from the
-    tensors in the file, the way QAT made it. Nothing in the file runs: a .pt2's program is never loaded."""
+    """The int8 model of a mnist_int8.pt or .pt2, rebuilt as QAT made it from the file's tensors: nothing in it runs."""
     saved = read_int8_file(path, flow)
     qat = EagerQAT(saved["backend"]) if flow == "eager" else PT2EQAT()
     try:
@@ -509,8 +427,7 @@ def load_int8_model(path: str, flow: str) -> nn.Module:
         if flow == "pt2e":  # the fake-quant graph's tensors as QAT left them: convert repeats the run's
             net.load_state_dict(saved["state_dict"])
             return compile_for_inference(qat.convert(net))
-        # Eager: one dummy batch gives the observers a range so that convert runs; load_state_dict then
-        # replaces every weight, scale and zero point.
+        # Eager: a dummy batch gives the observers a range for convert; load_state_dict replaces all the values.
         with torch.no_grad():
             net.eval()(torch.zeros(2, 1, 28, 28))
         net = qat.convert(net)
@@ -522,8 +439,7 @@ def load_int8_model(path: str, flow: str) -> nn.Module:
 
 # %% [markdown]
 # ## Testing and timing the int8 model
-# The int8 model's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same batches,
-# and its latency against the float model on the CPU.
+# Test accuracy by a plain PyTorch loop and by `Trainer.test` on the same batches; latency against the float model.
 
 # %% Testing and timing the int8 model
 # Copied from quant_lightning_ptq.py
@@ -533,24 +449,18 @@ def test_int8(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     loader = model.test_dataloader()
     limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
     count = min(limit, len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
-    correct = seen = 0
     with torch.inference_mode():
-        for (images, labels), _ in zip(loader, range(count)):
-            correct += (model.model(images).argmax(dim=1) == labels).sum().item()
-            seen += len(labels)
-    print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
+        hits = torch.cat([model.model(images).argmax(dim=1) == labels for _, (images, labels) in zip(range(count), loader)])
+    print(f"int8 accuracy, plain PyTorch loop: {hits.sum().item() / len(hits):.4f}")
     accuracy = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
     return accuracy
 
 
 # Copied from quant_lightning_ptq.py
-def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
-                    repeats: int) -> dict:
-    """Milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled as the
-    PT2E int8 model is) and of the int8 model: the median of `repeats` timed calls, and its spread.
-    The models take turns, so a noisy neighbour on the machine slows all alike, and the first
-    LATENCY_WARMUP rounds (compiling, first-call caches, CPU frequency ramping up) are not counted."""
+def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int, repeats: int) -> dict:
+    """Median ms per forward at batch 1 and 256, and its spread, of the float network (eager and compiled) and the
+    int8 model. They take turns (a noisy neighbour slows all alike); LATENCY_WARMUP rounds are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
@@ -571,22 +481,19 @@ def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Ten
 
 
 # Copied from quant_lightning_ptq.py
-LATENCY_WARMUP = 10  # rounds of every model before timing starts
+LATENCY_WARMUP = 10  # rounds of every model before timing starts: compiling, caches, CPU clock ramping up
 # Copied from quant_lightning_ptq.py
 LATENCY_BUSY = 0.25  # an interquartile range above this fraction of the median: the machine was busy
 
 
 # Copied from quant_lightning_ptq.py
 def latency_summary(times: dict, threads: int) -> dict:
-    """The medians and speed-ups from {(model, batch): [ms, ...]}, and each batch's spread (the
-    widest interquartile range over median). Prints them with the thread count, and one warning
-    line when a spread says the machine was busy: then the speed-ups would not hold on a rerun."""
+    """Medians, speed-ups and spreads from {(model, batch): [ms, ...]}, printed; a warning if the machine was busy."""
     result = {}
     for batch in sorted({batch for _, batch in times}):
         quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
                      for (name, b), ms in times.items() if b == batch}
-        for name, (q1, median, q3) in quartiles.items():
-            result[f"{name}_ms_b{batch}"] = median
+        result.update({f"{name}_ms_b{batch}": median for name, (_, median, _) in quartiles.items()})
         result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
@@ -602,8 +509,7 @@ def latency_summary(times: dict, threads: int) -> dict:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`; below it, flags, checks, helpers.
 
 # %% Main
 def main(argv=None) -> int:
@@ -612,9 +518,8 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     before = file_times(out)  # to tell this run's outputs from an earlier run's
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                            lr=args.lr, qat_lr=args.qat_lr, freeze_epoch=args.freeze_epoch, flow=args.flow,
-                            backend=args.backend, val_size=args.val_size, num_workers=args.num_workers,
-                            seed=args.seed)
+                            lr=args.lr, qat_lr=args.qat_lr, freeze_epoch=args.freeze_epoch, flow=args.flow, backend=args.backend,
+                            val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
@@ -630,9 +535,9 @@ def main(argv=None) -> int:
         die(f"--precision {args.precision}: quantization-aware training runs in float32; leave --precision out")
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
-        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, fast_dev_run=args.fast_dev_run,
+                            limit_test_batches=args.limit_test_batches)
     if args.load_int8:
         test_int8(model, tester, args)
         return 0
@@ -689,7 +594,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="where logs, models and quant_results.csv go")
     data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
     train = parser.add_argument_group("training")
     train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
     train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
@@ -697,47 +601,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="float epochs before QAT")
     train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the float phase (one-cycle)")
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
-                       help="eager: torch.ao.quantization (deprecated); pt2e: torch.export + torchao + torch.compile "
-                            "(default: eager, or with --load_int8 the kind of file given)")
+    quant.add_argument("--flow", choices=["eager", "pt2e"], help="eager: torch.ao.quantization (deprecated); pt2e: "
+                       "torch.export + torchao + torch.compile (default: eager, or with --load_int8 the kind of file given)")
     quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
-                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training "
-                            "the float model first")
+                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training the float model first")
     quant.add_argument("--qat_epochs", "--qat-epochs", type=number(int, min=1), default=2, metavar="N", help="fake-quant epochs")
     quant.add_argument("--qat_lr", "--qat-lr", type=number(float, above=0), default=0.001, help="peak learning rate of the QAT phase")
     quant.add_argument("--freeze_epoch", "--freeze-epoch", type=number(int, min=1), default=1, metavar="N",
                        help="QAT epoch (from 0) from which observers and batch-norm statistics are frozen; "
                             "not 0: the observers measure the int8 ranges in one QAT epoch first")
-    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
-                                                             if e != "none"],
+    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines if e != "none"],
                        help="eager flow: the quantized engine and its default QAT qconfig")
     quant.add_argument("--load_int8", "--load-int8", metavar="PATH", type=existing_file,
                        help="test a saved int8 model (mnist_int8.pt, or mnist_int8.pt2 from --flow pt2e) and exit")
     quant.add_argument("--threads", type=number(int, min=1), default=2, help="torch.set_num_threads for the latency measurement")
     quant.add_argument("--latency_repeats", "--latency-repeats", type=number(int, min=0), default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
-
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
     debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
         debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
     model = parser.add_argument_group("model inspection")
     model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
     model.add_argument("--named_parameters", "--named-parameters", action="store_true",
                        help="print every parameter's name and shape and exit")
-
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
@@ -756,17 +652,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.save_model:
         print("note: --save_model (from the original tutorial): no effect, this script always saves "
               "mnist_fp32 and mnist_int8", file=sys.stderr)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
-        args.ckpt = args.load_model
-    if args.load_int8:
-        saved = saved_flow(args.load_int8)
-        if args.flow and args.flow != saved:
-            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
-                f"or leave --flow out")
-        args.flow = saved
-    args.flow = args.flow or "eager"
+    if args.load_model and args.ckpt and args.ckpt != args.load_model:
+        die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
+    args.ckpt = args.ckpt or args.load_model
+    saved = args.load_int8 and saved_flow(args.load_int8)
+    if saved and args.flow not in (None, saved):
+        die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, or leave --flow out")
+    args.flow = saved or args.flow or "eager"
     check_flow_is_installed(args.flow)
     return args
 
@@ -885,9 +777,8 @@ def report_history(histories: list, out: Path) -> None:
 RESULTS_FILE = "quant_results.csv"
 # Copied from quant_lightning_ptq.py
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
-                  "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
-                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256",
-                  "spread_b1", "spread_b256"]
+                  *(f"{name}_b{batch}" for batch in (1, 256) for name in
+                    ("fp32_ms", "fp32_compiled_ms", "int8_ms", "speedup", "speedup_compiled")), "spread_b1", "spread_b256"]
 
 
 # Copied from quant_lightning_ptq.py
@@ -901,8 +792,7 @@ def append_result(row: dict, path: Path) -> None:
         try:
             table = pd.concat([pd.read_csv(path), table], ignore_index=True)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
-                f"move it away and run again")
+            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); move it away and run again")
     write_atomically(path, lambda file: table.to_csv(file, index=False))
 
 
@@ -914,17 +804,15 @@ def first_line(error: BaseException) -> str:
 # Copied from quant_lightning_ptq.py
 def load_weights(model: MNISTClassifier, path: str) -> None:
     """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    fix = "pass a Lightning .ckpt written by one of the quantization scripts, or mnist_fp32.pt"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
+        die(f"cannot read {path} ({error.__class__.__name__}); {fix}")
     if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
         saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
-    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in saved.items()):
-        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
-            f"by one of the quantization scripts, or mnist_fp32.pt")
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); {fix}")
     try:
         model.model.load_state_dict(saved)
     except Exception as error:  # names or shapes of another network; a meta tensor
@@ -941,8 +829,7 @@ MAX_INT8_BYTES = 2**30  # far above what this script writes
 
 # Copied from quant_lightning_ptq.py
 def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
-    """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load skips.
-    Returns the program's size in bytes, without that member."""
+    """torch.export.save, plus int8_state as member INT8_STATE (which torch.export.load skips); the program's bytes."""
     archive = io.BytesIO()
     torch.export.save(program, archive)
     program_bytes = archive.getbuffer().nbytes
@@ -957,8 +844,7 @@ def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=N
 
 # Copied from quant_lightning_ptq.py
 def saved_flow(path: str) -> str:
-    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
-    eager for anything else (torch.save)."""
+    """pt2e for a torch.export archive (or a file named .pt2), eager for anything else (torch.save)."""
     with contextlib.suppress(OSError, zipfile.BadZipFile):
         with zipfile.ZipFile(path) as archive:
             return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
@@ -967,14 +853,12 @@ def saved_flow(path: str) -> str:
 
 # Copied from quant_lightning_ptq.py
 def read_int8_file(path: str, flow: str) -> dict:
-    """The dict save_int8 wrote, checked: the tensors that rebuild the int8 model, the quantized engine,
-    the hidden layer's width. Read by zipfile and torch.load(weights_only=True) alone: tensors and plain
-    values come out, nothing runs. Of a .pt2, only member INT8_STATE is read, never the program."""
+    """The dict save_int8 wrote, checked, read by zipfile and torch.load(weights_only=True) alone: nothing runs."""
     fix = ("pass a mnist_int8.pt or mnist_int8.pt2 written by this script (a .pt2 from elsewhere is a "
            "program: load only programs you trust, with torch.export.load)")
     try:
         with zipfile.ZipFile(path) as archive:  # a torch.save file is a zip archive too
-            if flow == "pt2e":
+            if flow == "pt2e":  # only member INT8_STATE, never the program
                 members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE
                            and m.filename.split("/")[0].isidentifier()]  # not "", ".", ".."
                 if len(members) != 1:
@@ -1001,10 +885,8 @@ def read_int8_file(path: str, flow: str) -> dict:
         die(f"{path} was made for the quantized engine {saved.get('backend')!r}, which this torch cannot run "
             f"(it has {', '.join(engines)})")
     hidden_units = saved.get("hidden_units")
-    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
-    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
-        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
-            f"from 1 to 65536")
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:  # it sizes a layer built before loading
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number from 1 to 65536")
     return saved
 
 

@@ -3,46 +3,33 @@
 # Add a QuantizationAwareTraining callback to the Trainer and get an int8 MNIST CNN after fit.
 #
 # ## What it teaches
-# Lightning 1.x had a `QuantizationAwareTraining` callback; Lightning 2.0 removed it. This script
-# writes one (the Callbacks section) with the constructor people know, and uses it on a
-# LightningModule that contains no quantization code at all: the user adds `callbacks=[qcb]` and,
-# when `fit` returns, the module is int8. The callback has two modes, chosen by --flow:
-# - `--flow eager`: torch.ao.quantization, deprecated by PyTorch: stubs around the module's forward,
-#   fused modules, `prepare_qat` in `setup`, `convert` in `on_fit_end`.
-# - `--flow pt2e`: its successor: `setup` exports the module's network with `torch.export` and swaps
-#   in the graph from torchao's `prepare_qat_pt2e` (before the optimizer is built, so
-#   the optimizer trains the graph); `on_fit_end` runs `convert_pt2e`. Nothing in
-#   this mode touches torch.ao.quantization.
+# Lightning 2.0 removed 1.x's `QuantizationAwareTraining` callback. This script writes one (the Callbacks
+# section) with the constructor people know, for a LightningModule with no quantization code at all: add
+# `callbacks=[qcb]`, and when `fit` returns the module is int8. Two modes, chosen by --flow:
+# - `--flow eager`: torch.ao.quantization (deprecated): stubs around the module's forward, fused modules,
+#   `prepare_qat` in `setup`, `convert` in `on_fit_end`.
+# - `--flow pt2e`: its successor: `setup` swaps the network for the `torch.export` graph from torchao's
+#   `prepare_qat_pt2e` (before the optimizer is built); `on_fit_end` runs `convert_pt2e`.
 #
-# The callback's docstring lists which Lightning hook does what, and how a checkpoint saved
-# mid-QAT resumes. The int8 module is tested with a plain loop and with `Trainer.test`, saved, and
-# timed on the CPU; --load_int8 rebuilds it from the file.
+# The int8 module is tested by a plain loop and by `Trainer.test`, saved, and timed on the CPU.
 #
 # ## How to run
 # ```bash
-# python quant_with_only_lightning.py                          # 3 float epochs, 2 QAT epochs, int8 (eager)
-# python quant_with_only_lightning.py --flow pt2e              # the callback's PT2E mode
-# python quant_with_only_lightning.py --data_dir /path/to/datasets   # MNIST already on disk, offline
-# python quant_with_only_lightning.py --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
-# python quant_with_only_lightning.py --observer_type histogram --qat_epochs 1
-# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt
-# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt2
+# python quant_with_only_lightning.py --data_dir /path/to/datasets   # 3 float epochs, 2 QAT epochs (eager)
+# python quant_with_only_lightning.py --flow pt2e --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
+# python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt  # or .pt2
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/quant_with_only_lightning)
 # ```text
-# csv_logs/version_N/, tb_logs/version_N/   one version per phase: the float run, then the QAT run
-# checkpoints/best.ckpt                     the float phase's best epoch (the QAT phase keeps its last)
-# history.csv, loss.png, acc.png            the per-epoch table of both phases and its curves
-# mnist_fp32.pt, mnist_int8.pt              state_dicts of the float network and the int8 LightningModule
-# mnist_fp32.pt2, mnist_int8.pt2            torch.export programs (--flow pt2e), to deploy; the int8 one
-#                                           also holds mnist_int8/state.pt, what --load_int8 reads
-# quant_results.csv                         one row added per run: accuracy, size, latency
+# csv_logs/, tb_logs/             one version per phase: the float run, then the QAT run
+# checkpoints/best.ckpt           the float phase's best epoch (the QAT phase keeps its last)
+# history.csv, loss.png, acc.png  the per-epoch table of both phases and its curves
+# mnist_fp32.pt, mnist_int8.pt    state_dicts of the float network and the int8 LightningModule (eager)
+# mnist_fp32.pt2, mnist_int8.pt2  torch.export programs (pt2e); the int8 one holds mnist_int8/state.pt
+# quant_results.csv               one row added per run: accuracy, size, latency
 # ```
-#
-# `--load_int8` only tests the file and writes nothing. It reads tensors and plain values only
-# (`weights_only=True`) and rebuilds the int8 module with the callback's code: no file runs code. A
-# `.pt2` program is never loaded as one; `torch.export.load` runs code, so load only programs you trust.
+# `--load_int8` reads only tensors (`weights_only=True`), never a `.pt2`'s program, and writes nothing.
 
 # %% Parameters tags=["parameters"]
 # A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
@@ -90,67 +77,50 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy, MeanMetric
 from torchvision.datasets import MNIST
 
-# Eager quantization lives in torch.ao.quantization, which PyTorch deprecated and will remove. Only
-# the callback's eager mode uses it; without it (a future torch) the PT2E mode still runs. torchao,
-# which the PT2E mode uses, is imported where it is used: it takes seconds to import.
+# Eager quantization (deprecated; only the callback's eager mode uses it) may be gone from a future torch.
+# torchao, which the PT2E mode uses, is imported where it is used: it takes seconds to import.
 try:
     import torch.ao.quantization as tq
 except ImportError:
     tq = None
 
-# The data are tensors in memory, so loader workers have nothing to speed up.
+# Notes that a reader cannot act on. Loader workers: the data are tensors in memory. A Lightning 2.6 pytree
+# check deprecated by torch 2.14. Lightning's notes on limits left at 1.0 and its cloud logger tip.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Lightning's notes that teach nothing here: a limit or interval left at its default 1.0 ("all of
-# it"), and a tip to install its cloud logger.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
-# A rerun replaces best.ckpt by design (enable_version_counter=False), so a full folder is expected.
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-# torch.compile's int8 lowering copies a tensor the discouraged way inside torch; not ours to fix.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # reruns replace best.ckpt
+# torch's own internals: inductor's int8 lowering, a CUDA_HOME probe, torchao registering an Enum.
 warnings.filterwarnings("ignore", "To copy construct from a tensor", module="torch._inductor")
-# torch logs two notes about its own internals that a reader cannot act on: a CUDA_HOME probe on a
-# machine without CUDA, and torchao registering an Enum in a way torch.compile now deprecates.
 logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: "No CUDA runtime" not in record.getMessage())
 logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
-# torch repeats its six-line deprecation of eager quantization at every call: hidden here, and said
-# once, in one line, by main (EAGER_DEPRECATION).
-warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
-# Its internals also warn, at every int8 model built or loaded, about the parts torch retires with it.
-for retired in (".*reduce_range will be deprecated", "torch.quantize_per_tensor, torch.quantize_per_channel",
-                "TypedStorage is deprecated"):
-    warnings.filterwarnings("ignore", retired, UserWarning)
+# torch repeats a six-line eager deprecation at every call, and warns about its retired parts at every int8
+# model built or loaded; main says it once instead (EAGER_DEPRECATION).
+for retired in ("torch.ao.quantization is deprecated", ".*reduce_range will be deprecated",
+                "torch.quantize_per_tensor, torch.quantize_per_channel", "TypedStorage is deprecated"):
+    warnings.filterwarnings("ignore", retired)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 # %% [markdown]
 # ## Model
-# A plain `nn.Module`, with no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in,
-# 10 class logits out.
+# A plain `nn.Module`, no Lightning in it: two Conv-BN-ReLU blocks and a Linear-ReLU, 1x28x28 image in, 10 logits out.
 
 # %% Model
 # Copied from quant_lightning_ptq.py
 class MNISTConvBNNet(nn.Module):
-    """Two Conv-BN-ReLU blocks and a Linear-ReLU: 1x28x28 image in, 10 class logits out.
-
-    A plain float network: nothing in it is about quantization. Each flow adds what it needs when
-    it quantizes. Batch norm without a conv bias, because BN's shift replaces it (and folds into
-    the conv's int8 bias after quantization).
-    """
+    """A plain float network, nothing about quantization in it: each flow adds what it needs."""
 
     def __init__(self, hidden_units: int = 256, dropout: float = 0.25):
         super().__init__()
-        self.features = nn.Sequential(
+        self.features = nn.Sequential(  # no conv bias: BN's shift replaces it (and folds into the int8 bias)
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x14x14
             nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_units, 10),
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, hidden_units), nn.ReLU(),
+                                        nn.Dropout(dropout), nn.Linear(hidden_units, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Logits: cross_entropy applies log_softmax itself, in float, after int8 has ended.
@@ -163,22 +133,16 @@ class MNISTConvBNNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    """A plain training recipe: nothing here knows about quantization."""
-
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
-                 lr: float = 0.01, hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000,
-                 num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
+                 hidden_units: int = 256, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: checkpoints load with weights_only=True
         self.model = MNISTConvBNNet(hidden_units, dropout)
         self.train_loss = MeanMetric()
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
-        self.valid_acc = Accuracy(task="multiclass", num_classes=10)
-        self.test_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc, self.valid_acc, self.test_acc = (Accuracy(task="multiclass", num_classes=10) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The callback quantizes what forward computes, so forward stops at the logits: log_softmax
-        # (inside cross_entropy) has no int8 kernel and stays in the steps, in float.
+        # The callback quantizes forward, so it stops at the logits: log_softmax has no int8 kernel.
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
@@ -220,8 +184,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -236,14 +199,12 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
 # ## Data
-# The whole split as normalized float tensors, decoded once by torchvision, and the train/validation
-# split, the same for the same seed in every run and every process.
+# MNIST as normalized float tensors, decoded once, and a train/validation split fixed by the seed.
 
 # %% Data
 # Copied from Basic_usage_of_lightning.py
@@ -263,68 +224,40 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Callbacks
-# Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, the model
-# is int8. Its docstring lists which Lightning hook does what.
+# Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, the model is int8.
 
 # %% Callbacks
 class QuantizationAwareTraining(pl.Callback):
     """Quantization-aware training as a callback: after `Trainer(callbacks=[qcb]).fit(model)`, model is int8.
 
     Args:
-        qconfig: eager flow: a quantized engine name ("x86", "fbgemm", "onednn", "qnnpack"), whose
-            default QAT qconfig is used, or a ready `torch.ao.quantization.QConfig`. PT2E flow: "x86"
-            (torchao's X86InductorQuantizer with its QAT config) or a ready torchao `Quantizer`.
-        observer_type: how activation ranges are measured with a named qconfig: "average" (moving
-            average of min/max, the QAT default) or "histogram" (HistogramObserver: slower, ignores outliers).
-        modules_to_fuse: eager flow: groups of module names relative to the LightningModule, e.g.
-            [["model.features.0", "model.features.1", "model.features.2"]]; each group (conv+bn+relu,
-            conv+relu, linear+relu, ...) is fused into one module, and after convert one int8 kernel.
-            The PT2E quantizer finds these patterns in the exported graph itself.
-        input_compatible: eager flow. True: the int8 module still takes and returns float tensors (the
-            quantize and dequantize steps stay in forward). False: forward takes and returns quantized
-            tensors. A PT2E graph always takes and returns float tensors.
-        quantize_on_fit_end: convert to int8 when fit ends. False leaves the fake-quant model (to train
-            more, or to inspect); `qcb.convert(model)` converts it later.
-        observer_enabled_stages: stages ("train", "validate", "test", "predict") in which observers
-            update the int8 ranges; in the others they are switched off, and restored afterwards.
+        qconfig: eager: a quantized engine ("x86", "fbgemm", "onednn", "qnnpack"), for its default QAT qconfig,
+            or a `torch.ao.quantization.QConfig`. PT2E: "x86" (torchao's X86InductorQuantizer) or a `Quantizer`.
+        observer_type: with a named qconfig, how activation ranges are measured: "average" (moving min/max, the
+            QAT default) or "histogram" (HistogramObserver: slower, ignores outliers).
+        modules_to_fuse: eager: groups of module names in the LightningModule, e.g. [["model.features.0",
+            "model.features.1", "model.features.2"]], each fused into one module, one int8 kernel after convert.
+        input_compatible: eager: True keeps float tensors in and out of the int8 module; False: quantized ones.
+        quantize_on_fit_end: convert when fit ends; False leaves the fake-quant model, for `qcb.convert(model)`.
+        observer_enabled_stages: stages ("train", "validate", "test", "predict") whose observers update ranges.
         flow: "eager" (torch.ao.quantization, deprecated) or "pt2e" (torch.export + torchao).
-        network: PT2E flow: the LightningModule's attribute that holds the float network; it is exported
-            and replaced by the QAT graph, so forward and the steps use the graph unchanged.
+        network: PT2E: the module's attribute with the float network, replaced by the QAT graph.
 
-    How it works, hook by hook:
-        setup(stage="fit")     runs before the Trainer creates the optimizer, so the optimizer gets the
-                               parameters QAT trains. Eager: adds `quant` (QuantStub) and `dequant`
-                               (DeQuantStub) to the module and wraps its forward between them, sets the
-                               qconfig, fuses `modules_to_fuse`, and calls `prepare_qat`, which swaps in
-                               fake-quant modules that keep the same parameters. PT2E: exports the
-                               network in train mode, `prepare_qat_pt2e`, and sets the graph in its
-                               place; `allow_exported_model_train_eval` lets the graph follow Lightning's
-                               `.eval()` (through torchao's `move_exported_model_to_eval`).
-        on_<stage>_start/_end  switch observers off for stages not in `observer_enabled_stages`, then
-                               restore them (validation inside fit included). PT2E: after validation
-                               and at every training epoch's start, `move_exported_model_to_train` puts
-                               the graph's dropout and batch norm back in training mode (Lightning only
-                               restores each module's `training` flag, which a graph ignores).
-        on_fit_end             convert on the CPU: eager `convert`, PT2E `convert_pt2e`; BN folded,
-                               weights and ranges frozen into int8.
-        state_dict             the settings, stored in Lightning checkpoints and in the saved int8 file.
-
-    Resuming: a checkpoint saved mid-QAT (by ModelCheckpoint or trainer.save_checkpoint) holds the
-    fake-quant weights and the observers' ranges. `trainer.fit(model, ckpt_path=...)` with a float model
-    and this callback resumes in both flows: setup prepares the same structure before Lightning loads
-    the checkpoint into it. Freezing observers and batch norm late in QAT is the QAT-in-the-module
-    lesson's (quant_lightning_qat.py); here the observers run in the stages named above.
+    Hooks: `setup("fit")`, before the optimizer is built, makes the module fake-quant (eager: stubs around its
+    forward, fused modules, `prepare_qat`; PT2E: export, `prepare_qat_pt2e`); `on_<stage>_start/_end` switch
+    observers off outside `observer_enabled_stages` and back (PT2E: and put the graph back in train mode, which
+    Lightning's `training` flags cannot); `on_fit_end` converts on the CPU; `state_dict` keeps the settings.
+    A checkpoint saved mid-QAT resumes by `trainer.fit(model, ckpt_path=...)` with a float model and this
+    callback: setup prepares the same structure first. More in docs/quantization.md.
     """
 
     STAGES = ("train", "validate", "test", "predict")
 
-    def __init__(self, qconfig="x86", observer_type: str = "average", modules_to_fuse=None,
-                 input_compatible: bool = True, quantize_on_fit_end: bool = True,
-                 observer_enabled_stages=("train",), flow: str = "eager", network: str = "model"):
+    def __init__(self, qconfig="x86", observer_type: str = "average", modules_to_fuse=None, input_compatible: bool = True,
+                 quantize_on_fit_end: bool = True, observer_enabled_stages=("train",), flow: str = "eager", network: str = "model"):
         if flow == "eager":
             if tq is None:
-                raise ValueError("flow='eager' needs torch.ao.quantization, which this torch no longer has; "
-                                 "use flow='pt2e'")
+                raise ValueError("flow='eager' needs torch.ao.quantization, which this torch no longer has; use flow='pt2e'")
             engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
             if not isinstance(qconfig, tq.QConfig) and qconfig not in engines:
                 raise ValueError(f"qconfig must be a QConfig or one of {engines}, got {qconfig!r}")
@@ -335,23 +268,17 @@ class QuantizationAwareTraining(pl.Callback):
                 raise ValueError("modules_to_fuse is for flow='eager': the PT2E quantizer finds conv+bn+relu "
                                  "and linear+relu in the exported graph itself")
             if not input_compatible:
-                raise ValueError("input_compatible=False is for flow='eager': a PT2E graph always takes and "
-                                 "returns float tensors")
+                raise ValueError("input_compatible=False is for flow='eager': a PT2E graph always takes and returns float tensors")
         else:
             raise ValueError(f"flow must be 'eager' or 'pt2e', got {flow!r}")
         if observer_type not in ("average", "histogram"):
             raise ValueError(f"observer_type must be 'average' or 'histogram', got {observer_type!r}")
-        unknown = set(observer_enabled_stages) - set(self.STAGES)
-        if unknown:
+        if unknown := set(observer_enabled_stages) - set(self.STAGES):
             raise ValueError(f"observer_enabled_stages: unknown stage(s) {sorted(unknown)}; use {self.STAGES}")
-        self.qconfig = qconfig
-        self.observer_type = observer_type
+        self.qconfig, self.observer_type, self.flow, self.network = qconfig, observer_type, flow, network
         self.modules_to_fuse = [list(group) for group in modules_to_fuse or []]
-        self.input_compatible = input_compatible
-        self.quantize_on_fit_end = quantize_on_fit_end
+        self.input_compatible, self.quantize_on_fit_end = input_compatible, quantize_on_fit_end
         self.observer_enabled_stages = tuple(observer_enabled_stages)
-        self.flow = flow
-        self.network = network
         self._prepared = self._converted = False
         self._float_forward = None  # eager: the module's own forward, before the quant/dequant wrapper
         self._observers_before = {}  # stage -> {fake-quant module: its observer switch before the stage}
@@ -361,18 +288,12 @@ class QuantizationAwareTraining(pl.Callback):
         """Make pl_module a fake-quant model in place (what setup("fit") calls)."""
         if self._prepared:
             return  # fit again (e.g. more epochs): already prepared
-        if self.flow == "pt2e":
-            self._prepare_pt2e(pl_module)
-        else:
-            self._prepare_eager(pl_module)
+        (self._prepare_pt2e if self.flow == "pt2e" else self._prepare_eager)(pl_module)
         self._prepared = True
 
     def convert(self, pl_module: pl.LightningModule) -> None:
         """Fake-quant to int8, in place, on the CPU (what on_fit_end calls)."""
-        if self.flow == "pt2e":
-            self._convert_pt2e(pl_module)
-        else:
-            self._convert_eager(pl_module)
+        (self._convert_pt2e if self.flow == "pt2e" else self._convert_eager)(pl_module)
         self._converted = True
 
     def _prepare_eager(self, pl_module: pl.LightningModule) -> None:
@@ -418,8 +339,7 @@ class QuantizationAwareTraining(pl.Callback):
         self.fake_quant_state = copy.deepcopy(graph.state_dict())  # deepcopy: keeps the observers' versions
         move_exported_model_to_eval(graph)  # dropout off, batch norm from its running statistics
         converted = convert_pt2e(graph)  # on a CPU about a minute: torchao traces 48 conv-bn patterns
-        # convert_pt2e adds int8 copies of the weights but keeps the float ones, and batch norm's
-        # statistics, folded into them; drop what the graph no longer reads.
+        # Drop the float weights and batch norm statistics that convert_pt2e keeps beside their int8 copies.
         used = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
         for name, _ in [*converted.named_parameters(), *converted.named_buffers()]:
             if name not in used:
@@ -435,8 +355,7 @@ class QuantizationAwareTraining(pl.Callback):
         default = tq.get_default_qat_qconfig(self.qconfig)
         if self.observer_type == "average":
             return default
-        # The same fake quantization, its range from a histogram (as PTQ's default observer does).
-        # x86 and fbgemm keep activations to 7 bits (reduce_range), like their default qconfigs.
+        # Ranges from a histogram, as PTQ's default observer; x86 and fbgemm keep activations to 7 bits (reduce_range).
         histogram = tq.FakeQuantize.with_args(observer=tq.HistogramObserver, quant_min=0, quant_max=255,
                                               reduce_range=self.qconfig in ("x86", "fbgemm"))
         return tq.QConfig(activation=histogram, weight=default.weight)
@@ -548,12 +467,9 @@ def export_program(net: nn.Module) -> torch.export.ExportedProgram:
 
 # Copied from quant_lightning_ptq.py
 def compile_for_inference(net: nn.Module) -> nn.Module:
-    """torch.compile with freezing: weights become constants, so Inductor can prepack them and fuse
-    the q/dq patterns of an int8 graph into int8 (oneDNN) kernels. Float networks compile the same way."""
+    """torch.compile with frozen weights, so Inductor fuses an int8 graph's q/dq patterns into int8 kernels."""
     torch._inductor.config.freezing = True
-    # dynamic=False: in torch 2.14 the int8 conv lowering fails on a symbolic batch size (a stride
-    # assertion), so each batch size gets its own compiled graph (a few seconds each).
-    return torch.compile(net, dynamic=False)
+    return torch.compile(net, dynamic=False)  # torch 2.14's int8 conv lowering fails on a symbolic batch size
 
 
 # %% [markdown]
@@ -572,40 +488,29 @@ def build_trainer(args, out: Path, epochs: int, callbacks: list) -> pl.Trainer:
     """The Trainer of one phase (float or QAT); each logs to a new csv_logs / tb_logs version."""
     with exit_on_error("cannot build the Trainer from these flags"):
         return pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-            num_nodes=args.num_nodes, precision=args.precision, max_epochs=epochs,
+            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+            precision=args.precision, max_epochs=epochs, plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
             callbacks=callbacks, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-            plugins=[AtomicCheckpointIO()], fast_dev_run=args.fast_dev_run,
-            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-            deterministic=True)
+            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches, deterministic=True)
 
 
 # Copied from quant_lightning_qat.py
 def leave_training(trainer: pl.Trainer) -> bool:
     """Undo what training switched on for the whole process; True on the process that goes on."""
-    # deterministic=True switched torch into deterministic mode; int8 ops (which resize their
-    # quantized outputs) refuse to run in it.
-    torch.use_deterministic_algorithms(False)
+    torch.use_deterministic_algorithms(False)  # deterministic=True's process-wide mode: int8 ops refuse to run in it
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Converting and the CPU tests run in rank 0 alone; a DDP process that exits with the
-        # process group open can abort, so close it here.
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # rank 0 alone goes on; an open group can abort the exit
     return trainer.is_global_zero
 
 
 # %% [markdown]
 # ## Saving and loading the int8 module
-# Eager: state_dicts (the int8 one with the callback's settings, to rebuild it); PT2E: the exported
-# programs, checked before they are loaded.
+# Eager: state_dicts; PT2E: the exported programs. Both hold the callback's settings and the tensors to rebuild it.
 
 # %% Saving and loading the int8 module
-def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: QuantizationAwareTraining,
-                     out: Path) -> tuple:
-    """Eager: state_dicts (the int8 one with the callback's settings, to rebuild it). PT2E: the exported
-    programs, to deploy; inside the int8 one, as member INT8_STATE, the settings and the fake-quant
-    graph's tensors that rebuild it. Returns the float and the int8 model's size in KiB (of a .pt2, its
-    program: what deploys)."""
+def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: QuantizationAwareTraining, out: Path) -> tuple:
+    """mnist_fp32 and mnist_int8, .pt (eager) or .pt2 (PT2E); their sizes in KiB (of a .pt2, its program)."""
     rebuild = {"callback": qcb.state_dict(), "backend": qcb.qconfig, "hidden_units": int8_model.hparams.hidden_units}
     if qcb.flow == "eager":
         save_atomically(float_net.state_dict(), out / "mnist_fp32.pt")
@@ -617,16 +522,14 @@ def save_int8_module(int8_model: MNISTClassifier, float_net: nn.Module, qcb: Qua
 
 
 def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
-    """Make a float MNISTClassifier the int8 module saved by save_int8_module: the callback's own code
-    rebuilds it from the tensors in the file. Nothing in the file runs: a .pt2's program is never loaded."""
+    """Make a float MNISTClassifier the int8 module in the file, rebuilt by the callback from its tensors alone."""
     saved = read_int8_file(path, flow)
     if not isinstance(saved.get("callback"), dict):
         die(f"{path} is not an int8 model saved by this script (no 'callback' entry)")
     if saved["hidden_units"] != model.hparams.hidden_units:
         model.model = MNISTConvBNNet(saved["hidden_units"])
     try:  # rebuild the int8 module with the callback's own settings
-        qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"], "flow": flow,
-                                           "network": "model"})
+        qcb = QuantizationAwareTraining(**{**saved["callback"], "qconfig": saved["backend"], "flow": flow, "network": "model"})
     except (TypeError, ValueError) as error:
         die(f"{path} holds callback settings this script cannot use ({first_line(error)})")
     try:
@@ -646,8 +549,7 @@ def load_int8_into(model: MNISTClassifier, path: str, flow: str) -> None:
 
 # %% [markdown]
 # ## Testing and timing the int8 module
-# The int8 module's test accuracy by a plain PyTorch loop and by `Trainer.test`, on the same
-# batches, and its latency on the CPU.
+# Test accuracy by a plain PyTorch loop and by `Trainer.test` on the same batches; latency on the CPU.
 
 # %% Testing and timing the int8 module
 def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
@@ -656,24 +558,18 @@ def test_int8_module(model: MNISTClassifier, tester: pl.Trainer, args) -> float:
     loader = model.test_dataloader()
     limit = args.fast_dev_run or args.limit_test_batches  # the batches Trainer.test will see
     count = min(limit, len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
-    correct = seen = 0
-    with torch.inference_mode():
-        for (images, labels), _ in zip(loader, range(count)):
-            correct += (model(images).argmax(dim=1) == labels).sum().item()  # the module: its stubs included
-            seen += len(labels)
-    print(f"int8 accuracy, plain PyTorch loop: {correct / seen:.4f}")
+    with torch.inference_mode():  # the module, its stubs included
+        hits = torch.cat([model(images).argmax(dim=1) == labels for _, (images, labels) in zip(range(count), loader)])
+    print(f"int8 accuracy, plain PyTorch loop: {hits.sum().item() / len(hits):.4f}")
     accuracy = tester.test(model, verbose=False)[0]["test_acc"]
     print(f"int8 accuracy, Trainer.test:       {accuracy:.4f}")
     return accuracy
 
 
 # Copied from quant_lightning_ptq.py
-def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int,
-                    repeats: int) -> dict:
-    """Milliseconds per forward at batch 1 and 256 of the float network (eager, and compiled as the
-    PT2E int8 model is) and of the int8 model: the median of `repeats` timed calls, and its spread.
-    The models take turns, so a noisy neighbour on the machine slows all alike, and the first
-    LATENCY_WARMUP rounds (compiling, first-call caches, CPU frequency ramping up) are not counted."""
+def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Tensor, threads: int, repeats: int) -> dict:
+    """Median ms per forward at batch 1 and 256, and its spread, of the float network (eager and compiled) and the
+    int8 model. They take turns (a noisy neighbour slows all alike); LATENCY_WARMUP rounds are not counted."""
     if repeats == 0:
         return {}
     default_threads = torch.get_num_threads()
@@ -694,22 +590,19 @@ def measure_latency(float_net: nn.Module, int8_net: nn.Module, images: torch.Ten
 
 
 # Copied from quant_lightning_ptq.py
-LATENCY_WARMUP = 10  # rounds of every model before timing starts
+LATENCY_WARMUP = 10  # rounds of every model before timing starts: compiling, caches, CPU clock ramping up
 # Copied from quant_lightning_ptq.py
 LATENCY_BUSY = 0.25  # an interquartile range above this fraction of the median: the machine was busy
 
 
 # Copied from quant_lightning_ptq.py
 def latency_summary(times: dict, threads: int) -> dict:
-    """The medians and speed-ups from {(model, batch): [ms, ...]}, and each batch's spread (the
-    widest interquartile range over median). Prints them with the thread count, and one warning
-    line when a spread says the machine was busy: then the speed-ups would not hold on a rerun."""
+    """Medians, speed-ups and spreads from {(model, batch): [ms, ...]}, printed; a warning if the machine was busy."""
     result = {}
     for batch in sorted({batch for _, batch in times}):
         quartiles = {name: statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
                      for (name, b), ms in times.items() if b == batch}
-        for name, (q1, median, q3) in quartiles.items():
-            result[f"{name}_ms_b{batch}"] = median
+        result.update({f"{name}_ms_b{batch}": median for name, (_, median, _) in quartiles.items()})
         result[f"speedup_b{batch}"] = result[f"fp32_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"speedup_compiled_b{batch}"] = result[f"fp32_compiled_ms_b{batch}"] / result[f"int8_ms_b{batch}"]
         result[f"spread_b{batch}"] = max((q3 - q1) / median for q1, median, q3 in quartiles.values())
@@ -725,8 +618,7 @@ def latency_summary(times: dict, threads: int) -> dict:
 
 # %% [markdown]
 # ## Main
-# What the command line runs, and what the last cell runs with the flags of the parameters cell (`ARGS`).
-# Below it: the flags, checks, reporting and helpers.
+# What the command line runs, and the last cell with the parameters cell's `ARGS`; below it, flags, checks, helpers.
 
 # %% Main
 def main(argv=None) -> int:
@@ -750,9 +642,9 @@ def main(argv=None) -> int:
         die(f"--precision {args.precision}: quantization-aware training runs in float32; leave --precision out")
     # int8 kernels here are CPU kernels: every test runs on one CPU device, float and int8 alike.
     with exit_on_error("cannot build the test Trainer from these flags"):
-        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches)
+        tester = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, fast_dev_run=args.fast_dev_run,
+                            limit_test_batches=args.limit_test_batches)
     if args.load_int8:
         test_int8_module(model, tester, args)
         return 0
@@ -814,7 +706,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="where logs, models and quant_results.csv go")
     data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-
     train = parser.add_argument_group("training")
     train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
     train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
@@ -822,46 +713,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="float epochs before QAT")
     train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the float phase (one-cycle)")
     train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--flow", choices=["eager", "pt2e"], default=None,
                        help="the callback's mode: eager (torch.ao.quantization, deprecated) or pt2e (torch.export + "
                             "torchao + torch.compile); default: eager, or with --load_int8 the kind of file given")
     quant.add_argument("--ckpt", metavar="PATH", type=existing_file,
-                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training "
-                            "the float model first")
+                       help="start QAT from this float checkpoint (.ckpt or mnist_fp32.pt) instead of training the float model first")
     quant.add_argument("--qat_epochs", "--qat-epochs", type=number(int, min=1), default=2, metavar="N", help="fake-quant epochs")
     quant.add_argument("--qat_lr", "--qat-lr", type=number(float, above=0), default=0.001, help="peak learning rate of the QAT phase")
     quant.add_argument("--observer_type", "--observer-type", choices=["average", "histogram"], default="average",
                        help="how the callback measures activation ranges")
-    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines
-                                                             if e != "none"],
+    quant.add_argument("--backend", default="x86", choices=[e for e in torch.backends.quantized.supported_engines if e != "none"],
                        help="eager flow: the callback's qconfig, a quantized engine with its default QAT qconfig")
     quant.add_argument("--load_int8", "--load-int8", metavar="PATH", type=existing_file,
                        help="test a saved int8 module (mnist_int8.pt, or mnist_int8.pt2 from --flow pt2e) and exit")
     quant.add_argument("--threads", type=number(int, min=1), default=2, help="torch.set_num_threads for the latency measurement")
     quant.add_argument("--latency_repeats", "--latency-repeats", type=number(int, min=0), default=50, metavar="N",
                        help="timed forwards per model and batch size (median reported); 0 skips timing")
-
     hardware = parser.add_argument_group("hardware for training (passed to pl.Trainer); tests run on the CPU")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
     hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-
     debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
     debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
                        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
         debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
                            metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-
     model = parser.add_argument_group("model inspection")
     model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
     model.add_argument("--named_parameters", "--named-parameters", action="store_true",
                        help="print every parameter's name and shape and exit")
-
     original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
     original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
                           const="cpu", note="it is --accelerator cpu now")
@@ -880,17 +764,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.save_model:
         print("note: --save_model (from the original tutorial): no effect, this script always saves "
               "mnist_fp32 and mnist_int8", file=sys.stderr)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
-        args.ckpt = args.load_model
-    if args.load_int8:
-        saved = saved_flow(args.load_int8)
-        if args.flow and args.flow != saved:
-            die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, "
-                f"or leave --flow out")
-        args.flow = saved
-    args.flow = args.flow or "eager"
+    if args.load_model and args.ckpt and args.ckpt != args.load_model:
+        die("--load_model and --ckpt both name the float weights to start QAT from; pass one of them")
+    args.ckpt = args.ckpt or args.load_model
+    saved = args.load_int8 and saved_flow(args.load_int8)
+    if saved and args.flow not in (None, saved):
+        die(f"--flow {args.flow}, but {args.load_int8} was saved by --flow {saved}; pass --flow {saved}, or leave --flow out")
+    args.flow = saved or args.flow or "eager"
     check_flow_is_installed(args.flow)
     return args
 
@@ -1012,9 +892,8 @@ def report_history(histories: list, out: Path) -> None:
 RESULTS_FILE = "quant_results.csv"
 # Copied from quant_lightning_ptq.py
 RESULT_COLUMNS = ["method", "backend", "threads", "fp32_acc", "int8_acc", "fp32_kb", "int8_kb", "size_ratio",
-                  "fp32_ms_b1", "fp32_compiled_ms_b1", "int8_ms_b1", "speedup_b1", "speedup_compiled_b1",
-                  "fp32_ms_b256", "fp32_compiled_ms_b256", "int8_ms_b256", "speedup_b256", "speedup_compiled_b256",
-                  "spread_b1", "spread_b256"]
+                  *(f"{name}_b{batch}" for batch in (1, 256) for name in
+                    ("fp32_ms", "fp32_compiled_ms", "int8_ms", "speedup", "speedup_compiled")), "spread_b1", "spread_b256"]
 
 
 # Copied from quant_lightning_ptq.py
@@ -1028,8 +907,7 @@ def append_result(row: dict, path: Path) -> None:
         try:
             table = pd.concat([pd.read_csv(path), table], ignore_index=True)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); "
-                f"move it away and run again")
+            die(f"cannot add this run to {path}: it is not a results table ({first_line(error)}); move it away and run again")
     write_atomically(path, lambda file: table.to_csv(file, index=False))
 
 
@@ -1041,17 +919,15 @@ def first_line(error: BaseException) -> str:
 # Copied from quant_lightning_ptq.py
 def load_weights(model: MNISTClassifier, path: str) -> None:
     """Load a Lightning .ckpt (or a .pt state_dict) of the float MNISTConvBNNet into model.model."""
+    fix = "pass a Lightning .ckpt written by one of the quantization scripts, or mnist_fp32.pt"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a Lightning .ckpt written by one of the "
-            f"quantization scripts, or mnist_fp32.pt")
+        die(f"cannot read {path} ({error.__class__.__name__}); {fix}")
     if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
         saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
-    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in saved.items()):
-        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a Lightning .ckpt written "
-            f"by one of the quantization scripts, or mnist_fp32.pt")
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved.items()):
+        die(f"{path} holds no weights (a state_dict maps layer names to tensors); {fix}")
     try:
         model.model.load_state_dict(saved)
     except Exception as error:  # names or shapes of another network; a meta tensor
@@ -1068,8 +944,7 @@ MAX_INT8_BYTES = 2**30  # far above what this script writes
 
 # Copied from quant_lightning_ptq.py
 def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=None) -> int:
-    """torch.export.save, plus int8_state (torch.save) as member INT8_STATE, which torch.export.load skips.
-    Returns the program's size in bytes, without that member."""
+    """torch.export.save, plus int8_state as member INT8_STATE (which torch.export.load skips); the program's bytes."""
     archive = io.BytesIO()
     torch.export.save(program, archive)
     program_bytes = archive.getbuffer().nbytes
@@ -1084,8 +959,7 @@ def save_program(program: torch.export.ExportedProgram, path: Path, int8_state=N
 
 # Copied from quant_lightning_ptq.py
 def saved_flow(path: str) -> str:
-    """The flow that wrote an int8 file: pt2e for a torch.export archive (or a file named .pt2),
-    eager for anything else (torch.save)."""
+    """pt2e for a torch.export archive (or a file named .pt2), eager for anything else (torch.save)."""
     with contextlib.suppress(OSError, zipfile.BadZipFile):
         with zipfile.ZipFile(path) as archive:
             return "pt2e" if any(name.endswith("/archive_format") for name in archive.namelist()) else "eager"
@@ -1094,14 +968,12 @@ def saved_flow(path: str) -> str:
 
 # Copied from quant_lightning_ptq.py
 def read_int8_file(path: str, flow: str) -> dict:
-    """The dict save_int8 wrote, checked: the tensors that rebuild the int8 model, the quantized engine,
-    the hidden layer's width. Read by zipfile and torch.load(weights_only=True) alone: tensors and plain
-    values come out, nothing runs. Of a .pt2, only member INT8_STATE is read, never the program."""
+    """The dict save_int8 wrote, checked, read by zipfile and torch.load(weights_only=True) alone: nothing runs."""
     fix = ("pass a mnist_int8.pt or mnist_int8.pt2 written by this script (a .pt2 from elsewhere is a "
            "program: load only programs you trust, with torch.export.load)")
     try:
         with zipfile.ZipFile(path) as archive:  # a torch.save file is a zip archive too
-            if flow == "pt2e":
+            if flow == "pt2e":  # only member INT8_STATE, never the program
                 members = [m for m in archive.infolist() if m.filename.split("/", 1)[-1] == INT8_STATE
                            and m.filename.split("/")[0].isidentifier()]  # not "", ".", ".."
                 if len(members) != 1:
@@ -1128,10 +1000,8 @@ def read_int8_file(path: str, flow: str) -> dict:
         die(f"{path} was made for the quantized engine {saved.get('backend')!r}, which this torch cannot run "
             f"(it has {', '.join(engines)})")
     hidden_units = saved.get("hidden_units")
-    # An upper bound too: the width sizes a layer that is built before the weights are loaded.
-    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
-        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number "
-            f"from 1 to 65536")
+    if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:  # it sizes a layer built before loading
+        die(f"{path} gives hidden_units {hidden_units!r}; a file written by this script has a whole number from 1 to 65536")
     return saved
 
 
