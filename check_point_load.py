@@ -27,7 +27,19 @@
 ARGS = []
 
 # %% Imports
-import argparse, contextlib, errno, inspect, io, logging, math, os, re, struct, sys, threading, warnings
+import argparse
+import contextlib
+import errno
+import inspect
+import io
+import logging
+import math
+import os
+import re
+import struct
+import sys
+import threading
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -84,8 +96,9 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
-                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
+                 num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()
         self.model = MNISTConvNet(hidden_units, dropout)
@@ -105,7 +118,8 @@ class MNISTClassifier(pl.LightningModule):
 
     def test_dataloader(self):
         test_set, workers = mnist_tensors(self.hparams.data_dir, train=False), self.hparams.num_workers
-        return DataLoader(test_set, self.hparams.eval_batch_size, num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(test_set, batch_size=self.hparams.eval_batch_size, num_workers=workers,
+                          persistent_workers=workers > 0)
 
 
 # %% [markdown]
@@ -296,9 +310,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--load_model", "--load-model", metavar="PATH", type=existing_file,
         help="the checkpoint to load and test: the same as --ckpt")
     args = parser.parse_args(argv)
-    if args.load_model and args.ckpt not in (None, args.load_model):
-        die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
-    args.ckpt = args.ckpt or args.load_model
+    if args.load_model:
+        if args.ckpt and args.ckpt != args.load_model:
+            die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
+        args.ckpt = args.load_model
     if args.ckpt and args.ckpt_dir:
         die("pass --ckpt PATH or --ckpt_dir DIR, not both")
     args.eval_batch_size = args.eval_batch_size or args.batch_size

@@ -28,7 +28,20 @@
 ARGS = []
 
 # %% Imports
-import argparse, contextlib, errno, io, logging, math, os, re, shlex, shutil, struct, sys, threading, warnings
+import argparse
+import contextlib
+import errno
+import io
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import struct
+import sys
+import threading
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -93,8 +106,9 @@ class MNISTConvNet(nn.Module):
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
-    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128, lr: float = 0.01,
-                 hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000, num_workers: int = 0, seed: int = 42):
+    def __init__(self, data_dir: str = "data", batch_size: int = 128, eval_batch_size: int = 128,
+                 lr: float = 0.01, hidden_units: int = 128, dropout: float = 0.25, val_size: int = 5000,
+                 num_workers: int = 0, seed: int = 42):
         super().__init__()
         self.save_hyperparameters()  # plain types only: the checkpoint then loads with weights_only=True
         self.model = MNISTConvNet(hidden_units, dropout)
@@ -140,7 +154,8 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
+                                                         self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -156,7 +171,8 @@ class MNISTClassifier(pl.LightningModule):
 
     def _loader(self, dataset, batch_size, shuffle=False):
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0)
 
 
 # %% [markdown]
@@ -190,7 +206,8 @@ def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
     common = dict(dirpath=ckpt_dir, save_weights_only=args.save_weights_only, enable_version_counter=False)
     return {  # Lightning runs them in this order; the last one writes last.ckpt after the others saved
         # No monitor: a snapshot every N epochs; save_top_k=-1 keeps them all.
-        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs, save_top_k=-1, **common),
+        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs,
+                                    save_top_k=-1, **common),
         # filename: "{epoch:02d}-{valid_acc:.4f}" becomes "epoch=03-valid_acc=0.9912.ckpt".
         "best_acc": ModelCheckpoint(filename="{epoch:02d}-{valid_acc:.4f}", monitor="valid_acc",
                                     mode="max", save_top_k=args.save_top_k, **common),
@@ -215,7 +232,8 @@ class ResumableState(pl.Callback):
 
     def state_dict(self):
         cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-        return {"settings": self.settings, "history": self.history, "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+        return {"settings": self.settings, "history": self.history,
+                "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
 
     def load_state_dict(self, state_dict):
         self.history = state_dict["history"]
