@@ -216,10 +216,26 @@ class MNISTDataModule(pl.LightningDataModule):
     def prepare_data(self):  # once per machine (local rank 0 only), before setup: the place to download
         prepare_mnist(self.hparams.data_dir)
 
-    # setup (on every process) and the loaders: MNISTClassifier's own hooks as they are (they read only self.hparams).
-    setup, _loader = MNISTClassifier.setup, MNISTClassifier._loader
-    train_dataloader, val_dataloader = MNISTClassifier.train_dataloader, MNISTClassifier.val_dataloader
-    test_dataloader = predict_dataloader = MNISTClassifier.test_dataloader
+    def setup(self, stage: str):  # on every process: the same seeded split as MNISTClassifier.setup
+        if stage in ("fit", "validate"):
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
+        if stage in ("test", "predict"):
+            self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.valid_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    predict_dataloader = test_dataloader
+
+    def _loader(self, dataset, batch_size, shuffle=False):
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
 
 # %% [markdown]
