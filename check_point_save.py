@@ -685,10 +685,6 @@ def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> 
     if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
         die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
             f"at most {per_epoch}, or a fraction of an epoch")
-    steps = per_epoch * getattr(args, "epochs", 1)  # loggers_lightning.py logs every N steps of the whole run
-    if training and getattr(args, "log_every_n_steps", 0) > steps and not args.fast_dev_run:
-        die(f"--log_every_n_steps {args.log_every_n_steps} is more than the run's {steps} training steps, so no "
-            f"step would be logged; pass at most {steps}")
 
 
 # Copied from Basic_usage_of_lightning.py
