@@ -131,7 +131,7 @@ def test_benchmarks_refuse_cuda_graphs_on_the_cpu(script, rows, mnist_dir, tmp_p
 def test_parity_compiled_rows_train_the_same_losses(mnist_dir, tmp_path):
     run_in(tmp_path, "benchmarks/parity.py", "--data_dir", mnist_dir, "--output_dir", tmp_path, "--accelerator", "cpu",
            "--configs", "pytorch,pytorch_compiled,lightning_compiled", "--epochs", "2", "--repeats", "1",
-           "--limit_train_batches", "4", "--limit_val_batches", "2", "--val_size", "500", check=True)
+           "--limit_train_batches", "4", "--limit_val_batches", "2", "--val_size", "500", check=True, timeout=1800)
     with open(tmp_path / "parity.csv", newline="") as file:
         rows = {row["configuration"]: row for row in csv.DictReader(file)}
     names = load_script("benchmarks/parity.py").CONFIGS
@@ -146,7 +146,8 @@ def test_parity_compiled_rows_train_the_same_losses(mnist_dir, tmp_path):
 def test_time_to_99_compiled_runs_reach_the_same_accuracy(mnist_dir, tmp_path):
     run_in(tmp_path, "benchmarks/time_to_99.py", "--data_dir", mnist_dir, "--output_dir", tmp_path,
            "--accelerator", "cpu", "--frameworks", "pytorch_compiled,lightning_compiled", "--epochs", "1",
-           "--limit_train_batches", "1.0", "--target", "0.5", "--val_size", "500", check=True)
+           "--limit_train_batches", "1.0", "--target", "0.5", "--val_size", "500", check=True,
+           timeout=1800)  # two cold compiles, each in its own process, beside another test worker
     with open(tmp_path / "time_to_99.csv", newline="") as file:
         accuracies = [float(row["test accuracy"]) for row in csv.DictReader(file)]
     assert len(accuracies) == 2 and min(accuracies) > 0.5  # chance is 0.10

@@ -4,8 +4,8 @@ command meets the files the commands above it left behind.
 
 What differs from a reader's run, and why:
 - the data: /path/to/datasets and PATH_DATASETS name the synthetic MNIST of conftest.py;
-- the length: each script's commands get the flags of TINY appended (argparse keeps the last value
-  of a flag, so they override the page's), and the wait loop of the resume recipe polls every 0.1 s
+- the length: each script's commands get the flags of TINY appended (argparse and LightningCLI keep
+  the last value of a flag, so they override the page's), and the wait loop of the resume recipe polls every 0.1 s
   instead of every second (the tiny epochs are shorter than a second);
 - the commands of SKIPPED do not run here, each for the reason given;
 - without a GPU, `--accelerator gpu` must stop with exit code 2, as the page says.
@@ -35,6 +35,9 @@ TINY = {
     "quant_lightning_ptq.py": f"--epochs 1 {TRAIN} --calibration_batches 2 --latency_repeats 0",
     "quant_lightning_qat.py": f"--epochs 1 {TRAIN} --qat_epochs 1 --latency_repeats 0",
     "quant_with_only_lightning.py": f"--epochs 1 {TRAIN} --qat_epochs 1 --latency_repeats 0",
+    # LightningCLI keys; a later key wins, as a later flag does.
+    "cli_lightning.py": "--trainer.max_epochs 1 --data.batch_size 64 --data.val_size 500 --trainer.limit_train_batches 8 "
+                        "--trainer.limit_val_batches 2 --trainer.limit_test_batches 2",
 }
 SUBSTITUTED = {"sleep 1;": "sleep 0.1;"}
 # (a pattern a command line matches, why it does not run here)
@@ -43,6 +46,8 @@ SKIPPED = [
     (r"^tensorboard ", "starts a server that runs until it is stopped"),
     (r"^torchrun |^srun |^#", "needs two machines or a SLURM cluster"),
     (r"benchmarks/", "a benchmark: tests/test_benchmarks.py runs the benchmarks in --quick mode"),
+    (r"^pip install ", "installs packages: the tests run in a venv that holds requirements-dev.txt"),
+    (r"^jupyter lab ", "opens Jupyter, which runs until it is stopped (tests/test_notebooks.py runs the notebooks)"),
 ]
 # Lines the page says fail, with the exit code it gives them.
 EXPECTED_EXIT = {"--raise_at_step": 1}
@@ -89,6 +94,7 @@ def run_in_order(lines: list, data_dir: Path, folder: Path, timeout: int) -> tup
     for script in ROOT.glob("*.py"):
         shutil.copy(script, folder)
     shutil.copytree(ROOT / "benchmarks", folder / "benchmarks")
+    shutil.copytree(ROOT / "configs", folder / "configs")
     program, ran, skipped = [], [], []
     for line in lines:
         command, reason = as_run_here(line, data_dir)
