@@ -46,7 +46,7 @@ SKIPPED = [
     (r"^tensorboard ", "starts a server that runs until it is stopped"),
     (r"^torchrun |^srun |^#", "needs two machines or a SLURM cluster"),
     (r"benchmarks/", "a benchmark: tests/test_benchmarks.py runs the benchmarks in --quick mode"),
-    (r"^pip install ", "installs packages: the tests run in a venv that holds requirements-dev.txt"),
+    (r"^pip install [^&]*$", "installs packages: the tests run in a venv that holds requirements-dev.txt"),
     (r"^jupyter lab ", "opens Jupyter, which runs until it is stopped (tests/test_notebooks.py runs the notebooks)"),
 ]
 # Lines the page says fail, with the exit code it gives them.
