@@ -6,7 +6,6 @@
 # A plain `nn.Module` wrapped by a `LightningModule`: one `*_step` hook per stage, epoch-level work in
 # `on_*_epoch_end`, an LR scheduler, data in the module's hooks or a `LightningDataModule`, and the
 # `Trainer` flags for devices, precision, debugging and profiling.
-#
 # ## How to run
 # ```bash
 # python Basic_usage_of_lightning.py                                 # 3 epochs, about 99.1% test accuracy
@@ -14,7 +13,6 @@
 # python Basic_usage_of_lightning.py --fast_dev_run                  # one batch per stage, a smoke test
 # python Basic_usage_of_lightning.py --save_model --export onnx      # more in docs/basics.md
 # ```
-#
 # ## What it writes (under --output_dir, default outputs/Basic_usage_of_lightning)
 # ```text
 # csv_logs/, tb_logs/             every logged value, as CSV and for TensorBoard (a version_N/ per run)
@@ -24,8 +22,7 @@
 # ```
 
 # %% Parameters tags=["parameters"]
-# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
-ARGS = []
+ARGS = []  # a notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own
 
 # %% Imports
 import argparse
@@ -63,9 +60,9 @@ from torchvision.datasets import MNIST
 
 # Notes that teach nothing here: add workers (the data are in memory), a torch 2.14 deprecation inside Lightning,
 # a full checkpoint folder (a rerun replaces best.ckpt), a limit left at 1.0, a tip to install a cloud logger.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+for noise in ("does not have many workers", "isinstance\\(treespec, LeafSpec\\)` is deprecated",
+              "Checkpoint directory .* exists and is not empty"):
+    warnings.filterwarnings("ignore", f".*{noise}.*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 
@@ -106,9 +103,8 @@ class MNISTClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore="compile_mode")  # plain types only: checkpoints load with weights_only=True
         self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
-        # One metric object per stage, so their running states never mix.
         self.train_loss = MeanMetric()  # the epoch's mean loss, weighted by batch size
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc = Accuracy(task="multiclass", num_classes=10)  # one metric per stage: their states never mix
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
@@ -214,7 +210,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
 
     def prepare_data(self):  # once per machine (local rank 0 only), before setup: the place to download
-        prepare_mnist(self.hparams.data_dir)
+        MNIST(self.hparams.data_dir, download=True)  # all four files, train and test
 
     def setup(self, stage: str):  # on every process: the same seeded split as MNISTClassifier.setup
         if stage in ("fit", "validate"):
@@ -247,17 +243,13 @@ def load_weights(model: MNISTClassifier, path: str) -> None:
     try:  # weights_only=True: tensors and plain containers only, no arbitrary code on load
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        die(f"cannot read {path} ({error.__class__.__name__}); pass a .pt state_dict saved with "
-            f"--save_model or a Lightning .ckpt")
+        die(f"cannot read {path} ({error.__class__.__name__}); pass a .pt saved with --save_model or a Lightning .ckpt")
     if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a Lightning checkpoint
         saved = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if str(k).startswith("model.")}
     if not (isinstance(saved, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in saved.items())):
-        die(f"{path} holds no weights (a state_dict maps layer names to tensors); pass a .pt saved with "
-            f"--save_model or a Lightning .ckpt")
-    try:
+        die(f"{path} holds no state_dict of tensors; pass a .pt saved with --save_model or a Lightning .ckpt")
+    with exit_on_error(f"{path} does not hold weights for MNISTConvNet"):  # another network's names or shapes
         model.model.load_state_dict(saved)
-    except Exception as error:  # names or shapes of another network; a meta tensor
-        die(f"{path} does not hold weights for MNISTConvNet ({str(error).strip().splitlines()[0]})")
 
 
 def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
@@ -268,14 +260,12 @@ def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
         write_atomically(Path(f"{stem}.pt2"), lambda file: torch.export.save(program, file))
         print(f"exported {stem}.pt2 (torch.export)")
         return
-    try:
-        import onnxscript  # noqa: F401  (torch's ONNX exporter builds the graph with it)
-    except ImportError:
-        die("--export onnx needs the ONNX exporter: pip install onnx onnxscript onnxruntime")
     path = f"{stem}.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every pass
-        model.to_onnx(path, model.example_input_array, input_names=["image"], output_names=["logits"],
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False)
+    # The exporter needs onnx and onnxscript, and narrates every pass: show only an error, as one line.
+    with exit_on_error("--export onnx failed (it needs: pip install onnx onnxscript)"), exit_if_write_fails(stem.parent):
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.to_onnx(path, model.example_input_array, input_names=["image"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False)
     print(f"exported {path} (ONNX)")
     try:
         import onnxruntime
@@ -315,8 +305,8 @@ def main(argv=None) -> int:
     datamodule = MNISTDataModule(**data) if args.datamodule else None
     check_multi_node(args.num_nodes)
 
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                 monitor="valid_acc", mode="max", enable_version_counter=False)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="valid_acc", mode="max",
+                                 enable_version_counter=False)
     csv_logger = CSVLogger(out, name="csv_logs")
     with exit_on_error("cannot build the Trainer from these flags"):
         trainer = pl.Trainer(
@@ -349,12 +339,10 @@ def main(argv=None) -> int:
         if args.save_model:
             save_atomically(model.model.state_dict(), out / f"{MODEL_FILE}.pt")
         if args.export:
-            with exit_if_write_fails(out):  # the ONNX exporter writes its file itself
-                export_model(model, out / MODEL_FILE, args.export)
+            export_model(model, out / MODEL_FILE, args.export)
         print_outputs(out, before)
 
-    # Close the process group ourselves: a DDP process that exits with it open can abort (134).
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # else DDP may abort (134)
         torch.distributed.destroy_process_group()
     return 0
 
@@ -364,59 +352,52 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train, validate, test and export an MNIST CNN with the Lightning 2.x Trainer.",
                                      formatter_class=DefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
-    data = parser.add_argument_group("data and outputs")
-    data.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    data.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/Basic_usage_of_lightning",
-                      help="where logs, plots and models go")
-    data.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
-    data.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-    data.add_argument("--datamodule", action="store_true", help="feed the Trainer from MNISTDataModule, not the module's hooks")
-    train = parser.add_argument_group("training")
-    train.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
-    train.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                       type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
-    train.add_argument("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
-    train.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-    train.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-                       metavar="MODE", help="torch.compile the network in this mode (default when given alone; reduce-overhead needs a GPU)")
-    hardware = parser.add_argument_group("hardware (passed to pl.Trainer)")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    hardware.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    hardware.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    hardware.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
-                          help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
-    hardware.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-    debug = parser.add_argument_group("debugging (passed to pl.Trainer)")
-    debug.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                       help="run N batches of each stage (1 when given alone), write no logs")
+    add = parser.add_argument_group("data and outputs").add_argument
+    add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+        help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    add("--output_dir", "--output-dir", type=output_folder, default="outputs/Basic_usage_of_lightning", help="where logs, plots and models go")
+    add("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    add("--datamodule", action="store_true", help="feed the Trainer from MNISTDataModule, not the module's hooks")
+    add = parser.add_argument_group("training").add_argument
+    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
+    add("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size", type=number(int, min=1),
+        metavar="N", help="validation and test batch size (default: --batch_size)")
+    add("--epochs", type=number(int, min=1), default=3, metavar="N", help="training epochs")
+    add("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
+    add("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    add("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        metavar="MODE", help="torch.compile the network in this mode (default when given alone; reduce-overhead needs a GPU)")
+    add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
+    add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP (README)")
+    add("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    add = parser.add_argument_group("debugging (passed to pl.Trainer)").add_argument
+    add("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        debug.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
-                           metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    debug.add_argument("--overfit_batches", "--overfit-batches", type=batch_count, default=0.0, metavar="N|F",
-                       help="train and validate on the same few batches: the model should reach ~100%%")
-    debug.add_argument("--val_check_interval", "--val-check-interval", type=batch_count, default=1.0, metavar="N|F",
-                       help="validate every N training batches, or every fraction of an epoch")
-    debug.add_argument("--profiler", choices=["simple", "advanced", "pytorch"], help="print where the time went after fit")
-    model = parser.add_argument_group("model files and inspection")
-    model.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-    model.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
-                       help="test these weights (.pt from --save_model, or a .ckpt) instead of training")
-    model.add_argument("--skip_training", "--skip-training", action="store_true",
-                       help="test the model as it is, untrained (~10%%): a check that the pipeline is wired")
-    model.add_argument("--export", choices=["onnx", "pt2"], help="export the model after training or loading")
-    model.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    model.add_argument("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
-    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
-    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
-                          const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note=(
-        "no effect: training always ends with a test now; to test saved weights use --load_model"))
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, note=(
-        "no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma"))
-    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), note=(
-        "no effect: metrics are logged once per epoch; the progress bar shows the running loss"))
+        add(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0, metavar="N|F",
+            help=f"{stage} batches per epoch: a count, or a fraction")
+    add("--overfit_batches", "--overfit-batches", type=batch_count, default=0.0, metavar="N|F", 
+        help="train and validate on the same few batches: the model should reach ~100%%")
+    add("--val_check_interval", "--val-check-interval", type=batch_count, default=1.0, metavar="N|F",
+        help="validate every N training batches, or every fraction of an epoch")
+    add("--profiler", choices=["simple", "advanced", "pytorch"], help="print where the time went after fit")
+    add = parser.add_argument_group("model files and inspection").add_argument
+    add("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+    add("--load_model", "--load-model", metavar="PATH", type=existing_file, help="test these weights (.pt or .ckpt), no training")
+    add("--skip_training", "--skip-training", action="store_true", help="test the untrained model (~10%%, a wiring check)")
+    add("--export", choices=["onnx", "pt2"], help="export the model after training or loading")
+    add("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    add("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
+    add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
+    add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu", note="it is --accelerator cpu now")
+    add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: training always ends with a test (--load_model: test a file)")
+    add("--gamma", action=OriginalTutorialFlag, type=float, note="no effect: the LR follows a one-cycle schedule, not StepLR's gamma")
+    add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1),
+        note="no effect: metrics are logged once per epoch; the progress bar shows the running loss")
     args = parser.parse_args(argv)
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     return args
@@ -427,14 +408,12 @@ def number(kind: type, min=None, max=None, above=None, below=None):
     bounds = {"at least": min, "above": above, "at most": max, "below": below}
     allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(
         f"{word} {bound}" for word, bound in bounds.items() if bound is not None)
-
     def parse(text: str):
         value = kind(text)
         if not (math.isfinite(value) and (min is None or value >= min) and (max is None or value <= max)
                 and (above is None or value > above) and (below is None or value < below)):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
-
     parse.__name__, parse.allowed = kind.__name__, allowed  # argparse says "invalid int value"
     return parse
 
@@ -471,15 +450,14 @@ class OriginalTutorialFlag(argparse.Action):
     """A flag of the 1.x tutorial: prints its note; its value goes to successor, or dest gets const, or nowhere."""
 
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
-        self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
         kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
-        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+        super().__init__(option_strings, successor or (dest if "const" in kwargs else argparse.SUPPRESS), **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} (from the original tutorial): {self.help}", file=sys.stderr)
-        if self.successor or self.dest != argparse.SUPPRESS:
-            setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
+        if self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 # %% Helpers
@@ -501,7 +479,7 @@ def print_outputs(out: Path, before: dict) -> None:
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-def prepare_mnist(data_dir: str) -> int:
+def prepare_mnist(data_dir: str, flag: str = "--data_dir") -> int:
     """MNIST in data_dir/MNIST/raw (downloaded if missing), checked; returns the training image count."""
     raw = Path(data_dir, "MNIST", "raw")
     if not all((raw / name).is_file() for name in MNIST_FILES):
@@ -515,7 +493,7 @@ def prepare_mnist(data_dir: str) -> int:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
-                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point {flag} or PATH_DATASETS "
                 f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
@@ -684,23 +662,20 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
     """loss.png and acc.png: train and valid curves per epoch."""
     for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
         columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
-        ax.set(xlabel=xlabel, ylabel=label)
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch", xlabel=xlabel, ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        write_atomically(out / f"{kind}.png",
-                         lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)
 
 
 def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
-    if modules:
-        for name, module in model.named_modules():
-            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, module in model.named_modules() if modules else []:
+        print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, parameter in model.named_parameters() if parameters else []:
+        print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
     if parameters:
-        for name, parameter in model.named_parameters():
-            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
         print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
 
 

@@ -7,7 +7,6 @@
 # the Trainer (`trainer.*`) into flags and YAML keys, with no argparse code: subcommands per Trainer method,
 # callbacks and loggers by `class_path`, `--print_config`, `link_arguments`, and the `config.yaml` that repeats
 # a run. The network, module and data are `Basic_usage_of_lightning.py`'s, unchanged.
-#
 # ## How to run
 # ```bash
 # python cli_lightning.py fit                                       # Basic's defaults: 3 epochs, then a test of the best epoch
@@ -16,7 +15,6 @@
 # python cli_lightning.py fit --print_config > my_config.yaml       # every key and its value, ready to edit
 # python cli_lightning.py test --ckpt_path outputs/cli_lightning/lightning_logs/version_0/checkpoints/best.ckpt
 # ```
-#
 # ## What it writes (under --trainer.default_root_dir, default outputs/cli_lightning)
 # ```text
 # lightning_logs/version_N/config.yaml           the run's full config: fit --config it to repeat the run
@@ -25,8 +23,7 @@
 # ```
 
 # %% Parameters tags=["parameters"]
-# A notebook run's subcommand and flags, as on the command line (e.g. ["fit", "--trainer.max_epochs", "1"]).
-ARGS = ["fit"]
+ARGS = ["fit"]  # a notebook run's subcommand and flags, as on the command line (e.g. ["fit", "--trainer.max_epochs", "1"])
 
 # %% Imports
 import contextlib
@@ -95,9 +92,8 @@ class MNISTClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore="compile_mode")  # plain types only: checkpoints load with weights_only=True
         self.compile_mode = compile_mode
         self.model = MNISTConvNet(hidden_units, dropout)
-        # One metric object per stage, so their running states never mix.
         self.train_loss = MeanMetric()  # the epoch's mean loss, weighted by batch size
-        self.train_acc = Accuracy(task="multiclass", num_classes=10)
+        self.train_acc = Accuracy(task="multiclass", num_classes=10)  # one metric per stage: their states never mix
         self.valid_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc = Accuracy(task="multiclass", num_classes=10)
         self.test_acc_per_digit = Accuracy(task="multiclass", num_classes=10, average=None)
@@ -205,7 +201,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
 
     def prepare_data(self):  # once per machine (local rank 0 only), before setup: the place to download
-        prepare_mnist(self.hparams.data_dir)
+        MNIST(self.hparams.data_dir, download=True)  # all four files, train and test
 
     def setup(self, stage: str):  # on every process: the same seeded split as MNISTClassifier.setup
         if stage in ("fit", "validate"):
@@ -357,7 +353,7 @@ def check_config(config) -> None:
         except Exception as error:
             die(f"ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({error.__class__.__name__}); "
                 f"pass a .ckpt that fit wrote")
-    if config.data.val_size >= prepare_mnist(config.data.data_dir):
+    if config.data.val_size >= prepare_mnist(config.data.data_dir, flag="--data.data_dir"):
         die(f"data.val_size {config.data.val_size} leaves no training images; use a smaller data.val_size")
 
 
@@ -367,7 +363,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 
 # Copied from Basic_usage_of_lightning.py
-def prepare_mnist(data_dir: str) -> int:
+def prepare_mnist(data_dir: str, flag: str = "--data_dir") -> int:
     """MNIST in data_dir/MNIST/raw (downloaded if missing), checked; returns the training image count."""
     raw = Path(data_dir, "MNIST", "raw")
     if not all((raw / name).is_file() for name in MNIST_FILES):
@@ -381,7 +377,7 @@ def prepare_mnist(data_dir: str) -> int:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
-                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point {flag} or PATH_DATASETS "
                 f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):

@@ -12,14 +12,12 @@
 #   `prepare_qat_pt2e` (before the optimizer is built); `on_fit_end` runs `convert_pt2e`.
 #
 # The int8 module is tested by a plain loop and by `Trainer.test`, saved, and timed on the CPU.
-#
 # ## How to run
 # ```bash
 # python quant_with_only_lightning.py --data_dir /path/to/datasets   # 3 float epochs, 2 QAT epochs (eager)
 # python quant_with_only_lightning.py --flow pt2e --ckpt outputs/quant_lightning_ptq/checkpoints/best.ckpt
 # python quant_with_only_lightning.py --load_int8 outputs/quant_with_only_lightning/mnist_int8.pt  # or .pt2
 # ```
-#
 # ## What it writes (under --output_dir, default outputs/quant_with_only_lightning)
 # ```text
 # csv_logs/, tb_logs/             one version per phase: the float run, then the QAT run
@@ -32,8 +30,7 @@
 # `--load_int8` reads only tensors (`weights_only=True`), never a `.pt2`'s program, and writes nothing.
 
 # %% Parameters tags=["parameters"]
-# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
-ARGS = []
+ARGS = []  # a notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own
 
 # %% Imports
 import argparse
@@ -789,14 +786,12 @@ def number(kind: type, min=None, max=None, above=None, below=None):
     bounds = {"at least": min, "above": above, "at most": max, "below": below}
     allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(
         f"{word} {bound}" for word, bound in bounds.items() if bound is not None)
-
     def parse(text: str):
         value = kind(text)
         if not (math.isfinite(value) and (min is None or value >= min) and (max is None or value <= max)
                 and (above is None or value > above) and (below is None or value < below)):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
-
     parse.__name__, parse.allowed = kind.__name__, allowed  # argparse says "invalid int value"
     return parse
 
@@ -838,15 +833,14 @@ class OriginalTutorialFlag(argparse.Action):
     """A flag of the 1.x tutorial: prints its note; its value goes to successor, or dest gets const, or nowhere."""
 
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
-        self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
         kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
-        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+        super().__init__(option_strings, successor or (dest if "const" in kwargs else argparse.SUPPRESS), **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} (from the original tutorial): {self.help}", file=sys.stderr)
-        if self.successor or self.dest != argparse.SUPPRESS:
-            setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
+        if self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 # %% Helpers
@@ -1010,7 +1004,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 
 # Copied from Basic_usage_of_lightning.py
-def prepare_mnist(data_dir: str) -> int:
+def prepare_mnist(data_dir: str, flag: str = "--data_dir") -> int:
     """MNIST in data_dir/MNIST/raw (downloaded if missing), checked; returns the training image count."""
     raw = Path(data_dir, "MNIST", "raw")
     if not all((raw / name).is_file() for name in MNIST_FILES):
@@ -1024,7 +1018,7 @@ def prepare_mnist(data_dir: str) -> int:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
-                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point {flag} or PATH_DATASETS "
                 f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
@@ -1177,11 +1171,9 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
     """loss.png and acc.png: train and valid curves per epoch."""
     for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
         columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
-        ax.set(xlabel=xlabel, ylabel=label)
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch", xlabel=xlabel, ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        write_atomically(out / f"{kind}.png",
-                         lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)
@@ -1189,12 +1181,11 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
 
 # Copied from Basic_usage_of_lightning.py
 def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
-    if modules:
-        for name, module in model.named_modules():
-            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, module in model.named_modules() if modules else []:
+        print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, parameter in model.named_parameters() if parameters else []:
+        print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
     if parameters:
-        for name, parameter in model.named_parameters():
-            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
         print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
 
 

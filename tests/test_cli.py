@@ -227,7 +227,7 @@ def test_no_mnist_offline_is_one_clear_error(mnist_dir, tmp_path, monkeypatch, c
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     empty = broken_data(mnist_dir, tmp_path / "nothing", "empty")
     result = exit_of(load_script(SCRIPT).main, ["fit", "--data.data_dir", empty], capsys)
-    assert_clean_error(result, "MNIST is not in", "PATH_DATASETS")
+    assert_clean_error(result, "MNIST is not in", "point --data.data_dir or PATH_DATASETS")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["nothing"]
 
 

@@ -78,9 +78,17 @@ trainer = pl.Trainer(max_epochs=1, limit_train_batches=20, logger=False, enable_
 trainer.fit(model)
 print("user test accuracy:", trainer.test(model, verbose=False)[0]["test_acc"])
 """
-    nb = execute(notebook("Basic_usage_of_lightning.py", lesson_only=True, then=[users_cell]), tmp_path)
+    datamodule_cell = f"""
+datamodule = MNISTDataModule(data_dir={str(mnist_dir)!r}, batch_size=64, val_size=500)
+trainer = pl.Trainer(max_epochs=1, limit_train_batches=20, logger=False, enable_checkpointing=False)
+model = MNISTClassifier(data_dir={str(mnist_dir)!r})  # its own setup runs too
+trainer.fit(model, datamodule=datamodule)
+print("datamodule test accuracy:", trainer.test(model, datamodule=datamodule, verbose=False)[0]["test_acc"])
+"""
+    nb = execute(notebook("Basic_usage_of_lightning.py", lesson_only=True, then=[users_cell, datamodule_cell]), tmp_path)
     assert_ran_cleanly(nb)
     assert printed_accuracy(streams(nb, "stdout"), "user test accuracy") > 0.3
+    assert printed_accuracy(streams(nb, "stdout"), "datamodule test accuracy") > 0.3
     assert "def main" not in "".join(cell.source for cell in nb.cells)
 
 
