@@ -3,17 +3,15 @@
 # Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST.
 #
 # ## What it teaches
-# `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that returns a new
-# model; what a `.ckpt` holds (epoch, hyper_parameters, weights, optimizer, scheduler, callback and loop
-# states); the weights in a plain `nn.Module` with `torch.load(weights_only=True)`, no Lightning needed;
-# why `weights_only=True` is the safe default; and refusing bad files with one clear line.
+# `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that returns a new model;
+# what a `.ckpt` holds; its weights in a plain `nn.Module` via `torch.load(weights_only=True)`, no Lightning
+# needed; why `weights_only=True` is the safe default; refusing bad files with one clear line.
 #
 # ## How to run
 # ```bash
 # python check_point_save.py && python check_point_load.py   # the best-accuracy checkpoint
-# python check_point_load.py --pick best_loss                # or the lowest valid_loss; --pick last: last.ckpt
+# python check_point_load.py --pick best_loss                # or --pick last, or --ckpt PATH (a .ckpt or a .pt)
 # python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
-# python check_point_load.py --ckpt outputs/check_point_load/mnist_classifier.pt  # a plain state_dict
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/check_point_load)
@@ -58,8 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# Noise here: the workers hint (the test set is a tensor in memory), a pytree deprecation inside Lightning,
-# notes on limits left at 1.0 ("all of it") and a tip for Lightning's cloud logger.
+# Noise: add workers (the test set is in memory), a deprecation inside Lightning, limits left at 1.0, a cloud tip.
 for noise in (".*does not have many workers.*", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):
     warnings.filterwarnings("ignore", noise)
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
@@ -223,7 +220,7 @@ def main(argv=None) -> int:
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
-    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=False)
+    check_flags_fit_the_test_set(args, prepare_mnist(args.data_dir))
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports
         print(f"Checkpoint: {path.resolve()}")
@@ -553,35 +550,16 @@ def idx_length(path: Path) -> int:
     return struct.unpack(">I", shape[:4])[0]
 
 
-# Copied from Basic_usage_of_lightning.py
-def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
-    """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
-    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
-    if training and val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
-            f"use a smaller --val_size")
-    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
-        if training and getattr(args, flag, 0) > 1:
-            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
-                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+def check_flags_fit_the_test_set(args, train_images: int) -> None:
+    """Flags each valid alone that misfit the data: one line now, not a crash deep in torch later."""
     test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
     if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
         die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
             f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
-    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
-    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
-               "val": math.ceil(val_size / args.eval_batch_size / processes),
-               "test": math.ceil(test_images / args.eval_batch_size / processes)}
-    for stage in ("train", "val", "test") if training else ("test",):
-        limit = getattr(args, f"limit_{stage}_batches", 1.0)
-        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
-            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
-                f"pass a larger fraction, or a number of batches such as 1")
-    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
-    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
-    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
-        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
-            f"at most {per_epoch}, or a fraction of an epoch")
+    batches = math.ceil(test_images / args.eval_batch_size / args.num_nodes)  # each node tests its share
+    if isinstance(args.limit_test_batches, float) and args.limit_test_batches * batches < 1 and not args.fast_dev_run:
+        die(f"--limit_test_batches {args.limit_test_batches} of {batches} test batches is less than one batch; "
+            f"pass a larger fraction, or a number of batches such as 1")
 
 
 # Copied from Basic_usage_of_lightning.py
