@@ -262,20 +262,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST."))
     parser.error = die  # every bad flag value: one line, exit 2
     add = parser.add_argument_group("which checkpoint").add_argument
-    add("--ckpt", metavar="PATH", type=existing_file, help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
-    add("--ckpt_dir", "--ckpt-dir", metavar="DIR",
-        help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
-    add("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
-        help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
+    add("--ckpt", metavar="PATH", type=existing_file, help="a .ckpt file (or a .pt state_dict) instead of --ckpt_dir")
+    add("--ckpt_dir", "--ckpt-dir", metavar="DIR", help=f"check_point_save.py's checkpoints (default {DEFAULT_CKPT_DIR})")
+    add("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc", help="the --ckpt_dir file to load")
     add("--trust_checkpoint", "--trust-checkpoint", action="store_true",
         help="load with weights_only=False, which can run code from the file: only files you made")
-    add = parser.add_argument_group(
-        "data and outputs (data_dir, batch sizes and num_workers override the saved ones)").add_argument
+    add = parser.add_argument_group("data and outputs (override the saved data_dir, batch sizes, workers)").add_argument
     add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
         help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
     add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_load", help="where the outputs go")
-    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N",
-        help="the training batch size to record (nothing is trained here)")
+    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="kept in hparams only")
     add("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size", type=number(int, min=1),
         metavar="N", help="test batch size (default: --batch_size)")
     add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
@@ -295,8 +291,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="test batches: a count, or a fraction")
     add = parser.add_argument_group("model inspection").add_argument
     add("--named_modules", "--named-modules", action="store_true", help="print the loaded model's modules and exit")
-    add("--named_parameters", "--named-parameters", action="store_true",
-        help="print every parameter's name and shape and exit")
+    add("--named_parameters", "--named-parameters", action="store_true", help="print its parameters and exit")
     add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
     add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
         note="it is --accelerator cpu now")
@@ -304,15 +299,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note="no effect: nothing is trained here")
     add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
         note="no effect: nothing is trained here; the test metrics are logged once")
-    add("--load_model", "--load-model", metavar="PATH", type=existing_file,
-        help="the checkpoint to load and test: the same as --ckpt")
+    add("--load_model", "--load-model", metavar="PATH", type=existing_file, help="the same as --ckpt")
     args = parser.parse_args(argv)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
-        args.ckpt = args.load_model
-    if args.ckpt and args.ckpt_dir:
+    if args.load_model and args.ckpt and args.ckpt != args.load_model:
+        die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
+    if (args.ckpt or args.load_model) and args.ckpt_dir:
         die("pass --ckpt PATH or --ckpt_dir DIR, not both")
+    args.ckpt = args.ckpt or args.load_model
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     return args
 
