@@ -10,8 +10,7 @@
 # ## How to run
 # ```bash
 # python check_point_save.py && python check_point_load.py   # the best-accuracy checkpoint
-# python check_point_load.py --pick best_loss                # or --pick last, or --ckpt PATH (a .ckpt or a .pt)
-# python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
+# python check_point_load.py --pick best_loss --save_model   # or --pick last, or --ckpt PATH (a .ckpt or a .pt)
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/check_point_load)
@@ -36,7 +35,6 @@ import os
 import re
 import struct
 import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -64,6 +62,7 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
+DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"  # where check_point_save.py writes them
 
 
 # %% [markdown]
@@ -121,8 +120,7 @@ class MNISTClassifier(pl.LightningModule):
 
 # %% [markdown]
 # ## Loading a checkpoint
-# `MNISTClassifier.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that
-# returns a new model, or the weights alone into a plain `nn.Module` with `torch.load(weights_only=True)`.
+# The classmethod `MNISTClassifier.load_from_checkpoint` returns a new model; the weights alone fit an `nn.Module`.
 
 # %% Loading a checkpoint
 def load_model(path: Path, checkpoint: dict, weights: dict, overrides: dict, trust: bool) -> MNISTClassifier:
@@ -232,14 +230,13 @@ def main(argv=None) -> int:
             show_classmethod_pitfall(path)
         else:
             print(f"\nbuilt by hand: MNISTClassifier(**{dict(model.hparams)}), then model.model.load_state_dict(weights)")
-    with exit_if_write_fails(out):
+    with exit_if_log_write_fails(out):
         test_metrics = trainer.test(model, verbose=False)[0]
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         images, labels = mnist_tensors(args.data_dir, train=False)[:args.num_images]
-        # Lightning checkpoints work without Lightning: the file's "state_dict" holds the tensors under the
-        # LightningModule's names, "model." + the nn.Module's (network_weights strips the prefix).
+        # No Lightning needed: "state_dict" holds the tensors as "model." + the nn.Module's names (prefix stripped).
         network = MNISTConvNet(model.hparams.hidden_units, model.hparams.dropout)
         network.load_state_dict(weights)
         with torch.no_grad():
@@ -394,18 +391,14 @@ def print_outputs(out: Path, before: dict) -> None:
         print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
 
 
-DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"
-
-
 def find_checkpoint(args) -> Path:
     """--ckpt PATH as given, or the file --pick chooses in --ckpt_dir."""
     if args.ckpt:
         return Path(args.ckpt)
     folder = Path(args.ckpt_dir or DEFAULT_CKPT_DIR)
-    if not folder.is_dir():
-        die(f"--ckpt_dir {folder}: no such folder; train first (python check_point_save.py) or pass --ckpt")
     if not (files := sorted(folder.glob("*.ckpt"))):  # sorted: by epoch, since the names start with it
-        die(f"{folder} holds no .ckpt files; train first (python check_point_save.py) or pass --ckpt")
+        problem = "holds no .ckpt files" if folder.is_dir() else "is no such folder"
+        die(f"--ckpt_dir {folder} {problem}; train first (python check_point_save.py) or pass --ckpt")
     names = ", ".join(path.name for path in files[:6]) + (", ..." if len(files) > 6 else "")
     if args.pick == "last":
         if not (folder / "last.ckpt").is_file():
@@ -416,8 +409,7 @@ def find_checkpoint(args) -> Path:
     scores = {path: float(match.group(1)) for path in files
               if (match := re.search(rf"{metric}=(\d+\.\d+)\.ckpt$", path.name))}
     if not scores:
-        die(f"--pick {args.pick}: no file in {folder} has {metric} in its name (like "
-            f"epoch=03-{metric}=0.1234.ckpt); it holds {names}")
+        die(f"--pick {args.pick}: no file in {folder} is named like epoch=03-{metric}=0.1234.ckpt; it holds {names}")
     return best(scores, key=scores.get)  # ties go to the earlier epoch, as in ModelCheckpoint
 
 
@@ -434,8 +426,7 @@ def read_checkpoint(path: Path, trust: bool) -> dict:
     if isinstance(loaded, dict) and loaded and tensors_by_name(loaded):
         return {"state_dict": loaded}  # a bare .pt state_dict: accepted on purpose, as weights without anything else
     kind = f"a dict with keys {list(loaded)[:4]}" if isinstance(loaded, dict) else f"a {type(loaded).__name__}"
-    die(f"{path} is not a checkpoint: it holds {kind}, neither a Lightning checkpoint (with "
-        f"'state_dict') nor a state_dict of tensors")
+    die(f"{path} is not a checkpoint: it holds {kind}, neither a Lightning checkpoint nor a state_dict of tensors")
 
 
 def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
@@ -458,13 +449,11 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
 
 
 def network_weights(path: Path, checkpoint: dict) -> dict:
-    """The file's MNISTConvNet weights, checked by name and shape after the hyper-parameters that size the
-    network (nothing is built from a width of 1e9 or "abc")."""
+    """The file's MNISTConvNet weights, checked after the hyperparameters that size it (no width of 1e9 or "abc")."""
     hparams = checkpoint.get("hyper_parameters") or {}
     hparams = vars(hparams) if isinstance(hparams, argparse.Namespace) else hparams
     if not isinstance(hparams, dict):
-        die(f"{path}: its hyper_parameters are a {type(hparams).__name__}, not a dict of names to values; "
-            f"use another checkpoint")
+        die(f"{path}: its hyper_parameters are a {type(hparams).__name__}, not a dict; use another checkpoint")
     hidden_units, dropout = hparams.get("hidden_units", 128), hparams.get("dropout", 0.25)
     if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
         die(f"{path} gives hidden_units {hidden_units!r}; MNISTConvNet takes a whole number from 1 to 65536")
@@ -487,7 +476,7 @@ def network_weights(path: Path, checkpoint: dict) -> dict:
 
 
 def plot_predictions(images, labels, predicted, path: Path) -> None:
-    rows = -(-len(images) // 8)  # 8 columns
+    rows = math.ceil(len(images) / 8)  # 8 columns
     figure, axes = plt.subplots(rows, 8, figsize=(8 * 1.3, rows * 1.8), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -596,20 +585,15 @@ def write_failure(error: BaseException) -> str:
     return ""
 
 
-# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
-def exit_if_write_fails(out: Path):
-    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
-    # TensorBoard's writer thread prints its failure as a traceback, then raises it here at the next flush.
-    previous_hook = threading.excepthook
-    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+def exit_if_log_write_fails(out: Path):
+    """The test metrics' CSV log under out cannot be written (a full disk): one line, exit 2."""
     try:
         yield
     except Exception as error:
         if not write_failure(error):
             raise
         die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
-    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py
