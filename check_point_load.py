@@ -87,8 +87,7 @@ class MNISTConvNet(nn.Module):
 
 # %% [markdown]
 # ## LightningModule
-# The module `check_point_save.py` trains, reduced to what testing needs: a checkpoint stores the `__init__`
-# arguments and the weights under attribute names (`model.features.0.weight`, ...), not the code.
+# `check_point_save.py`'s module, minus training: a checkpoint holds `__init__` arguments and named weights, not code.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -120,7 +119,7 @@ class MNISTClassifier(pl.LightningModule):
 
 # %% [markdown]
 # ## Loading a checkpoint
-# The classmethod `MNISTClassifier.load_from_checkpoint` returns a new model; the weights alone fit an `nn.Module`.
+# `MNISTClassifier.load_from_checkpoint(path, **overrides)` returns a new model; a plain `nn.Module` takes the weights.
 
 # %% Loading a checkpoint
 def load_model(path: Path, checkpoint: dict, weights: dict, overrides: dict, trust: bool) -> MNISTClassifier:
@@ -172,9 +171,8 @@ def show_classmethod_pitfall(path: Path) -> None:
     try:  # looks as if it fills the model; a classmethod can only build and return a new one
         MNISTClassifier().load_from_checkpoint(path)
     except TypeError as error:
-        print(f"\nmodel.load_from_checkpoint(path) on an instance raises TypeError: {error}\n"
-              f"  (Lightning 1.x returned a new model and left `model` untouched, untrained.)\n"
-              f"  Right: model = MNISTClassifier.load_from_checkpoint(path)")
+        print(f"\nmodel.load_from_checkpoint(path) on an instance raises TypeError: {error}\n  (Lightning 1.x returned "
+              f"a new model and left `model` untrained.)\n  Right: model = MNISTClassifier.load_from_checkpoint(path)")
 
 
 # %% [markdown]
@@ -211,8 +209,7 @@ def main(argv=None) -> int:
     checkpoint = read_checkpoint(path, args.trust_checkpoint)
     weights = network_weights(path, checkpoint)
     # The saved data_dir is the training machine's; batch sizes and workers are this machine's choice.
-    overrides = dict(data_dir=args.data_dir, batch_size=args.batch_size,
-                     eval_batch_size=args.eval_batch_size, num_workers=args.num_workers)
+    overrides = {name: getattr(args, name) for name in ("data_dir", "batch_size", "eval_batch_size", "num_workers")}
     with exit_on_error(f"{path}: MNISTClassifier could not load it"):  # e.g. a hyperparameter of the wrong type
         model = load_model(path, checkpoint, weights, overrides, args.trust_checkpoint)
     if args.named_modules or args.named_parameters:
@@ -232,7 +229,6 @@ def main(argv=None) -> int:
             print(f"\nbuilt by hand: MNISTClassifier(**{dict(model.hparams)}), then model.model.load_state_dict(weights)")
     with exit_if_log_write_fails(out):
         test_metrics = trainer.test(model, verbose=False)[0]
-
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         images, labels = mnist_tensors(args.data_dir, train=False)[:args.num_images]
@@ -275,13 +271,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds everything (testing draws nothing random)")
     add("--num_images", "--num-images", type=number(int, min=1), default=16, metavar="N", help="test digits to predict and draw")
     add("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-    add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
+    add = parser.add_argument_group("hardware and debugging (passed to pl.Trainer)").add_argument
     add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
     add("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-    add = parser.add_argument_group("debugging (passed to pl.Trainer)").add_argument
     add("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
         help="test on N batches (1 when given alone)")
     add("--limit_test_batches", "--limit-test-batches", type=batch_count, default=1.0, metavar="N|F",
@@ -417,7 +412,6 @@ def read_checkpoint(path: Path, trust: bool) -> dict:
     """A Lightning checkpoint, or a bare .pt state_dict as {"state_dict": ...}; else one error line."""
     def tensors_by_name(weights: dict) -> bool:
         return all(isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in weights.items())
-
     loaded = load_checkpoint_file(path, not trust, "only if you made the file yourself, load it with --trust_checkpoint")
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         if not tensors_by_name(loaded["state_dict"]):
