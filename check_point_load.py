@@ -3,17 +3,14 @@
 # Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST.
 #
 # ## What it teaches
-# `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that returns a new
-# model; what a `.ckpt` holds (epoch, hyper_parameters, weights, optimizer, scheduler, callback and loop
-# states); the weights in a plain `nn.Module` with `torch.load(weights_only=True)`, no Lightning needed;
-# why `weights_only=True` is the safe default; and refusing bad files with one clear line.
+# `Model.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that returns a new model;
+# what a `.ckpt` holds; its weights in a plain `nn.Module` via `torch.load(weights_only=True)`, no Lightning
+# needed; why `weights_only=True` is the safe default; refusing bad files with one clear line.
 #
 # ## How to run
 # ```bash
 # python check_point_save.py && python check_point_load.py   # the best-accuracy checkpoint
-# python check_point_load.py --pick best_loss                # or the lowest valid_loss; --pick last: last.ckpt
-# python check_point_load.py --ckpt outputs/check_point_save/checkpoints/last.ckpt --save_model
-# python check_point_load.py --ckpt outputs/check_point_load/mnist_classifier.pt  # a plain state_dict
+# python check_point_load.py --pick best_loss --save_model   # or --pick last, or --ckpt PATH (a .ckpt or a .pt)
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/check_point_load)
@@ -38,7 +35,6 @@ import os
 import re
 import struct
 import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -58,8 +54,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# Noise here: the workers hint (the test set is a tensor in memory), a pytree deprecation inside Lightning,
-# notes on limits left at 1.0 ("all of it") and a tip for Lightning's cloud logger.
+# Noise: add workers (the test set is in memory), a deprecation inside Lightning, limits left at 1.0, a cloud tip.
 for noise in (".*does not have many workers.*", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):
     warnings.filterwarnings("ignore", noise)
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
@@ -67,6 +62,7 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MODEL_FILE = "mnist_classifier"
+DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"  # where check_point_save.py writes them
 
 
 # %% [markdown]
@@ -91,8 +87,7 @@ class MNISTConvNet(nn.Module):
 
 # %% [markdown]
 # ## LightningModule
-# The module `check_point_save.py` trains, reduced to what testing needs: a checkpoint stores the `__init__`
-# arguments and the weights under attribute names (`model.features.0.weight`, ...), not the code.
+# `check_point_save.py`'s module, minus training: a checkpoint holds `__init__` arguments and named weights, not code.
 
 # %% LightningModule
 class MNISTClassifier(pl.LightningModule):
@@ -124,8 +119,7 @@ class MNISTClassifier(pl.LightningModule):
 
 # %% [markdown]
 # ## Loading a checkpoint
-# `MNISTClassifier.load_from_checkpoint(path, map_location="cpu", **overrides)`, a classmethod that
-# returns a new model, or the weights alone into a plain `nn.Module` with `torch.load(weights_only=True)`.
+# `MNISTClassifier.load_from_checkpoint(path, **overrides)` returns a new model; a plain `nn.Module` takes the weights.
 
 # %% Loading a checkpoint
 def load_model(path: Path, checkpoint: dict, weights: dict, overrides: dict, trust: bool) -> MNISTClassifier:
@@ -177,9 +171,8 @@ def show_classmethod_pitfall(path: Path) -> None:
     try:  # looks as if it fills the model; a classmethod can only build and return a new one
         MNISTClassifier().load_from_checkpoint(path)
     except TypeError as error:
-        print(f"\nmodel.load_from_checkpoint(path) on an instance raises TypeError: {error}\n"
-              f"  (Lightning 1.x returned a new model and left `model` untouched, untrained.)\n"
-              f"  Right: model = MNISTClassifier.load_from_checkpoint(path)")
+        print(f"\nmodel.load_from_checkpoint(path) on an instance raises TypeError: {error}\n  (Lightning 1.x returned "
+              f"a new model and left `model` untrained.)\n  Right: model = MNISTClassifier.load_from_checkpoint(path)")
 
 
 # %% [markdown]
@@ -216,14 +209,13 @@ def main(argv=None) -> int:
     checkpoint = read_checkpoint(path, args.trust_checkpoint)
     weights = network_weights(path, checkpoint)
     # The saved data_dir is the training machine's; batch sizes and workers are this machine's choice.
-    overrides = dict(data_dir=args.data_dir, batch_size=args.batch_size,
-                     eval_batch_size=args.eval_batch_size, num_workers=args.num_workers)
+    overrides = {name: getattr(args, name) for name in ("data_dir", "batch_size", "eval_batch_size", "num_workers")}
     with exit_on_error(f"{path}: MNISTClassifier could not load it"):  # e.g. a hyperparameter of the wrong type
         model = load_model(path, checkpoint, weights, overrides, args.trust_checkpoint)
     if args.named_modules or args.named_parameters:
         print_structure(model, args.named_modules, args.named_parameters)
         return 0
-    check_flags_fit_the_data(args, prepare_mnist(args.data_dir), training=False)
+    check_flags_fit_the_test_set(args, prepare_mnist(args.data_dir))
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports
         print(f"Checkpoint: {path.resolve()}")
@@ -235,14 +227,12 @@ def main(argv=None) -> int:
             show_classmethod_pitfall(path)
         else:
             print(f"\nbuilt by hand: MNISTClassifier(**{dict(model.hparams)}), then model.model.load_state_dict(weights)")
-    with exit_if_write_fails(out):
+    with exit_if_log_write_fails(out):
         test_metrics = trainer.test(model, verbose=False)[0]
-
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}")
         images, labels = mnist_tensors(args.data_dir, train=False)[:args.num_images]
-        # Lightning checkpoints work without Lightning: the file's "state_dict" holds the tensors under the
-        # LightningModule's names, "model." + the nn.Module's (network_weights strips the prefix).
+        # No Lightning needed: "state_dict" holds the tensors as "model." + the nn.Module's names (prefix stripped).
         network = MNISTConvNet(model.hparams.hidden_units, model.hparams.dropout)
         network.load_state_dict(weights)
         with torch.no_grad():
@@ -265,41 +255,35 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Pick a .ckpt, look inside it, load it safely with overrides and test it on MNIST."))
     parser.error = die  # every bad flag value: one line, exit 2
     add = parser.add_argument_group("which checkpoint").add_argument
-    add("--ckpt", metavar="PATH", type=existing_file, help="a .ckpt file (or a .pt state_dict); overrides --ckpt_dir")
-    add("--ckpt_dir", "--ckpt-dir", metavar="DIR",
-        help=f"a folder of check_point_save.py checkpoints (default {DEFAULT_CKPT_DIR})")
-    add("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc",
-        help="which file of --ckpt_dir: lowest valid_loss or highest valid_acc in the name, or last.ckpt")
+    add("--ckpt", metavar="PATH", type=existing_file, help="a .ckpt file (or a .pt state_dict) instead of --ckpt_dir")
+    add("--ckpt_dir", "--ckpt-dir", metavar="DIR", help=f"check_point_save.py's checkpoints (default {DEFAULT_CKPT_DIR})")
+    add("--pick", choices=["best_loss", "best_acc", "last"], default="best_acc", help="the --ckpt_dir file to load")
     add("--trust_checkpoint", "--trust-checkpoint", action="store_true",
         help="load with weights_only=False, which can run code from the file: only files you made")
-    add = parser.add_argument_group(
-        "data and outputs (data_dir, batch sizes and num_workers override the saved ones)").add_argument
+    add = parser.add_argument_group("data and outputs (override the saved data_dir, batch sizes, workers)").add_argument
     add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
         help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
     add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_load", help="where the outputs go")
-    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N",
-        help="the training batch size to record (nothing is trained here)")
+    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="kept in hparams only")
     add("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size", type=number(int, min=1),
         metavar="N", help="test batch size (default: --batch_size)")
     add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
     add("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds everything (testing draws nothing random)")
     add("--num_images", "--num-images", type=number(int, min=1), default=16, metavar="N", help="test digits to predict and draw")
     add("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-    add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
+    add = parser.add_argument_group("hardware and debugging (passed to pl.Trainer)").add_argument
     add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
     add("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-    add = parser.add_argument_group("debugging (passed to pl.Trainer)").add_argument
     add("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
         help="test on N batches (1 when given alone)")
     add("--limit_test_batches", "--limit-test-batches", type=batch_count, default=1.0, metavar="N|F",
         help="test batches: a count, or a fraction")
     add = parser.add_argument_group("model inspection").add_argument
     add("--named_modules", "--named-modules", action="store_true", help="print the loaded model's modules and exit")
-    add("--named_parameters", "--named-parameters", action="store_true",
-        help="print every parameter's name and shape and exit")
+    add("--named_parameters", "--named-parameters", action="store_true", help="print its parameters and exit")
     add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
     add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
         note="it is --accelerator cpu now")
@@ -307,15 +291,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA", note="no effect: nothing is trained here")
     add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
         note="no effect: nothing is trained here; the test metrics are logged once")
-    add("--load_model", "--load-model", metavar="PATH", type=existing_file,
-        help="the checkpoint to load and test: the same as --ckpt")
+    add("--load_model", "--load-model", metavar="PATH", type=existing_file, help="the same as --ckpt")
     args = parser.parse_args(argv)
-    if args.load_model:
-        if args.ckpt and args.ckpt != args.load_model:
-            die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
-        args.ckpt = args.load_model
-    if args.ckpt and args.ckpt_dir:
+    if args.load_model and args.ckpt and args.ckpt != args.load_model:
+        die("--load_model and --ckpt both name the checkpoint to load; pass one of them")
+    if (args.ckpt or args.load_model) and args.ckpt_dir:
         die("pass --ckpt PATH or --ckpt_dir DIR, not both")
+    args.ckpt = args.ckpt or args.load_model
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     return args
 
@@ -404,18 +386,14 @@ def print_outputs(out: Path, before: dict) -> None:
         print(f"  {path.name}{'/' if path.is_dir() else ''}{note}")
 
 
-DEFAULT_CKPT_DIR = "outputs/check_point_save/checkpoints"
-
-
 def find_checkpoint(args) -> Path:
     """--ckpt PATH as given, or the file --pick chooses in --ckpt_dir."""
     if args.ckpt:
         return Path(args.ckpt)
     folder = Path(args.ckpt_dir or DEFAULT_CKPT_DIR)
-    if not folder.is_dir():
-        die(f"--ckpt_dir {folder}: no such folder; train first (python check_point_save.py) or pass --ckpt")
     if not (files := sorted(folder.glob("*.ckpt"))):  # sorted: by epoch, since the names start with it
-        die(f"{folder} holds no .ckpt files; train first (python check_point_save.py) or pass --ckpt")
+        problem = "holds no .ckpt files" if folder.is_dir() else "is no such folder"
+        die(f"--ckpt_dir {folder} {problem}; train first (python check_point_save.py) or pass --ckpt")
     names = ", ".join(path.name for path in files[:6]) + (", ..." if len(files) > 6 else "")
     if args.pick == "last":
         if not (folder / "last.ckpt").is_file():
@@ -426,8 +404,7 @@ def find_checkpoint(args) -> Path:
     scores = {path: float(match.group(1)) for path in files
               if (match := re.search(rf"{metric}=(\d+\.\d+)\.ckpt$", path.name))}
     if not scores:
-        die(f"--pick {args.pick}: no file in {folder} has {metric} in its name (like "
-            f"epoch=03-{metric}=0.1234.ckpt); it holds {names}")
+        die(f"--pick {args.pick}: no file in {folder} is named like epoch=03-{metric}=0.1234.ckpt; it holds {names}")
     return best(scores, key=scores.get)  # ties go to the earlier epoch, as in ModelCheckpoint
 
 
@@ -435,7 +412,6 @@ def read_checkpoint(path: Path, trust: bool) -> dict:
     """A Lightning checkpoint, or a bare .pt state_dict as {"state_dict": ...}; else one error line."""
     def tensors_by_name(weights: dict) -> bool:
         return all(isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in weights.items())
-
     loaded = load_checkpoint_file(path, not trust, "only if you made the file yourself, load it with --trust_checkpoint")
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         if not tensors_by_name(loaded["state_dict"]):
@@ -444,13 +420,11 @@ def read_checkpoint(path: Path, trust: bool) -> dict:
     if isinstance(loaded, dict) and loaded and tensors_by_name(loaded):
         return {"state_dict": loaded}  # a bare .pt state_dict: accepted on purpose, as weights without anything else
     kind = f"a dict with keys {list(loaded)[:4]}" if isinstance(loaded, dict) else f"a {type(loaded).__name__}"
-    die(f"{path} is not a checkpoint: it holds {kind}, neither a Lightning checkpoint (with "
-        f"'state_dict') nor a state_dict of tensors")
+    die(f"{path} is not a checkpoint: it holds {kind}, neither a Lightning checkpoint nor a state_dict of tensors")
 
 
 def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
-    """torch.load on the CPU, or exit with one line that says what is wrong with the file. weights_only=False
-    runs the full pickle machinery, which can call any function the file names: only for files you made yourself."""
+    """torch.load on the CPU, or one line saying what is wrong; weights_only=False can run any code the file names."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
@@ -468,13 +442,11 @@ def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str 
 
 
 def network_weights(path: Path, checkpoint: dict) -> dict:
-    """The file's MNISTConvNet weights, checked by name and shape after the hyper-parameters that size the
-    network (nothing is built from a width of 1e9 or "abc")."""
+    """The file's MNISTConvNet weights, checked after the hyperparameters that size it (no width of 1e9 or "abc")."""
     hparams = checkpoint.get("hyper_parameters") or {}
     hparams = vars(hparams) if isinstance(hparams, argparse.Namespace) else hparams
     if not isinstance(hparams, dict):
-        die(f"{path}: its hyper_parameters are a {type(hparams).__name__}, not a dict of names to values; "
-            f"use another checkpoint")
+        die(f"{path}: its hyper_parameters are a {type(hparams).__name__}, not a dict; use another checkpoint")
     hidden_units, dropout = hparams.get("hidden_units", 128), hparams.get("dropout", 0.25)
     if type(hidden_units) is not int or not 1 <= hidden_units <= 65536:
         die(f"{path} gives hidden_units {hidden_units!r}; MNISTConvNet takes a whole number from 1 to 65536")
@@ -497,7 +469,7 @@ def network_weights(path: Path, checkpoint: dict) -> dict:
 
 
 def plot_predictions(images, labels, predicted, path: Path) -> None:
-    rows = -(-len(images) // 8)  # 8 columns
+    rows = math.ceil(len(images) / 8)  # 8 columns
     figure, axes = plt.subplots(rows, 8, figsize=(8 * 1.3, rows * 1.8), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -553,35 +525,16 @@ def idx_length(path: Path) -> int:
     return struct.unpack(">I", shape[:4])[0]
 
 
-# Copied from Basic_usage_of_lightning.py
-def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
-    """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
-    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
-    if training and val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
-            f"use a smaller --val_size")
-    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
-        if training and getattr(args, flag, 0) > 1:
-            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
-                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+def check_flags_fit_the_test_set(args, train_images: int) -> None:
+    """Flags each valid alone that misfit the data: one line now, not a crash deep in torch later."""
     test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
     if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
         die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
             f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
-    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
-    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
-               "val": math.ceil(val_size / args.eval_batch_size / processes),
-               "test": math.ceil(test_images / args.eval_batch_size / processes)}
-    for stage in ("train", "val", "test") if training else ("test",):
-        limit = getattr(args, f"limit_{stage}_batches", 1.0)
-        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
-            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
-                f"pass a larger fraction, or a number of batches such as 1")
-    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
-    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
-    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
-        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
-            f"at most {per_epoch}, or a fraction of an epoch")
+    batches = math.ceil(test_images / args.eval_batch_size / args.num_nodes)  # each node tests its share
+    if isinstance(args.limit_test_batches, float) and args.limit_test_batches * batches < 1 and not args.fast_dev_run:
+        die(f"--limit_test_batches {args.limit_test_batches} of {batches} test batches is less than one batch; "
+            f"pass a larger fraction, or a number of batches such as 1")
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -625,20 +578,15 @@ def write_failure(error: BaseException) -> str:
     return ""
 
 
-# Copied from Basic_usage_of_lightning.py
 @contextlib.contextmanager
-def exit_if_write_fails(out: Path):
-    """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
-    # TensorBoard's writer thread prints its failure as a traceback, then raises it here at the next flush.
-    previous_hook = threading.excepthook
-    threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
+def exit_if_log_write_fails(out: Path):
+    """The test metrics' CSV log under out cannot be written (a full disk): one line, exit 2."""
     try:
         yield
     except Exception as error:
         if not write_failure(error):
             raise
         die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
-    threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 
 # Copied from Basic_usage_of_lightning.py

@@ -596,8 +596,7 @@ def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> st
 
 # Copied from check_point_load.py
 def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
-    """torch.load on the CPU, or exit with one line that says what is wrong with the file. weights_only=False
-    runs the full pickle machinery, which can call any function the file names: only for files you made yourself."""
+    """torch.load on the CPU, or one line saying what is wrong; weights_only=False can run any code the file names."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
