@@ -372,7 +372,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP (README)")
+    add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP; see the README")
     add("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
     add = parser.add_argument_group("debugging (passed to pl.Trainer)").add_argument
     add("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
@@ -394,7 +394,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
     add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
     add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu", note="it is --accelerator cpu now")
-    add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: training always ends with a test (--load_model: test a file)")
+    add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: training always ends with a test; --load_model tests a saved file")
     add("--gamma", action=OriginalTutorialFlag, type=float, note="no effect: the LR follows a one-cycle schedule, not StepLR's gamma")
     add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1),
         note="no effect: metrics are logged once per epoch; the progress bar shows the running loss")
