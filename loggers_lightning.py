@@ -3,15 +3,13 @@
 # Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.
 #
 # ## What it teaches
-# `self.log` sends every value to every logger in `Trainer(logger=[...])`. Without flags: a catalogue of every logger
-# and whether its backend is installed. --demo logs hyperparameters, step and epoch scalars and a digit grid (each
-# logger's image API) to CSV, TensorBoard and MLflow at once, then reads metrics.csv back into a per-epoch table.
+# `self.log` sends every value to every logger in `Trainer(logger=[...])`; a picture goes through each logger's own API.
+# Without flags: a catalogue of the loggers. --demo: one run logged to CSV, TensorBoard and MLflow, then read back.
 #
 # ## How to run
 # ```bash
 # python loggers_lightning.py                                       # the catalogue: loggers_info/
-# python loggers_lightning.py --demo --data_dir /path/to/datasets   # the demo, 2 epochs
-# tensorboard --logdir outputs/loggers_lightning/tb_logs            # then open http://localhost:6006
+# python loggers_lightning.py --demo --data_dir /path/to/datasets   # the demo, 2 epochs; it prints how to open the logs
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/loggers_lightning)
@@ -55,7 +53,6 @@ IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPyth
 if not IN_NOTEBOOK:
     matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -183,8 +180,8 @@ class MNISTClassifier(pl.LightningModule):
 
 # %% [markdown]
 # ## Loggers
-# One `DemoLogger` per --loggers name: the Lightning class, the package its backend needs and the command that installs
-# it, `build(out)`, `log_image(logger, name, picture, step)`, where the picture shows, and `where(logger)`: its run.
+# One `DemoLogger` per --loggers name (a new logger is one more entry): its class, the package its backend needs and its
+# install command, `build(out)`, `log_image(logger, name, picture, step)`, where the picture shows, `where(logger)`: its run.
 
 # %% Loggers
 DemoLogger = namedtuple("DemoLogger", "shows module install build log_image image_shows_in where", defaults=(
@@ -199,7 +196,6 @@ def mlflow_store(out: Path) -> MLFlowLogger:
                         artifact_location=(out / "mlartifacts").resolve().as_uri())
 
 
-# Adding a logger to the demo: one entry here.
 DEMO_LOGGERS = {
     "csv": DemoLogger("CSVLogger", build=lambda out: CSVLogger(out, name="csv_logs")),
     "tensorboard": DemoLogger(
@@ -207,11 +203,10 @@ DEMO_LOGGERS = {
         build=lambda out: TensorBoardLogger(out, name="tb_logs", default_hp_metric=False),  # no placeholder hp_metric -1
         log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC")),
     "mlflow": DemoLogger(
-        "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", build=mlflow_store,
+        "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", image_shows_in=f"artifact {IMAGE_NAME}.png",
+        build=mlflow_store, where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}",
         log_image=lambda logger, name, picture, step: logger.experiment.log_image(
-            logger.run_id, picture, artifact_file=f"{name}.png"),
-        image_shows_in=f"artifact {IMAGE_NAME}.png",
-        where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}"),
+            logger.run_id, picture, artifact_file=f"{name}.png")),
     "wandb": DemoLogger(
         "WandbLogger", "wandb", "pip install wandb",
         build=lambda out: WandbLogger(project="loggers_lightning", save_dir=out, offline=True),  # `wandb sync` uploads later
@@ -237,8 +232,7 @@ def build_loggers(names: list, out: Path) -> list:
         try:
             loggers.append(demo.build(out))
         except Exception as error:  # noqa: BLE001 (third-party backends fail in their own ways)
-            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
-                  f"continuing without it")
+            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); left out")
     return loggers
 
 
@@ -252,8 +246,7 @@ def started(loggers: list) -> list:
         except Exception as error:  # noqa: BLE001
             if write_failure(error):  # a full disk: no other logger would do better
                 raise
-            print(f"{type(logger).__name__}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
-                  f"continuing without it")
+            print(f"{type(logger).__name__}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); left out")
     return running
 
 
@@ -280,8 +273,7 @@ def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tens
 
 # %% Reading the logs back
 def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's metrics.csv, and the step it ended at. Step rows fill the *_step columns,
-    epoch-end rows *_epoch and valid_*: keep each epoch's last of those, named without _epoch; test_* are left out."""
+    """One row per epoch (each epoch's last *_epoch and valid_* values, and its last step); test_* rows are left out."""
     metrics = pd.read_csv(metrics_csv)
     per_epoch = sorted((c for c in metrics.columns
                         if c not in ("epoch", "step") and not c.endswith("_step") and not c.startswith("test_")),
@@ -801,7 +793,7 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
                  ylabel="cross-entropy loss", title="MNIST: cross-entropy loss per optimizer step and per epoch")
     acc = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch",
                                                    xlabel="epoch", ylabel="accuracy")
-    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc.xaxis.get_major_locator().set_params(integer=True)  # whole epochs only
     for kind, ax in (("loss", loss), ("acc", acc)):
         write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:
