@@ -14,11 +14,10 @@
 #
 # ## What it writes (under --output_dir, default outputs/loggers_lightning)
 # ```text
-# loggers_info/                    AVAILABLE.txt and one <Name>.txt per logger (without --demo, or with --info)
-# csv_logs/, tb_logs/              with --demo: metrics.csv and hparams.yaml; TensorBoard events with the digit grid
-# mlflow.db, mlartifacts/          the MLflow store: params, metrics, and the grid as test_digits.png
-# history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
-# mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
+# loggers_info/                                  AVAILABLE.txt and one <Name>.txt per logger (without --demo, or --info)
+# csv_logs/, tb_logs/, mlflow.db, mlartifacts/   with --demo: each logger's run (metrics, hyperparameters, digit grid)
+# history.csv, loss.png, acc.png                 the per-epoch table read from csv_logs' metrics.csv, and its curves
+# mnist_classifier.pt                            with --save_model: the plain nn.Module's state_dict
 # ```
 
 # %% Parameters tags=["parameters"]
@@ -190,8 +189,7 @@ DemoLogger = namedtuple("DemoLogger", "shows module install build log_image imag
 
 
 def mlflow_store(out: Path) -> MLFlowLogger:
-    # A SQLite store: no server needed, and MLflow's API reads it (its ./mlruns file store is in maintenance mode).
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # SQLite: no server, and MLflow's API reads it (its ./mlruns does not)
     return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}",
                         artifact_location=(out / "mlartifacts").resolve().as_uri())
 
@@ -507,9 +505,8 @@ def show_logger_catalogue(out: Path) -> None:
         rows.append(f"{name:18s} {demo.get(name, '-'):12s} {backend_status(name):56s} {summary}.")
     table = "\n".join(rows)
     pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
-    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": (
-        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
-        f"their backend is installed here\n\n{table}\n"), **pages})
+    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": f"Loggers in pytorch_lightning {pl.__version__} "
+                              f"(its loggers.__all__) and whether their backend is installed here\n\n{table}\n", **pages})
     print(f"{table}\n\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
 
 
@@ -787,8 +784,7 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
     """loss.png: the step series and the epoch values on one step axis; acc.png: accuracy per epoch."""
     loss = plt.figure().gca()
     if "train_loss_step" in metrics:  # absent when --log_every_n_steps is larger than the run
-        metrics.dropna(subset=["train_loss_step"]).plot(x="step", y="train_loss_step", color="lightgray",
-                                                        label="train_loss (step)", ax=loss)
+        metrics.dropna(subset=["train_loss_step"]).plot(x="step", y="train_loss_step", color="lightgray", ax=loss)
     history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=loss, grid=True, xlabel="optimizer step",
                  ylabel="cross-entropy loss", title="MNIST: cross-entropy loss per optimizer step and per epoch")
     acc = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch",
