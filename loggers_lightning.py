@@ -65,11 +65,10 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# In-memory tensors: loader workers would not help (README: data-pipeline benchmark), so skip the hint.
+# Notes that teach nothing here: add workers (the data are in memory), a torch 2.14 deprecation inside Lightning,
+# a limit left at its default 1.0 ("all of it"), a tip to install a cloud logger, MLflow creating its tables.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Notes that teach nothing: a limit left at its default 1.0 ("all of it"), a cloud-logger tip, MLflow's new tables.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -273,9 +272,8 @@ def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tens
 def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
     """One row per epoch (each epoch's last *_epoch and valid_* values, and its last step); test_* rows are left out."""
     metrics = pd.read_csv(metrics_csv)
-    per_epoch = sorted((c for c in metrics.columns
-                        if c not in ("epoch", "step") and not c.endswith("_step") and not c.startswith("test_")),
-                       key=lambda c: ("acc" in c, c))  # losses first, then accuracies
+    per_epoch = sorted((c for c in metrics.columns if c not in ("epoch", "step") and not c.endswith("_step")
+                        and not c.startswith("test_")), key=lambda c: ("acc" in c, c))  # losses first, then accuracies
     table = metrics.dropna(subset=per_epoch, how="all").groupby("epoch").agg({**{c: "last" for c in per_epoch}, "step": "max"})
     return table.rename(index=int, columns=lambda c: c.removesuffix("_epoch"))
 
@@ -374,7 +372,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--info", action="store_true", help="write loggers_info/ (the default without --demo)")
     add("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
     add("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
-    add = parser.add_argument_group("the training demo").add_argument
+    add = parser.add_argument_group("the training demo (its hardware and debugging flags go to pl.Trainer)").add_argument
     add("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
     add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
         help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
@@ -391,7 +389,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run")
     add("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
         help="how often the *_step values are written")
-    add = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)").add_argument
     add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
     add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
