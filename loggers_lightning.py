@@ -503,7 +503,7 @@ def show_logger_catalogue(out: Path) -> None:
     table = "\n".join(rows)
     pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
     folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": f"Loggers in pytorch_lightning {pl.__version__} "
-                              f"(its loggers.__all__) and whether their backend is installed here\n\n{table}\n", **pages})
+                              f"(loggers.__all__) and whether their backend is installed here\n\n{table}\n", **pages})
     print(f"{table}\n\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
 
 
