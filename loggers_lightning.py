@@ -3,24 +3,21 @@
 # Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.
 #
 # ## What it teaches
-# `self.log` sends every value to every logger in `Trainer(logger=[...])`. Without flags: a catalogue of every logger
-# and whether its backend is installed. --demo logs hyperparameters, step and epoch scalars and a digit grid (each
-# logger's image API) to CSV, TensorBoard and MLflow at once, then reads metrics.csv back into a per-epoch table.
+# `self.log` sends every value to every logger in `Trainer(logger=[...])`; a picture goes through each logger's own API.
+# Without flags: a catalogue of the loggers. --demo: one run logged to CSV, TensorBoard and MLflow, then read back.
 #
 # ## How to run
 # ```bash
 # python loggers_lightning.py                                       # the catalogue: loggers_info/
-# python loggers_lightning.py --demo --data_dir /path/to/datasets   # the demo, 2 epochs
-# tensorboard --logdir outputs/loggers_lightning/tb_logs            # then open http://localhost:6006
+# python loggers_lightning.py --demo --data_dir /path/to/datasets   # the demo, 2 epochs; it prints how to open the logs
 # ```
 #
 # ## What it writes (under --output_dir, default outputs/loggers_lightning)
 # ```text
-# loggers_info/                    AVAILABLE.txt and one <Name>.txt per logger (without --demo, or with --info)
-# csv_logs/, tb_logs/              with --demo: metrics.csv and hparams.yaml; TensorBoard events with the digit grid
-# mlflow.db, mlartifacts/          the MLflow store: params, metrics, and the grid as test_digits.png
-# history.csv, loss.png, acc.png   the per-epoch table read from metrics.csv, and its curves
-# mnist_classifier.pt              with --save_model: the plain nn.Module's state_dict
+# loggers_info/                                  AVAILABLE.txt and one <Name>.txt per logger (without --demo, or --info)
+# csv_logs/, tb_logs/, mlflow.db, mlartifacts/   with --demo: each logger's run (metrics, hyperparameters, digit grid)
+# history.csv, loss.png, acc.png                 the per-epoch table read from csv_logs' metrics.csv, and its curves
+# mnist_classifier.pt                            with --save_model: the plain nn.Module's state_dict
 # ```
 
 # %% Parameters tags=["parameters"]
@@ -55,7 +52,6 @@ IN_NOTEBOOK = "get_ipython" in globals()  # Jupyter, VS Code cells, Colab: IPyth
 if not IN_NOTEBOOK:
     matplotlib.use("Agg")  # a shell run draws into files; no display is needed
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -69,11 +65,10 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# In-memory tensors: loader workers would not help (README: data-pipeline benchmark), so skip the hint.
+# Notes that teach nothing here: add workers (the data are in memory), a torch 2.14 deprecation inside Lightning,
+# a limit left at its default 1.0 ("all of it"), a tip to install a cloud logger, MLflow creating its tables.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree check that torch 2.14 deprecates; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# Notes that teach nothing: a limit left at its default 1.0 ("all of it"), a cloud-logger tip, MLflow's new tables.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not any(note in record.getMessage() for note in ("=1.0)` was configured", "Tip: For seamless")))
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -183,37 +178,32 @@ class MNISTClassifier(pl.LightningModule):
 
 # %% [markdown]
 # ## Loggers
-# The demo's loggers: each one's class, the package its backend needs, how to build it, how it takes a picture.
+# One `DemoLogger` per --loggers name (a new logger is one more entry): its class, the package its backend needs and its
+# install command, `build(out)`, `log_image(logger, name, picture, step)`, where the picture shows, `where(logger)`: its run.
 
 # %% Loggers
-# One --loggers name: the Lightning class, the package its backend needs and the command that installs it,
-# build(out) -> the logger, log_image(logger, name, picture, step), where the picture shows, where(logger) -> its run.
 DemoLogger = namedtuple("DemoLogger", "shows module install build log_image image_shows_in where", defaults=(
     None, None, None, lambda *args: None, "not supported (scalars and hyperparameters only)",
     lambda logger: str(getattr(logger, "log_dir", None) or logger.save_dir)))
 
 
 def mlflow_store(out: Path) -> MLFlowLogger:
-    # A SQLite store: no server needed, and MLflow's API reads it (its ./mlruns file store is in maintenance mode).
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # SQLite: no server, and MLflow's API reads it (its ./mlruns does not)
     return MLFlowLogger(experiment_name="loggers_lightning", tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}",
                         artifact_location=(out / "mlartifacts").resolve().as_uri())
 
 
-# Adding a logger to the demo: one entry here.
 DEMO_LOGGERS = {
     "csv": DemoLogger("CSVLogger", build=lambda out: CSVLogger(out, name="csv_logs")),
     "tensorboard": DemoLogger(
         "TensorBoardLogger", "tensorboard", "pip install tensorboard", image_shows_in="IMAGES tab",
-        # No placeholder hp_metric (-1): the HPARAMS tab shows the hyperparameters next to the real metrics.
-        build=lambda out: TensorBoardLogger(out, name="tb_logs", default_hp_metric=False),
+        build=lambda out: TensorBoardLogger(out, name="tb_logs", default_hp_metric=False),  # no placeholder hp_metric -1
         log_image=lambda logger, name, picture, step: logger.experiment.add_image(name, picture, step, dataformats="HWC")),
     "mlflow": DemoLogger(
-        "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", build=mlflow_store,
+        "MLFlowLogger", "mlflow", "pip install mlflow-skinny sqlalchemy alembic", image_shows_in=f"artifact {IMAGE_NAME}.png",
+        build=mlflow_store, where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}",
         log_image=lambda logger, name, picture, step: logger.experiment.log_image(
-            logger.run_id, picture, artifact_file=f"{name}.png"),
-        image_shows_in=f"artifact {IMAGE_NAME}.png",
-        where=lambda logger: f"{logger.experiment.tracking_uri}, run {logger.run_id}"),
+            logger.run_id, picture, artifact_file=f"{name}.png")),
     "wandb": DemoLogger(
         "WandbLogger", "wandb", "pip install wandb",
         build=lambda out: WandbLogger(project="loggers_lightning", save_dir=out, offline=True),  # `wandb sync` uploads later
@@ -227,21 +217,19 @@ DEMO_LOGGERS = {
         "LitLogger", "litlogger", "pip install litlogger",  # needs a lightning.ai login
         build=lambda out: LitLogger(root_dir=out / "litlogger", name="loggers_lightning")),
 }
-ALWAYS = ("csv", "tensorboard")  # the per-epoch table and the TensorBoard instructions read these
 
 
 def build_loggers(names: list, out: Path) -> list:
     """The loggers whose backend is installed; a missing one is reported with the command that installs it."""
     loggers = []
-    for demo in map(DEMO_LOGGERS.get, dict.fromkeys([*ALWAYS, *names])):
+    for demo in map(DEMO_LOGGERS.get, dict.fromkeys(["csv", "tensorboard", *names])):  # the table reads csv_logs
         if demo.module and importlib.util.find_spec(demo.module) is None:
             print(f"{demo.shows}: not installed here ({demo.module} is missing); enable it with: {demo.install}")
             continue
         try:
             loggers.append(demo.build(out))
         except Exception as error:  # noqa: BLE001 (third-party backends fail in their own ways)
-            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
-                  f"continuing without it")
+            print(f"{demo.shows}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); left out")
     return loggers
 
 
@@ -255,8 +243,7 @@ def started(loggers: list) -> list:
         except Exception as error:  # noqa: BLE001
             if write_failure(error):  # a full disk: no other logger would do better
                 raise
-            print(f"{type(logger).__name__}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); "
-                  f"continuing without it")
+            print(f"{type(logger).__name__}: could not start ({type(error).__name__}: {' '.join(str(error).split())}); left out")
     return running
 
 
@@ -283,13 +270,10 @@ def digit_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tens
 
 # %% Reading the logs back
 def epoch_history_with_steps(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from CSVLogger's metrics.csv, with the optimizer step each epoch ended at. Step rows fill the
-    *_step columns, epoch-end rows the *_epoch and validation ones (NaN elsewhere): keep each per-epoch column's last
-    value in its epoch and drop the *_epoch suffix. test_* rows belong to no training epoch and are left out."""
+    """One row per epoch (each epoch's last *_epoch and valid_* values, and its last step); test_* rows are left out."""
     metrics = pd.read_csv(metrics_csv)
-    per_epoch = sorted((c for c in metrics.columns
-                        if c not in ("epoch", "step") and not c.endswith("_step") and not c.startswith("test_")),
-                       key=lambda c: ("acc" in c, c))  # losses first, then accuracies
+    per_epoch = sorted((c for c in metrics.columns if c not in ("epoch", "step") and not c.endswith("_step")
+                        and not c.startswith("test_")), key=lambda c: ("acc" in c, c))  # losses first, then accuracies
     table = metrics.dropna(subset=per_epoch, how="all").groupby("epoch").agg({**{c: "last" for c in per_epoch}, "step": "max"})
     return table.rename(index=int, columns=lambda c: c.removesuffix("_epoch"))
 
@@ -327,9 +311,10 @@ def main(argv=None) -> int:
         print_structure(MNISTClassifier(), args.named_modules, args.named_parameters)
         return 0
     if args.info or not args.demo:
-        show_logger_catalogue(out, hint=not args.demo)
-        if not args.demo:
-            return 0
+        show_logger_catalogue(out)
+    if not args.demo:
+        print("to log a training run to several of them at once: python loggers_lightning.py --demo (--help: its flags)")
+        return 0
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
@@ -343,10 +328,9 @@ def main(argv=None) -> int:
             logger=build_loggers(args.loggers, out), log_every_n_steps=args.log_every_n_steps, deterministic=True,
             fast_dev_run=args.fast_dev_run, limit_train_batches=args.limit_train_batches,
             limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches)
-    with exit_if_write_fails(out):  # after the Trainer took the flags, so a refused flag leaves no run behind
-        trainer.loggers = loggers = started(trainer.loggers)
-    print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
     with exit_if_interrupted(trainer), exit_if_write_fails(out):  # logs: one line on a full disk
+        trainer.loggers = loggers = started(trainer.loggers)  # after the Trainer took the flags: a bad one leaves no run
+        print("logging to: " + ", ".join(type(logger).__name__ for logger in loggers))
         trainer.fit(model)
     with exit_if_write_fails(out):
         test_metrics = trainer.test(model, verbose=False)[0]
@@ -383,63 +367,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Log one MNIST run to CSV, TensorBoard and MLflow together, then read the logs back.",
                                      formatter_class=DefaultsHelpFormatter)
     parser.error = die  # every bad flag value: one line, exit 2
-    catalogue = parser.add_argument_group("without --demo: the catalogue, or the model's structure")
-    catalogue.add_argument("--output_dir", "--output-dir", type=output_folder, default="outputs/loggers_lightning",
-                           help="where the catalogue, logs and plots go")
-    catalogue.add_argument("--info", action="store_true", help="write loggers_info/ (the default without --demo)")
-    catalogue.add_argument("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    catalogue.add_argument("--named_parameters", "--named-parameters", action="store_true",
-                           help="print every parameter's name and shape and exit")
-    demo = parser.add_argument_group("the training demo")
-    demo.add_argument("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
-    demo.add_argument("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
-                      help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    demo.add_argument("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
-    demo.add_argument("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
-    demo.add_argument("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
-    demo.add_argument("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size",
-                      type=number(int, min=1), metavar="N", help="validation and test batch size (default: --batch_size)")
-    demo.add_argument("--epochs", type=number(int, min=1), default=2, metavar="N", help="training epochs")
-    demo.add_argument("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
-    demo.add_argument("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
-    demo.add_argument("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
-    demo.add_argument("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
-                      help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run "
-                           f"(the table and the TensorBoard check read them)")
-    demo.add_argument("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
-                      help="how often the *_step values are written")
-    trainer = parser.add_argument_group("the training demo: hardware and debugging (passed to pl.Trainer)")
-    trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    trainer.add_argument("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
-    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    trainer.add_argument("--num_nodes", "--num-nodes", type=number(int, min=1), default=1,
-                         help="machines for multi-node DDP (each started with MASTER_ADDR, MASTER_PORT, NODE_RANK)")
-    trainer.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
-    trainer.add_argument("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
-                         help="run N batches of each stage (1 when given alone), write no logs")
+    add = parser.add_argument_group("without --demo: the catalogue, or the model's structure").add_argument
+    add("--output_dir", "--output-dir", type=output_folder, default="outputs/loggers_lightning", help="where outputs go")
+    add("--info", action="store_true", help="write loggers_info/ (the default without --demo)")
+    add("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
+    add("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
+    add = parser.add_argument_group("the training demo (its hardware and debugging flags go to pl.Trainer)").add_argument
+    add("--demo", action="store_true", help="train MNIST and log the run to the loggers of --loggers")
+    add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
+        help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
+    add("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
+    add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
+    add("--batch_size", "--batch-size", type=number(int, min=1), default=128, metavar="N", help="training batch size")
+    add("--eval_batch_size", "--eval-batch-size", "--test_batch_size", "--test-batch-size", type=number(int, min=1),
+        metavar="N", help="validation and test batch size (default: --batch_size)")
+    add("--epochs", type=number(int, min=1), default=2, metavar="N", help="training epochs")
+    add("--lr", type=number(float, above=0), default=0.01, help="peak learning rate of the one-cycle schedule")
+    add("--seed", type=number(int, min=0, max=2**32 - 1), default=42, help="seeds weights, split and shuffling")
+    add("--save_model", "--save-model", action="store_true", help=f"save {MODEL_FILE}.pt (state_dict)")
+    add("--loggers", type=logger_names, default=",".join(DEMO_LOGGERS), metavar="NAMES",
+        help=f"comma-separated, from {', '.join(DEMO_LOGGERS)}; csv and tensorboard always run")
+    add("--log_every_n_steps", "--log-every-n-steps", type=number(int, min=1), default=10, metavar="N",
+        help="how often the *_step values are written")
+    add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    add("--devices", default="auto", help="how many devices, or which: 2, 0,1, auto")
+    add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    add("--num_nodes", "--num-nodes", type=number(int, min=1), default=1, help="machines for multi-node DDP")
+    add("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, 64-true")
+    add("--fast_dev_run", "--fast-dev-run", nargs="?", type=number(int, min=0), const=1, default=0, metavar="N",
+        help="run N batches of each stage (1 when given alone), write no logs")
     for stage in ("train", "val", "test"):
-        trainer.add_argument(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0,
-                             metavar="N|F", help=f"{stage} batches per epoch: a count, or a fraction")
-    original = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted")
-    original.add_argument("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator",
-                          const="cpu", note="it is --accelerator cpu now")
-    original.add_argument("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: the demo (--demo) always ends "
-                          "with a test; this script tests no saved weights (Basic_usage_of_lightning.py --load_model does)")
-    original.add_argument("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
-                          note="no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma")
-    original.add_argument("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
-                          successor="log_every_n_steps", note="it is --log_every_n_steps now")
-    original.add_argument("--load_model", "--load-model", metavar="PATH", type=existing_file,
-                          help="refused with a pointer: this script tests no saved weights")
+        add(f"--limit_{stage}_batches", f"--limit-{stage}-batches", type=batch_count, default=1.0, metavar="N|F",
+            help=f"{stage} batches per epoch: a count, or a fraction")
+    add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
+    add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
+        note="it is --accelerator cpu now")
+    add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: the demo always ends with a test")
+    add("--gamma", action=OriginalTutorialFlag, type=float, note="no effect: the learning rate follows a one-cycle schedule")
+    add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
+        successor="log_every_n_steps", note="it is --log_every_n_steps now")
+    add("--load_model", "--load-model", metavar="PATH", type=existing_file, help="refused: tests no saved weights")
     args = parser.parse_args(argv)
     if args.load_model:
         die(f"--load_model {args.load_model}: this script trains to show loggers and tests no saved weights; "
             f"test them with: python Basic_usage_of_lightning.py --load_model {args.load_model}")
     if not args.demo:  # the catalogue: a training flag would be silently ignored, so say so
         defaults = parser.parse_args([], argparse.Namespace(output_dir=args.output_dir))
-        ignored = [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
-                   and name not in ("info", "named_modules", "named_parameters")]
-        if ignored:
+        if ignored := [f"--{name}" for name, value in vars(args).items() if value != getattr(defaults, name)
+                       and name not in ("info", "named_modules", "named_parameters")]:
             die(f"{', '.join(ignored)}: for the training demo only; add --demo (without it the script writes the catalogue)")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     return args
@@ -447,10 +422,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def logger_names(text: str) -> list:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in DEMO_LOGGERS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown logger name(s) {', '.join(unknown)}; "
-                                         f"valid names: {', '.join(DEMO_LOGGERS)}")
+    if unknown := [name for name in names if name not in DEMO_LOGGERS]:
+        raise argparse.ArgumentTypeError(f"unknown logger name(s) {', '.join(unknown)}; valid names: {', '.join(DEMO_LOGGERS)}")
     return names
 
 
@@ -520,8 +493,8 @@ class OriginalTutorialFlag(argparse.Action):
             setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
 
 
-# %% Catalogue
-def show_logger_catalogue(out: Path, hint: bool) -> None:
+# %% Helpers
+def show_logger_catalogue(out: Path) -> None:
     demo = {logger.shows: name for name, logger in DEMO_LOGGERS.items()}
     rows = [f"{'logger':18s} {'--loggers':12s} {'backend':56s} summary"]
     for name in pl_loggers.__all__:
@@ -529,12 +502,9 @@ def show_logger_catalogue(out: Path, hint: bool) -> None:
         rows.append(f"{name:18s} {demo.get(name, '-'):12s} {backend_status(name):56s} {summary}.")
     table = "\n".join(rows)
     pages = {f"{name}.txt": logger_page(name) for name in pl_loggers.__all__}
-    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": (
-        f"Loggers in pytorch_lightning {pl.__version__} (pytorch_lightning.loggers.__all__) and whether "
-        f"their backend is installed here\n\n{table}\n"), **pages})
+    folder = write_text_files(out / "loggers_info", {"AVAILABLE.txt": f"Loggers in pytorch_lightning {pl.__version__} "
+                              f"(loggers.__all__) and whether their backend is installed here\n\n{table}\n", **pages})
     print(f"{table}\n\nwrote AVAILABLE.txt and {len(pages)} logger files to {folder.resolve()}")
-    if hint:
-        print("to log a training run to several of them at once: python loggers_lightning.py --demo (--help lists its flags)")
 
 
 def logger_page(name: str) -> str:
@@ -611,7 +581,6 @@ def write_text_files(folder: Path, files: dict) -> Path:
     return folder
 
 
-# %% Helpers
 # Copied from Basic_usage_of_lightning.py
 def file_times(folder: Path) -> dict:
     """{path: modification time} of every file under folder: what an earlier run left there."""
@@ -812,13 +781,12 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
     """loss.png: the step series and the epoch values on one step axis; acc.png: accuracy per epoch."""
     loss = plt.figure().gca()
     if "train_loss_step" in metrics:  # absent when --log_every_n_steps is larger than the run
-        metrics.dropna(subset=["train_loss_step"]).plot(x="step", y="train_loss_step", color="lightgray",
-                                                        label="train_loss (step)", ax=loss)
+        metrics.dropna(subset=["train_loss_step"]).plot(x="step", y="train_loss_step", color="lightgray", ax=loss)
     history.plot(x="step", y=["train_loss", "valid_loss"], marker="o", ax=loss, grid=True, xlabel="optimizer step",
                  ylabel="cross-entropy loss", title="MNIST: cross-entropy loss per optimizer step and per epoch")
     acc = history[["train_acc", "valid_acc"]].plot(marker="o", grid=True, title="MNIST: accuracy per epoch",
                                                    xlabel="epoch", ylabel="accuracy")
-    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc.xaxis.get_major_locator().set_params(integer=True)  # whole epochs only
     for kind, ax in (("loss", loss), ("acc", acc)):
         write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:

@@ -277,7 +277,7 @@ PLUMBING_CALLS = {"argparse.ArgumentParser", "argparse.ArgumentTypeError", "argp
 MAX_LINES = {
     "Basic_usage_of_lightning.py": 730, "check_point_save.py": 814, "check_point_load.py": 615,
     "quant_lightning_ptq.py": 971, "quant_lightning_qat.py": 1098, "quant_with_only_lightning.py": 1213,
-    "callbacks_lightning.py": 938, "loggers_lightning.py": 852, "cli_lightning.py": 419,
+    "callbacks_lightning.py": 938, "loggers_lightning.py": 820, "cli_lightning.py": 419,
 }
 
 
