@@ -5,13 +5,11 @@
 # ## What it teaches
 # `self.log` sends every value to every logger in `Trainer(logger=[...])`; a picture goes through each logger's own API.
 # Without flags: a catalogue of the loggers. --demo: one run logged to CSV, TensorBoard and MLflow, then read back.
-#
 # ## How to run
 # ```bash
 # python loggers_lightning.py                                       # the catalogue: loggers_info/
 # python loggers_lightning.py --demo --data_dir /path/to/datasets   # the demo, 2 epochs; it prints how to open the logs
 # ```
-#
 # ## What it writes (under --output_dir, default outputs/loggers_lightning)
 # ```text
 # loggers_info/                                  AVAILABLE.txt and one <Name>.txt per logger (without --demo, or --info)
@@ -21,8 +19,7 @@
 # ```
 
 # %% Parameters tags=["parameters"]
-# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
-ARGS = []
+ARGS = []  # a notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own
 
 # %% Imports
 import argparse
@@ -433,14 +430,12 @@ def number(kind: type, min=None, max=None, above=None, below=None):
     bounds = {"at least": min, "above": above, "at most": max, "below": below}
     allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(
         f"{word} {bound}" for word, bound in bounds.items() if bound is not None)
-
     def parse(text: str):
         value = kind(text)
         if not (math.isfinite(value) and (min is None or value >= min) and (max is None or value <= max)
                 and (above is None or value > above) and (below is None or value < below)):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
-
     parse.__name__, parse.allowed = kind.__name__, allowed  # argparse says "invalid int value"
     return parse
 
@@ -482,15 +477,14 @@ class OriginalTutorialFlag(argparse.Action):
     """A flag of the 1.x tutorial: prints its note; its value goes to successor, or dest gets const, or nowhere."""
 
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
-        self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
         kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
-        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+        super().__init__(option_strings, successor or (dest if "const" in kwargs else argparse.SUPPRESS), **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} (from the original tutorial): {self.help}", file=sys.stderr)
-        if self.successor or self.dest != argparse.SUPPRESS:
-            setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
+        if self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 # %% Helpers
@@ -603,7 +597,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 
 # Copied from Basic_usage_of_lightning.py
-def prepare_mnist(data_dir: str) -> int:
+def prepare_mnist(data_dir: str, flag: str = "--data_dir") -> int:
     """MNIST in data_dir/MNIST/raw (downloaded if missing), checked; returns the training image count."""
     raw = Path(data_dir, "MNIST", "raw")
     if not all((raw / name).is_file() for name in MNIST_FILES):
@@ -617,7 +611,7 @@ def prepare_mnist(data_dir: str) -> int:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
-                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point {flag} or PATH_DATASETS "
                 f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
@@ -796,12 +790,11 @@ def plot_history_with_steps(metrics: pd.DataFrame, history: pd.DataFrame, out: P
 
 # Copied from Basic_usage_of_lightning.py
 def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
-    if modules:
-        for name, module in model.named_modules():
-            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, module in model.named_modules() if modules else []:
+        print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, parameter in model.named_parameters() if parameters else []:
+        print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
     if parameters:
-        for name, parameter in model.named_parameters():
-            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
         print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
 
 
