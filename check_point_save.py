@@ -261,13 +261,12 @@ def main(argv=None) -> int:
     callbacks = checkpoint_callbacks(ckpt_dir, args)
     state = ResumableState({name: getattr(args, name) for name in RUN_SETTINGS})
     with exit_on_error("cannot build the Trainer from these flags"):
-        trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-            precision=args.precision, max_epochs=args.epochs, deterministic=True, fast_dev_run=args.fast_dev_run,
-            logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
-            callbacks=[state, *callbacks.values()], plugins=[AtomicCheckpointIO()],  # every file whole or not at all
-            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-            limit_test_batches=args.limit_test_batches)
+        trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+                             num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
+                             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
+                             callbacks=[state, *callbacks.values()], plugins=[AtomicCheckpointIO()], deterministic=True,
+                             fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches,
+                             limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches)
     check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero, model)
     check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
 
@@ -287,11 +286,10 @@ def main(argv=None) -> int:
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print("\n" + history.to_string(float_format="{:.4f}".format))
+        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}   ({Path(best).name or 'weights in memory'})")
         if not args.fast_dev_run:
             write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
-        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}   ({Path(best).name or 'weights in memory'})")
-        if not args.fast_dev_run:
             print(f"\nCheckpoints in {ckpt_dir.resolve()}:\n{table}\nbest by valid_loss: {Path(best_loss).name}\n"
                   f"best by valid_acc:  {Path(best).name}\n"
                   f"load one with:      python check_point_load.py --ckpt_dir {ckpt_dir} --pick best_acc")
@@ -309,8 +307,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add = parser.add_argument_group("data and outputs").add_argument
     add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
         help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_save",
-        help="where checkpoints/, logs and plots go")
+    add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_save", help="where it writes")
     add("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
     add = parser.add_argument_group("training").add_argument
@@ -325,8 +322,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--save_weights_only", "--save-weights-only", action="store_true", help="weights only: 1/3 the size, no resume")
     add("--every_n_epochs", "--every-n-epochs", type=number(int, min=1), default=2, metavar="N",
         help="also keep a snapshot every N epochs")
-    add("--resume", nargs="?", const="last", metavar="PATH",
-        help="continue the run from checkpoints/last.ckpt (alone) or from PATH")
+    add("--resume", nargs="?", const="last", metavar="PATH", help="continue from checkpoints/last.ckpt, or from PATH")
     add("--overwrite", action="store_true", help="replace an earlier run's checkpoints (kept until this run saved its own)")
     add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
     add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
@@ -342,8 +338,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             help=f"{stage} batches per epoch: a count, or a fraction")
     add = parser.add_argument_group("model inspection").add_argument
     add("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    add("--named_parameters", "--named-parameters", action="store_true",
-        help="print every parameter's name and shape and exit")
+    add("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
     add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
     add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
         note="it is --accelerator cpu now")
@@ -356,8 +351,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--save_model", "--save-model", action="store_true", help="no effect here: every run saves its checkpoints")
     args = parser.parse_args(argv)
     if args.save_model:
-        print("note: --save_model (from the original tutorial): no effect, this script always saves checkpoints in "
-              "--output_dir/checkpoints; check_point_load.py --save_model writes the plain state_dict", file=sys.stderr)
+        print("note: --save_model (from the original tutorial): no effect, this script always saves checkpoints; "
+              "check_point_load.py --save_model writes the plain state_dict", file=sys.stderr)
     if args.resume and args.overwrite:
         die("--resume continues the earlier run and --overwrite replaces it; pass one of them")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
