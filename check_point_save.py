@@ -65,9 +65,8 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# Noise here: the workers hint (the data are tensors in memory), a pytree deprecation inside Lightning,
-# "checkpoint directory not empty" (a fresh run refuses a non-empty folder itself; --resume wants it),
-# notes on limits left at 1.0 ("all of it") and a tip for Lightning's cloud logger.
+# Noise: the workers hint (the data are tensors in memory), a pytree deprecation inside Lightning, "checkpoint
+# directory not empty" (--resume wants it; a fresh run refuses it itself), notes on limits of 1.0, a cloud-logger tip.
 for noise in (".*does not have many workers.*", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
               ".*Checkpoint directory .* exists and is not empty.*"):
     warnings.filterwarnings("ignore", noise)
@@ -154,8 +153,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -170,9 +168,8 @@ class MNISTClassifier(pl.LightningModule):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
     def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
 
 # %% [markdown]
@@ -206,8 +203,7 @@ def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
     common = dict(dirpath=ckpt_dir, save_weights_only=args.save_weights_only, enable_version_counter=False)
     return {  # Lightning runs them in this order; the last one writes last.ckpt after the others saved
         # No monitor: a snapshot every N epochs; save_top_k=-1 keeps them all.
-        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs,
-                                    save_top_k=-1, **common),
+        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs, save_top_k=-1, **common),
         # filename: "{epoch:02d}-{valid_acc:.4f}" becomes "epoch=03-valid_acc=0.9912.ckpt".
         "best_acc": ModelCheckpoint(filename="{epoch:02d}-{valid_acc:.4f}", monitor="valid_acc",
                                     mode="max", save_top_k=args.save_top_k, **common),
@@ -459,8 +455,7 @@ def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: boo
 
 
 def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module) -> None:
-    """Refuse, before anything is touched, a checkpoint this run cannot continue exactly, or whose callback
-    states name files Lightning would delete outside this run's checkpoints (see docs/checkpoints.md)."""
+    """Refuse, before any change, a file this run cannot continue exactly or that names files outside ckpt_dir."""
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         held = f"keys {list(checkpoint)[:4]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
@@ -530,10 +525,8 @@ def earlier_run_kept_until_replaced(ckpt_dir: Path, overwrite: bool):
     """--overwrite losing nothing: the earlier run's checkpoints wait aside until this run has a last.ckpt."""
     if overwrite and any(ckpt_dir.glob("*.ckpt")):
         (aside := ckpt_dir / EARLIER_RUN).mkdir(exist_ok=True)
-        for path in ckpt_dir.glob("*.ckpt"):
+        for path in [*ckpt_dir.glob("*.ckpt"), *ckpt_dir.glob(".*.partial")]:  # .partial: left by a killed write
             path.rename(aside / path.name)
-        for path in ckpt_dir.glob(".*.partial"):  # left by a killed write: never a whole file
-            path.unlink()
     try:
         yield
     finally:
@@ -542,14 +535,12 @@ def earlier_run_kept_until_replaced(ckpt_dir: Path, overwrite: bool):
 
 def settle_earlier_run(ckpt_dir: Path) -> None:
     """Drop the set-aside checkpoints once this run has a last.ckpt of its own; else put them back."""
-    if not (aside := ckpt_dir / EARLIER_RUN).is_dir():
-        return
-    if not (ckpt_dir / "last.ckpt").is_file():
+    if (aside := ckpt_dir / EARLIER_RUN).is_dir() and not (ckpt_dir / "last.ckpt").is_file():
         for path in ckpt_dir.glob("*.ckpt"):  # the first files of a run that stopped: nothing to resume
             path.unlink()
         for path in aside.iterdir():
             path.rename(ckpt_dir / path.name)
-    shutil.rmtree(aside)
+    shutil.rmtree(aside, ignore_errors=True)  # absent when there was no earlier run
 
 
 def resume_hint(argv, last: ModelCheckpoint):
