@@ -264,7 +264,7 @@ def main(argv=None) -> int:
                              fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches,
                              limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches)
     check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero, model)
-    check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
+    check_run_fits_the_data(args, prepare_mnist(args.data_dir))
 
     # ckpt_path="last": last.ckpt in the callbacks' dirpath; every state comes back, and the next epoch follows.
     with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])), exit_if_write_fails(out):
@@ -642,35 +642,25 @@ def idx_length(path: Path) -> int:
     return struct.unpack(">I", shape[:4])[0]
 
 
-# Copied from Basic_usage_of_lightning.py
-def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+def check_run_fits_the_data(args, train_images: int) -> None:
     """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
-    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
-    if training and val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
+    if args.val_size >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
             f"use a smaller --val_size")
-    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
-        if training and getattr(args, flag, 0) > 1:
-            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
-                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    if args.lr > 1:  # AdamW moves each weight by about the learning rate per step
+        die(f"--lr {args.lr} is too large: past 1, each step moves the weights by more than their own size and "
+            f"training diverges or overflows; the default is 0.01")
     test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
     if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
         die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
             f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
-    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
-    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
-               "val": math.ceil(val_size / args.eval_batch_size / processes),
-               "test": math.ceil(test_images / args.eval_batch_size / processes)}
-    for stage in ("train", "val", "test") if training else ("test",):
-        limit = getattr(args, f"limit_{stage}_batches", 1.0)
-        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
-            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+    stages = {"train": (train_images - args.val_size, args.batch_size), "val": (args.val_size, args.eval_batch_size),
+              "test": (test_images, args.eval_batch_size)}
+    for stage, (images, batch_size) in stages.items():  # each node gets its share of the batches
+        batches, limit = math.ceil(images / batch_size / args.num_nodes), getattr(args, f"limit_{stage}_batches")
+        if isinstance(limit, float) and limit * batches < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches} {stage} batches is less than one batch; "
                 f"pass a larger fraction, or a number of batches such as 1")
-    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
-    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
-    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
-        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
-            f"at most {per_epoch}, or a fraction of an epoch")
 
 
 # Copied from Basic_usage_of_lightning.py
