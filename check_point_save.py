@@ -18,8 +18,7 @@
 # ## What it writes (under --output_dir, default outputs/check_point_save)
 # ```text
 # checkpoints/epoch=NN-valid_{loss,acc}=X.ckpt   the --save_top_k best epochs by each metric
-# checkpoints/epoch=NN.ckpt                      one every --every_n_epochs epochs, all kept
-# checkpoints/last.ckpt, manual.ckpt             the latest epoch (what --resume continues), trainer.save_checkpoint
+# checkpoints/epoch=NN.ckpt, last.ckpt, manual.ckpt   one per --every_n_epochs; the latest (--resume); save_checkpoint
 # csv_logs/, tb_logs/, history.csv, loss.png, acc.png   the loggers; the per-epoch table of the whole run
 # ```
 
@@ -228,8 +227,7 @@ class ResumableState(pl.Callback):
 
     def state_dict(self):
         cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-        return {"settings": self.settings, "history": self.history,
-                "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+        return {"settings": self.settings, "history": self.history, "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
 
     def load_state_dict(self, state_dict):
         self.history = state_dict["history"]
@@ -475,16 +473,14 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
             if name.startswith("ModelCheckpoint"):
                 if not isinstance(saved, dict) or not isinstance(saved.get("best_k_models", {}), dict):
                     return f"the state of {name.split('{')[0]} is not a table"
-                if saved.get("dirpath") != str(folder):  # moved: Lightning restores only best_model_path, never deleted
-                    continue
                 paths = [saved.get(key) for key in ("best_model_path", "kth_best_model_path", "last_model_path")]
-                for file in filter(None, [*paths, *saved.get("best_k_models", {})]):
+                moved = saved.get("dirpath") != str(folder)  # then Lightning restores only best_model_path, deletes none
+                for file in filter(None, [] if moved else [*paths, *saved.get("best_k_models", {})]):
                     if not (isinstance(file, str) and Path(file).resolve().parent == folder and not Path(file).is_symlink()
                             and re.fullmatch(r"(last|epoch=\d+(-valid_(acc|loss)=[\w.-]+)?)\.ckpt", Path(file).name)):
                         return f"a ModelCheckpoint names {file!r}, not a checkpoint of this run in {ckpt_dir}"
-        history = state.get("history")
-        if not isinstance(state.get("settings"), dict) or not (isinstance(history, list) and all(
-                isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in history)):
+        if not isinstance(state.get("settings"), dict) or not (isinstance(rows := state.get("history"), list) and all(
+                isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in rows)):
             return "its run settings or per-epoch history are not tables"
         generators = [state.get("torch_rng"), *([state["cuda_rng"]] if state.get("cuda_rng") is not None else [])]
         if not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 for g in generators) \
@@ -564,18 +560,17 @@ def resume_hint(argv, last: ModelCheckpoint):
 
 def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> str:
     """Every .ckpt in the folder: which rule kept it, its monitored value and its rank."""
-    kept = {}
+    kept = {"last.ckpt": ("save_last", "", ""), "manual.ckpt": ("trainer.save_checkpoint", "", "")}
     for name in ("best_loss", "best_acc"):
         callback = callbacks[name]
         ranked = sorted(callback.best_k_models.items(), key=lambda item: float(item[1]), reverse=callback.mode == "max")
         for rank, (path, score) in enumerate(ranked, start=1):
             kept[Path(path).name] = (name, f"{callback.monitor}={float(score):.4f}", str(rank))
-    named = {"last.ckpt": "save_last", "manual.ckpt": "trainer.save_checkpoint"}
     lines = [f"  {'file':34s} {'kept by':24s} {'value':18s} {'rank':4s} {'size':>8s}"]
     for path in sorted(ckpt_dir.glob("*.ckpt")):
         periodic = re.fullmatch(r"epoch=\d+\.ckpt", path.name) and f"every_n_epochs={every_n_epochs}"
         # Untracked: an epoch saved by an interrupted attempt that the resumed run ranked otherwise.
-        kept_by, value, rank = kept.get(path.name, (named.get(path.name) or periodic or "(not tracked by this run)", "", ""))
+        kept_by, value, rank = kept.get(path.name, (periodic or "(not tracked by this run)", "", ""))
         lines.append(f"  {path.name:34s} {kept_by:24s} {value:18s} {rank:4s} {path.stat().st_size / 1e3:>5.0f} kB")
     return "\n".join(lines)
 
