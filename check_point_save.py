@@ -3,9 +3,8 @@
 # Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.
 #
 # ## What it teaches
-# `ModelCheckpoint` in depth (several callbacks, `dirpath`, `filename` templates, `save_top_k`, `save_last`,
-# `save_weights_only`, `every_n_epochs`), `trainer.save_checkpoint`, `trainer.fit(ckpt_path="last")`, what an exact
-# resume needs beyond Lightning's state (the random generators), and atomic writes: never half a checkpoint.
+# `ModelCheckpoint` in depth (several callbacks, `filename` templates, `save_top_k`, `save_last`, `save_weights_only`,
+# `every_n_epochs`), `trainer.save_checkpoint`, an exact resume (`ckpt_path="last"` and the RNG states), atomic saves.
 #
 # ## How to run
 # ```bash
@@ -74,8 +73,7 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 HISTORY_COLUMNS = ("train_loss", "valid_loss", "train_acc", "valid_acc")
-# Flags that shape the run: a resumed run must use the same ones to continue the same run.
-RUN_SETTINGS = ("epochs", "batch_size", "lr", "seed", "val_size", "limit_train_batches")
+RUN_SETTINGS = ("epochs", "batch_size", "lr", "seed", "val_size", "limit_train_batches")  # a resume must keep these
 
 
 # %% [markdown]
@@ -193,8 +191,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Checkpointing
-# Three `ModelCheckpoint` callbacks side by side, each with its own rule for what to keep; `last.ckpt`
-# records what the other two kept, so a killed run resumes with the same files ranked the same way.
+# Three `ModelCheckpoint` callbacks, each with its own rule for what to keep, and what an exact resume needs.
 
 # %% Checkpointing
 def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
@@ -244,9 +241,8 @@ class ResumableState(pl.Callback):
 def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    out = Path(args.output_dir)
+    out, ckpt_dir = Path(args.output_dir), Path(args.output_dir, "checkpoints")
     before = file_times(out)  # to tell this run's outputs from an earlier run's
-    ckpt_dir = out / "checkpoints"
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                             lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     if args.named_modules or args.named_parameters:
@@ -338,8 +334,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         note="it is --accelerator cpu now")
     add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: training always ends with a test of the best "
         "checkpoint; to test a saved checkpoint use check_point_load.py")
-    add("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
-        note="no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma")
+    add("--gamma", action=OriginalTutorialFlag, type=float, note="no effect: the LR follows a one-cycle schedule")
     add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
         note="no effect: metrics are logged once per epoch; the progress bar shows the running loss")
     add("--save_model", "--save-model", action="store_true", help="no effect here: every run saves its checkpoints")
@@ -355,8 +350,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def top_k(text: str) -> int:
     if (value := int(text)) == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"must be -1 (keep all) or at least 1, got {value} "
-                                         f"(with 0 Lightning would not write last.ckpt either)")
+        raise argparse.ArgumentTypeError(f"must be -1 (keep all) or at least 1, got {value} (0 writes no last.ckpt)")
     return value
 
 # Copied from Basic_usage_of_lightning.py
@@ -454,7 +448,7 @@ def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: boo
 
 def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module) -> None:
     """Refuse, before any change, a file this run cannot continue exactly or that names files outside ckpt_dir."""
-    checkpoint = load_checkpoint_file(path)
+    checkpoint = read_resume_file(path)
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         held = f"keys {list(checkpoint)[:4]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         die(f"{path} is not a Lightning checkpoint (it holds {held}); resume from a last.ckpt that check_point_save.py wrote")
@@ -492,9 +486,8 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
         if not all(isinstance(x, list) and len(x) == 1 and isinstance(x[0], dict) for x in (schedulers, optimizers)):
             return "its optimizer or LR-scheduler state is not one table"
         weights, expected = checkpoint.get("state_dict"), model.state_dict()
-        if not (isinstance(weights, dict) and weights.keys() == expected.keys() and all(
-                isinstance(weights[k], torch.Tensor) and not weights[k].is_meta and weights[k].shape == v.shape
-                for k, v in expected.items())):
+        if not isinstance(weights, dict) or weights.keys() != expected.keys() or not all(
+                torch.is_tensor(w) and not w.is_meta and w.shape == expected[k].shape for k, w in weights.items()):
             return "its weights are not those of MNISTClassifier (names, shapes, or meta tensors)"
         parameters, per_parameter = list(model.parameters()), optimizers[0].get("state", {})
         if not isinstance(per_parameter, dict) or not all(
@@ -559,7 +552,7 @@ def resume_hint(argv, last: ModelCheckpoint):
 
 
 def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> str:
-    """Every .ckpt in the folder: which rule kept it, its monitored value and its rank."""
+    """Each .ckpt: which rule kept it (none: an interrupted try's epoch), its monitored value and its rank."""
     kept = {"last.ckpt": ("save_last", "", ""), "manual.ckpt": ("trainer.save_checkpoint", "", "")}
     for name in ("best_loss", "best_acc"):
         callback = callbacks[name]
@@ -569,26 +562,23 @@ def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> st
     lines = [f"  {'file':34s} {'kept by':24s} {'value':18s} {'rank':4s} {'size':>8s}"]
     for path in sorted(ckpt_dir.glob("*.ckpt")):
         periodic = re.fullmatch(r"epoch=\d+\.ckpt", path.name) and f"every_n_epochs={every_n_epochs}"
-        # Untracked: an epoch saved by an interrupted attempt that the resumed run ranked otherwise.
         kept_by, value, rank = kept.get(path.name, (periodic or "(not tracked by this run)", "", ""))
         lines.append(f"  {path.name:34s} {kept_by:24s} {value:18s} {rank:4s} {path.stat().st_size / 1e3:>5.0f} kB")
     return "\n".join(lines)
 
 
-# Copied from check_point_load.py
-def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
-    """torch.load on the CPU, or exit with one line that says what is wrong with the file. weights_only=False
-    runs the full pickle machinery, which can call any function the file names: only for files you made yourself."""
+def read_resume_file(path: Path):
+    """torch.load(weights_only=True) on the CPU, or exit with one line that says what is wrong with the file."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")  # random bytes can look like one
-            return torch.load(path, map_location="cpu", weights_only=weights_only)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
         if unsafe := re.search(r"GLOBAL (\S+)", str(error)):
             die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
-                f"since unpickling it can run any code; {unsafe_fix}")
+                f"since unpickling it can run any code; re-save it with plain types")
         with open(path, "rb") as file:
             if file.read(4) == b"PK\x03\x04":  # torch.save writes a zip archive: this one is cut or corrupt
                 die(f"{path} is truncated or damaged (an incomplete zip archive); use another checkpoint")

@@ -269,12 +269,13 @@ PLUMBING = {
     "saved_flow", "read_int8_file", "INT8_STATE", "MAX_INT8_BYTES", "check_resumable", "check_checkpoint_folder",
     "load_checkpoint_file", "epoch_history", "plot_history", "print_structure", "report_test",
     "RESULTS_FILE", "RESULT_COLUMNS", "append_result", "first_line", "die",
+    "read_resume_file", "check_run_fits_the_data",
 }
 PLUMBING_CALLS = {"argparse.ArgumentParser", "argparse.ArgumentTypeError", "argparse.Action", "sys.exit"}
 # Each script's length cap: its length after issue 17's work. Lower a cap when a script
 # shrinks; raising one needs a reason (find lines to remove first).
 MAX_LINES = {
-    "Basic_usage_of_lightning.py": 730, "check_point_save.py": 814, "check_point_load.py": 667,
+    "Basic_usage_of_lightning.py": 730, "check_point_save.py": 775, "check_point_load.py": 667,
     "quant_lightning_ptq.py": 971, "quant_lightning_qat.py": 1098, "quant_with_only_lightning.py": 1213,
     "callbacks_lightning.py": 938, "loggers_lightning.py": 852, "cli_lightning.py": 419,
 }
