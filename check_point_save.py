@@ -500,7 +500,7 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
     if reason := problem():
         die(f"{path} cannot be resumed: {reason}. Resume from a last.ckpt that check_point_save.py wrote, or start "
             f"over with --overwrite (nothing was changed)")
-    if changed := [f"--{name} {state['settings'][name]} (now {value})" for name, value in settings.items()
+    if changed := [f"--{name} {state['settings'].get(name)} (now {value})" for name, value in settings.items()
                    if state["settings"].get(name) != value]:
         die(f"{path} was trained with {', '.join(changed)}; resume with the same flags, or start over with "
             f"--overwrite (a one-cycle schedule cannot be stretched)")
