@@ -3,10 +3,8 @@
 # Keep the best and last MNIST checkpoints with several callbacks, and resume exactly.
 #
 # ## What it teaches
-# `ModelCheckpoint` in depth (several callbacks, `dirpath`, `filename` templates, `save_top_k`, `save_last`,
-# `save_weights_only`, `every_n_epochs`), `trainer.save_checkpoint`, `trainer.fit(ckpt_path="last")`, what an exact
-# resume needs beyond Lightning's state (the random generators), and atomic writes: never half a checkpoint.
-#
+# `ModelCheckpoint` in depth (several callbacks, `filename` templates, `save_top_k`, `save_last`, `save_weights_only`,
+# `every_n_epochs`), `trainer.save_checkpoint`, an exact resume (`ckpt_path="last"` and the RNG states), atomic saves.
 # ## How to run
 # ```bash
 # python check_point_save.py              # 3 epochs: best 2 by loss, best 2 by accuracy, every 2 epochs, last
@@ -14,18 +12,15 @@
 # python check_point_save.py --overwrite --save_top_k 3 --every_n_epochs 1   # replace the earlier run's files
 # python check_point_load.py --pick best_acc                                 # then load and test one of them
 # ```
-#
 # ## What it writes (under --output_dir, default outputs/check_point_save)
 # ```text
 # checkpoints/epoch=NN-valid_{loss,acc}=X.ckpt   the --save_top_k best epochs by each metric
-# checkpoints/epoch=NN.ckpt                      one every --every_n_epochs epochs, all kept
-# checkpoints/last.ckpt, manual.ckpt             the latest epoch (what --resume continues), trainer.save_checkpoint
+# checkpoints/epoch=NN.ckpt, last.ckpt, manual.ckpt   one per --every_n_epochs; the latest (--resume); save_checkpoint
 # csv_logs/, tb_logs/, history.csv, loss.png, acc.png   the loggers; the per-epoch table of the whole run
 # ```
 
 # %% Parameters tags=["parameters"]
-# A notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own.
-ARGS = []
+ARGS = []  # a notebook run's flags, as on the command line (e.g. ["--epochs", "1"]); a shell run reads its own
 
 # %% Imports
 import argparse
@@ -65,9 +60,8 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics import Accuracy
 from torchvision.datasets import MNIST
 
-# Noise here: the workers hint (the data are tensors in memory), a pytree deprecation inside Lightning,
-# "checkpoint directory not empty" (a fresh run refuses a non-empty folder itself; --resume wants it),
-# notes on limits left at 1.0 ("all of it") and a tip for Lightning's cloud logger.
+# Noise: the workers hint (the data are tensors in memory), a pytree deprecation inside Lightning, "checkpoint
+# directory not empty" (--resume wants it; a fresh run refuses it itself), notes on limits of 1.0, a cloud-logger tip.
 for noise in (".*does not have many workers.*", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
               ".*Checkpoint directory .* exists and is not empty.*"):
     warnings.filterwarnings("ignore", noise)
@@ -76,8 +70,7 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 HISTORY_COLUMNS = ("train_loss", "valid_loss", "train_acc", "valid_acc")
-# Flags that shape the run: a resumed run must use the same ones to continue the same run.
-RUN_SETTINGS = ("epochs", "batch_size", "lr", "seed", "val_size", "limit_train_batches")
+RUN_SETTINGS = ("epochs", "batch_size", "lr", "seed", "val_size", "limit_train_batches")  # a resume must keep these
 
 
 # %% [markdown]
@@ -154,8 +147,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def setup(self, stage: str):
         if stage in ("fit", "validate"):
-            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size,
-                                                         self.hparams.seed)
+            self.train_set, self.valid_set = mnist_split(self.hparams.data_dir, self.hparams.val_size, self.hparams.seed)
         if stage in ("test", "predict"):
             self.test_set = mnist_tensors(self.hparams.data_dir, train=False)
 
@@ -170,9 +162,8 @@ class MNISTClassifier(pl.LightningModule):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
     def _loader(self, dataset, batch_size, shuffle=False):
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
 
 # %% [markdown]
@@ -197,8 +188,7 @@ def mnist_split(data_dir: str, val_size: int, seed: int) -> list:
 
 # %% [markdown]
 # ## Checkpointing
-# Three `ModelCheckpoint` callbacks side by side, each with its own rule for what to keep; `last.ckpt`
-# records what the other two kept, so a killed run resumes with the same files ranked the same way.
+# Three `ModelCheckpoint` callbacks, each with its own rule for what to keep, and what an exact resume needs.
 
 # %% Checkpointing
 def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
@@ -206,8 +196,7 @@ def checkpoint_callbacks(ckpt_dir: Path, args) -> dict:
     common = dict(dirpath=ckpt_dir, save_weights_only=args.save_weights_only, enable_version_counter=False)
     return {  # Lightning runs them in this order; the last one writes last.ckpt after the others saved
         # No monitor: a snapshot every N epochs; save_top_k=-1 keeps them all.
-        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs,
-                                    save_top_k=-1, **common),
+        "periodic": ModelCheckpoint(filename="{epoch:02d}", every_n_epochs=args.every_n_epochs, save_top_k=-1, **common),
         # filename: "{epoch:02d}-{valid_acc:.4f}" becomes "epoch=03-valid_acc=0.9912.ckpt".
         "best_acc": ModelCheckpoint(filename="{epoch:02d}-{valid_acc:.4f}", monitor="valid_acc",
                                     mode="max", save_top_k=args.save_top_k, **common),
@@ -232,8 +221,7 @@ class ResumableState(pl.Callback):
 
     def state_dict(self):
         cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-        return {"settings": self.settings, "history": self.history,
-                "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+        return {"settings": self.settings, "history": self.history, "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
 
     def load_state_dict(self, state_dict):
         self.history = state_dict["history"]
@@ -250,9 +238,8 @@ class ResumableState(pl.Callback):
 def main(argv=None) -> int:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    out = Path(args.output_dir)
+    out, ckpt_dir = Path(args.output_dir), Path(args.output_dir, "checkpoints")
     before = file_times(out)  # to tell this run's outputs from an earlier run's
-    ckpt_dir = out / "checkpoints"
     model = MNISTClassifier(data_dir=args.data_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                             lr=args.lr, val_size=args.val_size, num_workers=args.num_workers, seed=args.seed)
     if args.named_modules or args.named_parameters:
@@ -261,15 +248,14 @@ def main(argv=None) -> int:
     callbacks = checkpoint_callbacks(ckpt_dir, args)
     state = ResumableState({name: getattr(args, name) for name in RUN_SETTINGS})
     with exit_on_error("cannot build the Trainer from these flags"):
-        trainer = pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-            precision=args.precision, max_epochs=args.epochs, deterministic=True, fast_dev_run=args.fast_dev_run,
-            logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
-            callbacks=[state, *callbacks.values()], plugins=[AtomicCheckpointIO()],  # every file whole or not at all
-            limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-            limit_test_batches=args.limit_test_batches)
+        trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+                             num_nodes=args.num_nodes, precision=args.precision, max_epochs=args.epochs,
+                             logger=[CSVLogger(out, name="csv_logs"), TensorBoardLogger(out, name="tb_logs")],
+                             callbacks=[state, *callbacks.values()], plugins=[AtomicCheckpointIO()], deterministic=True,
+                             fast_dev_run=args.fast_dev_run, limit_test_batches=args.limit_test_batches,
+                             limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches)
     check_checkpoint_folder(ckpt_dir, args, state.settings, trainer.is_global_zero, model)
-    check_flags_fit_the_data(args, prepare_mnist(args.data_dir))
+    check_run_fits_the_data(args, prepare_mnist(args.data_dir))
 
     # ckpt_path="last": last.ckpt in the callbacks' dirpath; every state comes back, and the next epoch follows.
     with exit_if_interrupted(trainer, resume_hint(argv, callbacks["best_loss"])), exit_if_write_fails(out):
@@ -287,11 +273,10 @@ def main(argv=None) -> int:
 
     if trainer.is_global_zero:  # under DDP every rank runs main(); only one reports and writes
         print("\n" + history.to_string(float_format="{:.4f}".format))
+        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}   ({Path(best).name or 'weights in memory'})")
         if not args.fast_dev_run:
             write_atomically(out / "history.csv", history.to_csv)
             plot_history(history, out)
-        print(f"\ntest accuracy: {test_metrics['test_acc']:.4f}   ({Path(best).name or 'weights in memory'})")
-        if not args.fast_dev_run:
             print(f"\nCheckpoints in {ckpt_dir.resolve()}:\n{table}\nbest by valid_loss: {Path(best_loss).name}\n"
                   f"best by valid_acc:  {Path(best).name}\n"
                   f"load one with:      python check_point_load.py --ckpt_dir {ckpt_dir} --pick best_acc")
@@ -309,8 +294,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add = parser.add_argument_group("data and outputs").add_argument
     add("--data_dir", "--data-dir", default=os.environ.get("PATH_DATASETS", "data"),
         help="folder holding MNIST/raw (downloaded when missing); $PATH_DATASETS sets the default")
-    add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_save",
-        help="where checkpoints/, logs and plots go")
+    add("--output_dir", "--output-dir", type=output_folder, default="outputs/check_point_save", help="where it writes")
     add("--val_size", "--val-size", type=number(int, min=1), default=5000, help="training images held out for validation")
     add("--num_workers", "--num-workers", type=number(int, min=0), default=0, help="DataLoader worker processes")
     add = parser.add_argument_group("training").add_argument
@@ -325,8 +309,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--save_weights_only", "--save-weights-only", action="store_true", help="weights only: 1/3 the size, no resume")
     add("--every_n_epochs", "--every-n-epochs", type=number(int, min=1), default=2, metavar="N",
         help="also keep a snapshot every N epochs")
-    add("--resume", nargs="?", const="last", metavar="PATH",
-        help="continue the run from checkpoints/last.ckpt (alone) or from PATH")
+    add("--resume", nargs="?", const="last", metavar="PATH", help="continue from checkpoints/last.ckpt, or from PATH")
     add("--overwrite", action="store_true", help="replace an earlier run's checkpoints (kept until this run saved its own)")
     add = parser.add_argument_group("hardware (passed to pl.Trainer)").add_argument
     add("--accelerator", default="auto", help="cpu, gpu, mps, auto")
@@ -342,22 +325,20 @@ def parse_args(argv=None) -> argparse.Namespace:
             help=f"{stage} batches per epoch: a count, or a fraction")
     add = parser.add_argument_group("model inspection").add_argument
     add("--named_modules", "--named-modules", action="store_true", help="print the modules and exit")
-    add("--named_parameters", "--named-parameters", action="store_true",
-        help="print every parameter's name and shape and exit")
+    add("--named_parameters", "--named-parameters", action="store_true", help="print the parameters and exit")
     add = parser.add_argument_group("flags of the original Lightning 1.x tutorial, still accepted").add_argument
     add("--no-cuda", "--no_cuda", action=OriginalTutorialFlag, nargs=0, dest="accelerator", const="cpu",
         note="it is --accelerator cpu now")
     add("--test", action=OriginalTutorialFlag, nargs=0, note="no effect: training always ends with a test of the best "
         "checkpoint; to test a saved checkpoint use check_point_load.py")
-    add("--gamma", action=OriginalTutorialFlag, type=float, metavar="GAMMA",
-        note="no effect: the learning rate follows a one-cycle schedule, not StepLR's decay by gamma")
+    add("--gamma", action=OriginalTutorialFlag, type=float, note="no effect: the LR follows a one-cycle schedule")
     add("--log-interval", "--log_interval", action=OriginalTutorialFlag, type=number(int, min=1), metavar="N",
         note="no effect: metrics are logged once per epoch; the progress bar shows the running loss")
     add("--save_model", "--save-model", action="store_true", help="no effect here: every run saves its checkpoints")
     args = parser.parse_args(argv)
     if args.save_model:
-        print("note: --save_model (from the original tutorial): no effect, this script always saves checkpoints in "
-              "--output_dir/checkpoints; check_point_load.py --save_model writes the plain state_dict", file=sys.stderr)
+        print("note: --save_model (from the original tutorial): no effect, this script always saves checkpoints; "
+              "check_point_load.py --save_model writes the plain state_dict", file=sys.stderr)
     if args.resume and args.overwrite:
         die("--resume continues the earlier run and --overwrite replaces it; pass one of them")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
@@ -366,8 +347,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def top_k(text: str) -> int:
     if (value := int(text)) == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"must be -1 (keep all) or at least 1, got {value} "
-                                         f"(with 0 Lightning would not write last.ckpt either)")
+        raise argparse.ArgumentTypeError(f"must be -1 (keep all) or at least 1, got {value} (0 writes no last.ckpt)")
     return value
 
 # Copied from Basic_usage_of_lightning.py
@@ -376,14 +356,12 @@ def number(kind: type, min=None, max=None, above=None, below=None):
     bounds = {"at least": min, "above": above, "at most": max, "below": below}
     allowed = f"between {min} and {max}" if None not in (min, max) else " and ".join(
         f"{word} {bound}" for word, bound in bounds.items() if bound is not None)
-
     def parse(text: str):
         value = kind(text)
         if not (math.isfinite(value) and (min is None or value >= min) and (max is None or value <= max)
                 and (above is None or value > above) and (below is None or value < below)):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
-
     parse.__name__, parse.allowed = kind.__name__, allowed  # argparse says "invalid int value"
     return parse
 
@@ -418,15 +396,14 @@ class OriginalTutorialFlag(argparse.Action):
     """A flag of the 1.x tutorial: prints its note; its value goes to successor, or dest gets const, or nowhere."""
 
     def __init__(self, option_strings, dest, note, successor=None, **kwargs):
-        self.successor = successor
         kwargs.update(default=argparse.SUPPRESS, help=note)
         kwargs.setdefault("metavar", None if kwargs.get("nargs") == 0 else "VALUE")  # not the suppressed dest
-        super().__init__(option_strings, dest if "const" in kwargs else argparse.SUPPRESS, **kwargs)
+        super().__init__(option_strings, successor or (dest if "const" in kwargs else argparse.SUPPRESS), **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} (from the original tutorial): {self.help}", file=sys.stderr)
-        if self.successor or self.dest != argparse.SUPPRESS:
-            setattr(namespace, self.successor or self.dest, values if self.successor else self.const)
+        if self.dest != argparse.SUPPRESS:
+            setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 # %% Helpers
@@ -464,9 +441,8 @@ def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: boo
 
 
 def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module) -> None:
-    """Refuse, before anything is touched, a checkpoint this run cannot continue exactly, or whose callback
-    states name files Lightning would delete outside this run's checkpoints (see docs/checkpoints.md)."""
-    checkpoint = load_checkpoint_file(path)
+    """Refuse, before any change, a file this run cannot continue exactly or that names files outside ckpt_dir."""
+    checkpoint = read_resume_file(path)
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         held = f"keys {list(checkpoint)[:4]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         die(f"{path} is not a Lightning checkpoint (it holds {held}); resume from a last.ckpt that check_point_save.py wrote")
@@ -485,16 +461,14 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
             if name.startswith("ModelCheckpoint"):
                 if not isinstance(saved, dict) or not isinstance(saved.get("best_k_models", {}), dict):
                     return f"the state of {name.split('{')[0]} is not a table"
-                if saved.get("dirpath") != str(folder):  # moved: Lightning restores only best_model_path, never deleted
-                    continue
                 paths = [saved.get(key) for key in ("best_model_path", "kth_best_model_path", "last_model_path")]
-                for file in filter(None, [*paths, *saved.get("best_k_models", {})]):
+                moved = saved.get("dirpath") != str(folder)  # then Lightning restores only best_model_path, deletes none
+                for file in filter(None, [] if moved else [*paths, *saved.get("best_k_models", {})]):
                     if not (isinstance(file, str) and Path(file).resolve().parent == folder and not Path(file).is_symlink()
                             and re.fullmatch(r"(last|epoch=\d+(-valid_(acc|loss)=[\w.-]+)?)\.ckpt", Path(file).name)):
                         return f"a ModelCheckpoint names {file!r}, not a checkpoint of this run in {ckpt_dir}"
-        history = state.get("history")
-        if not isinstance(state.get("settings"), dict) or not (isinstance(history, list) and all(
-                isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in history)):
+        if not isinstance(state.get("settings"), dict) or not (isinstance(rows := state.get("history"), list) and all(
+                isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in rows)):
             return "its run settings or per-epoch history are not tables"
         generators = [state.get("torch_rng"), *([state["cuda_rng"]] if state.get("cuda_rng") is not None else [])]
         if not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 for g in generators) \
@@ -506,9 +480,8 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
         if not all(isinstance(x, list) and len(x) == 1 and isinstance(x[0], dict) for x in (schedulers, optimizers)):
             return "its optimizer or LR-scheduler state is not one table"
         weights, expected = checkpoint.get("state_dict"), model.state_dict()
-        if not (isinstance(weights, dict) and weights.keys() == expected.keys() and all(
-                isinstance(weights[k], torch.Tensor) and not weights[k].is_meta and weights[k].shape == v.shape
-                for k, v in expected.items())):
+        if not isinstance(weights, dict) or weights.keys() != expected.keys() or not all(
+                torch.is_tensor(w) and not w.is_meta and w.shape == expected[k].shape for k, w in weights.items()):
             return "its weights are not those of MNISTClassifier (names, shapes, or meta tensors)"
         parameters, per_parameter = list(model.parameters()), optimizers[0].get("state", {})
         if not isinstance(per_parameter, dict) or not all(
@@ -521,7 +494,7 @@ def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module
     if reason := problem():
         die(f"{path} cannot be resumed: {reason}. Resume from a last.ckpt that check_point_save.py wrote, or start "
             f"over with --overwrite (nothing was changed)")
-    if changed := [f"--{name} {state['settings'][name]} (now {value})" for name, value in settings.items()
+    if changed := [f"--{name} {state['settings'].get(name)} (now {value})" for name, value in settings.items()
                    if state["settings"].get(name) != value]:
         die(f"{path} was trained with {', '.join(changed)}; resume with the same flags, or start over with "
             f"--overwrite (a one-cycle schedule cannot be stretched)")
@@ -535,10 +508,8 @@ def earlier_run_kept_until_replaced(ckpt_dir: Path, overwrite: bool):
     """--overwrite losing nothing: the earlier run's checkpoints wait aside until this run has a last.ckpt."""
     if overwrite and any(ckpt_dir.glob("*.ckpt")):
         (aside := ckpt_dir / EARLIER_RUN).mkdir(exist_ok=True)
-        for path in ckpt_dir.glob("*.ckpt"):
+        for path in [*ckpt_dir.glob("*.ckpt"), *ckpt_dir.glob(".*.partial")]:  # .partial: left by a killed write
             path.rename(aside / path.name)
-        for path in ckpt_dir.glob(".*.partial"):  # left by a killed write: never a whole file
-            path.unlink()
     try:
         yield
     finally:
@@ -547,14 +518,12 @@ def earlier_run_kept_until_replaced(ckpt_dir: Path, overwrite: bool):
 
 def settle_earlier_run(ckpt_dir: Path) -> None:
     """Drop the set-aside checkpoints once this run has a last.ckpt of its own; else put them back."""
-    if not (aside := ckpt_dir / EARLIER_RUN).is_dir():
-        return
-    if not (ckpt_dir / "last.ckpt").is_file():
+    if (aside := ckpt_dir / EARLIER_RUN).is_dir() and not (ckpt_dir / "last.ckpt").is_file():
         for path in ckpt_dir.glob("*.ckpt"):  # the first files of a run that stopped: nothing to resume
             path.unlink()
         for path in aside.iterdir():
             path.rename(ckpt_dir / path.name)
-    shutil.rmtree(aside)
+    shutil.rmtree(aside, ignore_errors=True)  # absent when there was no earlier run
 
 
 def resume_hint(argv, last: ModelCheckpoint):
@@ -577,36 +546,33 @@ def resume_hint(argv, last: ModelCheckpoint):
 
 
 def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> str:
-    """Every .ckpt in the folder: which rule kept it, its monitored value and its rank."""
-    kept = {}
+    """Each .ckpt: which rule kept it (none: an interrupted try's epoch), its monitored value and its rank."""
+    kept = {"last.ckpt": ("save_last", "", ""), "manual.ckpt": ("trainer.save_checkpoint", "", "")}
     for name in ("best_loss", "best_acc"):
         callback = callbacks[name]
         ranked = sorted(callback.best_k_models.items(), key=lambda item: float(item[1]), reverse=callback.mode == "max")
         for rank, (path, score) in enumerate(ranked, start=1):
             kept[Path(path).name] = (name, f"{callback.monitor}={float(score):.4f}", str(rank))
-    named = {"last.ckpt": "save_last", "manual.ckpt": "trainer.save_checkpoint"}
     lines = [f"  {'file':34s} {'kept by':24s} {'value':18s} {'rank':4s} {'size':>8s}"]
     for path in sorted(ckpt_dir.glob("*.ckpt")):
         periodic = re.fullmatch(r"epoch=\d+\.ckpt", path.name) and f"every_n_epochs={every_n_epochs}"
-        # Untracked: an epoch saved by an interrupted attempt that the resumed run ranked otherwise.
-        kept_by, value, rank = kept.get(path.name, (named.get(path.name) or periodic or "(not tracked by this run)", "", ""))
+        kept_by, value, rank = kept.get(path.name, (periodic or "(not tracked by this run)", "", ""))
         lines.append(f"  {path.name:34s} {kept_by:24s} {value:18s} {rank:4s} {path.stat().st_size / 1e3:>5.0f} kB")
     return "\n".join(lines)
 
 
-# Copied from check_point_load.py
-def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
-    """torch.load on the CPU, or one line saying what is wrong; weights_only=False can run any code the file names."""
+def read_resume_file(path: Path):
+    """torch.load(weights_only=True) on the CPU, or exit with one line that says what is wrong with the file."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")  # random bytes can look like one
-            return torch.load(path, map_location="cpu", weights_only=weights_only)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
         if unsafe := re.search(r"GLOBAL (\S+)", str(error)):
             die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
-                f"since unpickling it can run any code; {unsafe_fix}")
+                f"since unpickling it can run any code; re-save it with plain types")
         with open(path, "rb") as file:
             if file.read(4) == b"PK\x03\x04":  # torch.save writes a zip archive: this one is cut or corrupt
                 die(f"{path} is truncated or damaged (an incomplete zip archive); use another checkpoint")
@@ -618,7 +584,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 
 # Copied from Basic_usage_of_lightning.py
-def prepare_mnist(data_dir: str) -> int:
+def prepare_mnist(data_dir: str, flag: str = "--data_dir") -> int:
     """MNIST in data_dir/MNIST/raw (downloaded if missing), checked; returns the training image count."""
     raw = Path(data_dir, "MNIST", "raw")
     if not all((raw / name).is_file() for name in MNIST_FILES):
@@ -632,7 +598,7 @@ def prepare_mnist(data_dir: str) -> int:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             die(f"MNIST is not in {raw} and could not be downloaded ({str(error).splitlines()[0].rstrip(':')}). "
-                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point --data_dir or PATH_DATASETS "
+                f"Copy the four raw files ({', '.join(MNIST_FILES)}) there, or point {flag} or PATH_DATASETS "
                 f"at a folder that holds MNIST/raw.")
     train_images, train_labels, test_images, test_labels = (idx_length(raw / name) for name in MNIST_FILES)
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "t10k")):
@@ -655,35 +621,25 @@ def idx_length(path: Path) -> int:
     return struct.unpack(">I", shape[:4])[0]
 
 
-# Copied from Basic_usage_of_lightning.py
-def check_flags_fit_the_data(args, train_images: int, training: bool = True) -> None:
+def check_run_fits_the_data(args, train_images: int) -> None:
     """Flags each valid alone that misfit the data or each other: one line now, not a crash deep in torch later."""
-    val_size = getattr(args, "val_size", 0)  # check_point_load has no validation set
-    if training and val_size >= train_images:
-        die(f"--val_size {val_size} leaves no training images ({train_images} in {args.data_dir}); "
+    if args.val_size >= train_images:
+        die(f"--val_size {args.val_size} leaves no training images ({train_images} in {args.data_dir}); "
             f"use a smaller --val_size")
-    for flag in ("lr", "qat_lr"):  # Adam moves each weight by about the learning rate per step
-        if training and getattr(args, flag, 0) > 1:
-            die(f"--{flag} {getattr(args, flag)} is too large: past 1, each step moves the weights by more than "
-                f"their own size and training diverges or overflows; the default is 0.01 (or 0.001 for QAT)")
+    if args.lr > 1:  # AdamW moves each weight by about the learning rate per step
+        die(f"--lr {args.lr} is too large: past 1, each step moves the weights by more than their own size and "
+            f"training diverges or overflows; the default is 0.01")
     test_images = idx_length(Path(args.data_dir, "MNIST", "raw", MNIST_FILES[2]))
     if max(args.batch_size, args.eval_batch_size) > max(train_images, test_images):
         die(f"a batch of {max(args.batch_size, args.eval_batch_size)} is more than all {train_images} training "
             f"images; pass a --batch_size (and --eval_batch_size) of at most {train_images}")
-    processes = (args.devices if isinstance(args.devices, int) else 1) * getattr(args, "num_nodes", 1)
-    batches = {"train": math.ceil((train_images - val_size) / args.batch_size / processes),
-               "val": math.ceil(val_size / args.eval_batch_size / processes),
-               "test": math.ceil(test_images / args.eval_batch_size / processes)}
-    for stage in ("train", "val", "test") if training else ("test",):
-        limit = getattr(args, f"limit_{stage}_batches", 1.0)
-        if isinstance(limit, float) and limit * batches[stage] < 1 and not args.fast_dev_run:
-            die(f"--limit_{stage}_batches {limit} of {batches[stage]} {stage} batches is less than one batch; "
+    stages = {"train": (train_images - args.val_size, args.batch_size), "val": (args.val_size, args.eval_batch_size),
+              "test": (test_images, args.eval_batch_size)}
+    for stage, (images, batch_size) in stages.items():  # each node gets its share of the batches
+        batches, limit = math.ceil(images / batch_size / args.num_nodes), getattr(args, f"limit_{stage}_batches")
+        if isinstance(limit, float) and limit * batches < 1 and not args.fast_dev_run:
+            die(f"--limit_{stage}_batches {limit} of {batches} {stage} batches is less than one batch; "
                 f"pass a larger fraction, or a number of batches such as 1")
-    limit, interval = getattr(args, "limit_train_batches", 1.0), getattr(args, "val_check_interval", 1.0)
-    per_epoch = min(limit, batches["train"]) if isinstance(limit, int) else int(limit * batches["train"])
-    if training and isinstance(interval, int) and interval > per_epoch and not args.fast_dev_run:
-        die(f"--val_check_interval {interval} is more than the {per_epoch} training batches of an epoch; pass "
-            f"at most {per_epoch}, or a fraction of an epoch")
 
 
 # Copied from Basic_usage_of_lightning.py
@@ -777,11 +733,9 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
     """loss.png and acc.png: train and valid curves per epoch."""
     for kind, label in (("loss", "cross-entropy loss"), ("acc", "accuracy")):
         columns = [c for c in (f"train_{kind}", f"valid_{kind}") if c in history]
-        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch")
-        ax.set(xlabel=xlabel, ylabel=label)
+        ax = history[columns].plot(marker="o", grid=True, title=f"{title}: {label} per epoch", xlabel=xlabel, ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        write_atomically(out / f"{kind}.png",
-                         lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
+        write_atomically(out / f"{kind}.png", lambda file: ax.figure.savefig(file, format="png", dpi=100, bbox_inches="tight"))
         if IN_NOTEBOOK:
             plt.show()  # inline under the cell as well
         plt.close(ax.figure)
@@ -789,12 +743,11 @@ def plot_history(history: pd.DataFrame, out: Path, title: str = "MNIST", xlabel:
 
 # Copied from Basic_usage_of_lightning.py
 def print_structure(model: nn.Module, modules: bool, parameters: bool) -> None:
-    if modules:
-        for name, module in model.named_modules():
-            print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, module in model.named_modules() if modules else []:
+        print(f"{name or '(LightningModule)':28s} {module.__class__.__name__}")
+    for name, parameter in model.named_parameters() if parameters else []:
+        print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
     if parameters:
-        for name, parameter in model.named_parameters():
-            print(f"{name:28s} {str(tuple(parameter.shape)):16s} {parameter.numel():>8d}")
         print(f"total trainable parameters: {sum(p.numel() for p in model.parameters()):,}")
 
 
