@@ -235,7 +235,9 @@ def flag_table(script: str, monkeypatch) -> dict:
     table = {}
     for action in parser_of(script, monkeypatch)._actions:
         kind = (getattr(action.type, "__name__", None), getattr(action.type, "allowed", None))
-        meaning = (action.dest, kind, tuple(action.choices or ()), action.nargs, action.const, type(action).__name__)
+        # A 1.x flag's successor is the script's own (--log-interval: loggers' --log_every_n_steps), as its note says.
+        dest = "(the script's successor)" if type(action).__name__ == "OriginalTutorialFlag" else action.dest
+        meaning = (dest, kind, tuple(action.choices or ()), action.nargs, action.const, type(action).__name__)
         for option in action.option_strings:
             table[option] = (meaning, action.default)
     return table
