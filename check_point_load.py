@@ -386,8 +386,8 @@ def find_checkpoint(args) -> Path:
         return Path(args.ckpt)
     folder = Path(args.ckpt_dir or DEFAULT_CKPT_DIR)
     if not (files := sorted(folder.glob("*.ckpt"))):  # sorted: by epoch, since the names start with it
-        problem = "holds no .ckpt files" if folder.is_dir() else "is no such folder"
-        die(f"--ckpt_dir {folder} {problem}; train first (python check_point_save.py) or pass --ckpt")
+        problem = " holds no .ckpt files" if folder.is_dir() else ": no such folder"
+        die(f"--ckpt_dir {folder}{problem}; train first (python check_point_save.py) or pass --ckpt")
     names = ", ".join(path.name for path in files[:6]) + (", ..." if len(files) > 6 else "")
     if args.pick == "last":
         if not (folder / "last.ckpt").is_file():
