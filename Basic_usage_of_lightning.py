@@ -3,9 +3,8 @@
 # Train, validate, test and export an MNIST CNN with the Lightning 2.x Trainer.
 #
 # ## What it teaches
-# A plain `nn.Module` wrapped by a `LightningModule`: one `*_step` hook per stage, epoch-level work in
-# `on_*_epoch_end`, an LR scheduler, data in the module's hooks or a `LightningDataModule`, and the
-# `Trainer` flags for devices, precision, debugging and profiling.
+# A plain `nn.Module` in a `LightningModule`: a `*_step` hook per stage, epoch-level work in `on_*_epoch_end`, an LR
+# scheduler, data in the module's hooks or a `LightningDataModule`; the `Trainer` flags for devices, precision, debugging.
 # ## How to run
 # ```bash
 # python Basic_usage_of_lightning.py                                 # 3 epochs, about 99.1% test accuracy
@@ -619,19 +618,20 @@ def write_atomically(path: Path, write) -> None:
             os.fsync(file.fileno())
         os.replace(partial, path)
     except BaseException as error:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk refuses even this
+            partial.unlink(missing_ok=True)
         if not write_failure(error):
             raise
-        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
-            f"--output_dir (any earlier {path.name} is untouched)")
+        die(f"cannot write {path}: {write_failure(error)} (any earlier {path.name} is untouched)")
 
 
 def write_failure(error: BaseException) -> str:
-    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    """Why the disk refused a write and the fix, if error (or one behind it, as MLflow wraps it) says so; else ""."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
-                                                          errno.EACCES, errno.EPERM, errno.EIO):
-            return error.strerror
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            return f"{error.strerror}; free some space or pick another --output_dir"
+        if isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return f"{error.strerror}; pick an --output_dir you can write to"
         error = error.__cause__ or error.__context__
     return ""
 
@@ -639,15 +639,15 @@ def write_failure(error: BaseException) -> str:
 @contextlib.contextmanager
 def exit_if_write_fails(out: Path):
     """A log, event file or plot that a library writes under out fails (a full disk): one line, exit 2."""
-    # TensorBoard's writer thread prints its failure as a traceback, then raises it here at the next flush.
     previous_hook = threading.excepthook
+    # TensorBoard's writer thread: no traceback from it (it raises the same error here at the next flush).
     threading.excepthook = lambda hook: write_failure(hook.exc_value) or previous_hook(hook)
     try:
         yield
     except Exception as error:
         if not write_failure(error):
             raise
-        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+        die(f"cannot write under {out}: {write_failure(error)}")
     threading.excepthook = previous_hook  # kept on a failure: the thread may report it after die()
 
 

@@ -554,20 +554,21 @@ def write_atomically(path: Path, write) -> None:
             os.fsync(file.fileno())
         os.replace(partial, path)
     except BaseException as error:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk refuses even this
+            partial.unlink(missing_ok=True)
         if not write_failure(error):
             raise
-        die(f"cannot write {path} ({write_failure(error)}); free some space or pick another "
-            f"--output_dir (any earlier {path.name} is untouched)")
+        die(f"cannot write {path}: {write_failure(error)} (any earlier {path.name} is untouched)")
 
 
 # Copied from Basic_usage_of_lightning.py
 def write_failure(error: BaseException) -> str:
-    """Why the disk refused a write, if error (or an error behind it, as MLflow wraps it) says so; else ""."""
+    """Why the disk refused a write and the fix, if error (or one behind it, as MLflow wraps it) says so; else ""."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
-                                                          errno.EACCES, errno.EPERM, errno.EIO):
-            return error.strerror
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            return f"{error.strerror}; free some space or pick another --output_dir"
+        if isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return f"{error.strerror}; pick an --output_dir you can write to"
         error = error.__cause__ or error.__context__
     return ""
 
@@ -580,7 +581,7 @@ def exit_if_log_write_fails(out: Path):
     except Exception as error:
         if not write_failure(error):
             raise
-        die(f"cannot write under {out} ({write_failure(error)}); free some space or pick another --output_dir")
+        die(f"cannot write under {out}: {write_failure(error)}")
 
 
 # Copied from Basic_usage_of_lightning.py

@@ -80,6 +80,24 @@ def test_the_logs_on_a_full_disk(basic, small_disk, mnist_dir, capsys, one_threa
     assert "Exception in thread" not in result.out
 
 
+def test_a_checkpoint_folder_on_a_read_only_filesystem(basic, small_disk, mnist_dir, capsys, one_thread):
+    """Not a space problem: the line names the cause and a fix that fits it (no "free some space")."""
+    out = small_disk / "out"
+    best = earlier(out / "checkpoints" / "best.ckpt")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out / "checkpoints")], check=True)
+    try:
+        earlier(out / "checkpoints" / "best.ckpt")
+        subprocess.run(["mount", "-o", "remount,ro", str(out / "checkpoints")], check=True)
+        result = exit_of(basic.main, [*TINY, "--data_dir", mnist_dir, "--output_dir", out], capsys)
+        assert_clean_error(result, "cannot write", "best.ckpt", "Read-only file system",
+                           "pick an --output_dir you can write to", "untouched")
+        assert "free some space" not in result.stderr
+        assert_kept(best)
+    finally:
+        subprocess.run(["umount", "-l", str(out / "checkpoints")], check=True)
+    assert_kept(best)  # and the folder under the mount was never touched
+
+
 @pytest.mark.parametrize("flags, name", [(["--save_model"], "mnist_classifier.pt"),
                                          (["--export", "pt2"], "mnist_classifier.pt2")])
 def test_a_saved_or_exported_model_on_a_full_disk(basic, small_disk, mnist_dir, tmp_path, capsys, one_thread,
