@@ -260,8 +260,8 @@ def export_model(model: MNISTClassifier, stem: Path, kind: str) -> None:
         print(f"exported {stem}.pt2 (torch.export)")
         return
     path = f"{stem}.onnx"
-    # The exporter needs onnx and onnxscript, and narrates every pass: show only an error, as one line.
-    with exit_on_error("--export onnx failed (it needs: pip install onnx onnxscript)"), exit_if_write_fails(stem.parent):
+    # The exporter narrates every pass: show only an error, as one line (a missing onnxscript is the usual one).
+    with exit_on_error("--export onnx failed (pip install onnx onnxscript if missing)"), exit_if_write_fails(stem.parent):
         with contextlib.redirect_stdout(io.StringIO()):
             model.to_onnx(path, model.example_input_array, input_names=["image"], output_names=["logits"],
                           dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False)

@@ -280,6 +280,16 @@ def test_export_after_training_in_float64(mnist_dir, tmp_path, monkeypatch, caps
     assert (tmp_path / "outputs" / "Basic_usage_of_lightning" / "mnist_classifier.onnx").stat().st_size > 0
 
 
+def test_onnx_export_without_onnxscript_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
+    """torch's ONNX exporter imports onnxscript at export time: without it, one line and no .onnx file."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # what `import onnxscript` meets when it is not installed
+    result = exit_of(load_script(SCRIPT).main, ["--data_dir", mnist_dir, "--skip_training", "--limit_test_batches", "1",
+                                                "--export", "onnx"], capsys)
+    assert_clean_error(result, "--export onnx failed", "pip install onnx onnxscript", "onnxscript")
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
 def test_an_output_dir_that_is_a_file_is_refused(mnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").write_text("not a folder")

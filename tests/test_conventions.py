@@ -235,8 +235,10 @@ def flag_table(script: str, monkeypatch) -> dict:
     table = {}
     for action in parser_of(script, monkeypatch)._actions:
         kind = (getattr(action.type, "__name__", None), getattr(action.type, "allowed", None))
-        # A 1.x flag's successor is the script's own (--log-interval: loggers' --log_every_n_steps), as its note says.
-        dest = "(the script's successor)" if type(action).__name__ == "OriginalTutorialFlag" else action.dest
+        # A 1.x flag that takes a value passes it to the script's own successor, or to none, as its note says
+        # (--log-interval: loggers' --log_every_n_steps); one that stores a constant (--no-cuda) must agree everywhere.
+        own_successor = type(action).__name__ == "OriginalTutorialFlag" and action.const is None
+        dest = "(the script's successor, or none)" if own_successor else action.dest
         meaning = (dest, kind, tuple(action.choices or ()), action.nargs, action.const, type(action).__name__)
         for option in action.option_strings:
             table[option] = (meaning, action.default)
