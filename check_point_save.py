@@ -442,7 +442,7 @@ def check_checkpoint_folder(ckpt_dir: Path, args, settings: dict, rank_zero: boo
 
 def check_resumable(path: Path, settings: dict, ckpt_dir: Path, model: nn.Module) -> None:
     """Refuse, before any change, a file this run cannot continue exactly or that names files outside ckpt_dir."""
-    checkpoint = read_resume_file(path)
+    checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         held = f"keys {list(checkpoint)[:4]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         die(f"{path} is not a Lightning checkpoint (it holds {held}); resume from a last.ckpt that check_point_save.py wrote")
@@ -561,18 +561,19 @@ def checkpoint_table(ckpt_dir: Path, callbacks: dict, every_n_epochs: int) -> st
     return "\n".join(lines)
 
 
-def read_resume_file(path: Path):
-    """torch.load(weights_only=True) on the CPU, or exit with one line that says what is wrong with the file."""
+# Copied from check_point_load.py
+def load_checkpoint_file(path: Path, weights_only: bool = True, unsafe_fix: str = "re-save it with plain types"):
+    """torch.load on the CPU, or one line saying what is wrong; weights_only=False can run any code the file names."""
     if path.stat().st_size == 0:
         die(f"{path} is empty (0 bytes), probably left by an interrupted copy; use another checkpoint")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*Detected pickle protocol.*")  # random bytes can look like one
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch.load raises many types for bad files; all mean "unreadable"
         if unsafe := re.search(r"GLOBAL (\S+)", str(error)):
             die(f"{path} holds a Python object ({unsafe.group(1)}) that weights_only=True refuses, "
-                f"since unpickling it can run any code; re-save it with plain types")
+                f"since unpickling it can run any code; {unsafe_fix}")
         with open(path, "rb") as file:
             if file.read(4) == b"PK\x03\x04":  # torch.save writes a zip archive: this one is cut or corrupt
                 die(f"{path} is truncated or damaged (an incomplete zip archive); use another checkpoint")

@@ -280,12 +280,13 @@ def test_export_after_training_in_float64(mnist_dir, tmp_path, monkeypatch, caps
     assert (tmp_path / "outputs" / "Basic_usage_of_lightning" / "mnist_classifier.onnx").stat().st_size > 0
 
 
-def test_onnx_export_without_onnxscript_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
-    """torch's ONNX exporter imports onnxscript at export time: without it, one line and no .onnx file."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "onnxscript", None)  # what `import onnxscript` meets when it is not installed
-    result = exit_of(load_script(SCRIPT).main, ["--data_dir", mnist_dir, "--skip_training", "--limit_test_batches", "1",
-                                                "--export", "onnx"], capsys)
+def test_onnx_export_without_onnxscript_is_one_line(mnist_dir, tmp_path):
+    """torch's ONNX exporter imports onnxscript at export time: without it, one line and no .onnx file.
+    A fresh process whose path puts first an onnxscript that cannot be imported, as when it is missing."""
+    (tmp_path / "blocked" / "onnxscript").mkdir(parents=True)
+    (tmp_path / "blocked" / "onnxscript" / "__init__.py").write_text('raise ImportError("No module named onnxscript")\n')
+    result = run_in(tmp_path, SCRIPT, "--data_dir", mnist_dir, "--skip_training", "--limit_test_batches", "1",
+                    "--export", "onnx", env=script_env(PYTHONPATH=str(tmp_path / "blocked")))
     assert_clean_error(result, "--export onnx failed", "pip install onnx onnxscript", "onnxscript")
     assert not list(tmp_path.rglob("*.onnx"))
 
